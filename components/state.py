@@ -1,0 +1,135 @@
+"""Where Ratchet keeps its state, and the environment the embedded defaults need.
+
+The state folder (``.ratchet/`` beside ``params.yaml``, or ``$RATCHET_HOME``) holds the
+embedded defaults: the MLflow SQLite store and artifacts, Prefect's home, BentoML's
+home, the local DVC remote, checkpoints and run reports. Pointing at real services is
+configuration only: ``MLFLOW_TRACKING_URI`` / ``tracking.mlflow_uri``,
+``PREFECT_API_URL`` / ``tracking.prefect_api_url`` and ``tracking.dvc_remote_url``.
+
+Nothing here runs at import; the CLI and the flows call :func:`configure_environment`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.config import RatchetConfig
+
+STATE_DIR_NAME = ".ratchet"
+
+# Telemetry and update checks off: the default path must work offline and quietly.
+QUIET_ENVIRONMENT = {
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """Every path a run reads or writes, derived from the project root and state folder."""
+
+    project_root: Path
+    state_dir: Path
+
+    @classmethod
+    def discover(cls, project_root: str | Path | None = None) -> ProjectPaths:
+        root = Path(project_root or Path.cwd()).resolve()
+        state = Path(os.environ.get("RATCHET_HOME") or root / STATE_DIR_NAME).resolve()
+        return cls(project_root=root, state_dir=state)
+
+    # Data, DVC-tracked inside the project.
+    @property
+    def raw_dir(self) -> Path:
+        return self.project_root / "data" / "raw"
+
+    @property
+    def prepared_dir(self) -> Path:
+        return self.project_root / "data" / "prepared"
+
+    # Run outputs, inside the state folder.
+    @property
+    def mlflow_db(self) -> Path:
+        return self.state_dir / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.state_dir / "mlartifacts"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state_dir / "prefect"
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.state_dir / "bentoml"
+
+    @property
+    def dvc_remote(self) -> Path:
+        return self.state_dir / "dvc-remote"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.state_dir / "models"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.state_dir / "checkpoints"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.state_dir / "reports"
+
+    @property
+    def data_docs_dir(self) -> Path:
+        return self.state_dir / "data-docs"
+
+    def resolve(self, path: str | Path) -> Path:
+        """A user path relative to the project root (absolute paths pass through)."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else (self.project_root / candidate)
+
+
+def mlflow_tracking_uri(config: RatchetConfig, paths: ProjectPaths) -> str:
+    """Environment beats config beats the embedded SQLite store."""
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or config.tracking.mlflow_uri
+        or f"sqlite:///{paths.mlflow_db}"
+    )
+
+
+def dvc_remote_url(config: RatchetConfig, paths: ProjectPaths) -> str:
+    return config.tracking.dvc_remote_url or str(paths.dvc_remote)
+
+
+def configure_environment(config: RatchetConfig, paths: ProjectPaths) -> dict[str, str]:
+    """Create the state folder and export the variables the embedded services read.
+
+    Variables the user already set win, so real servers are chosen by environment alone.
+
+    Returns:
+        The variables that were set by this call.
+    """
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    wanted = dict(QUIET_ENVIRONMENT)
+    wanted["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri(config, paths)
+    wanted["PREFECT_HOME"] = str(paths.prefect_home)
+    wanted["BENTOML_HOME"] = str(paths.bentoml_home)
+    if config.tracking.prefect_api_url:
+        wanted["PREFECT_API_URL"] = config.tracking.prefect_api_url
+    applied = {}
+    for name, value in wanted.items():
+        if name not in os.environ:
+            os.environ[name] = value
+            applied[name] = value
+    return applied

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random BERT, a small separable sentiment data set, an isolated state folder.
+"""Shared fixtures: a tiny random BERT, a separable sentiment data set, an isolated state folder.
 
 Everything here is local and small so the whole suite runs in minutes on 2 CPU cores.
 """
@@ -43,7 +43,7 @@ def make_sentiment_rows(count: int, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-initialised 2-layer BERT (hidden 32) with MiniLM's real tokenizer, saved as an HF folder."""
+    """A random 2-layer BERT (hidden 32) with MiniLM's real tokenizer, saved as an HF folder."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
     folder = tmp_path_factory.mktemp("tiny-bert")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -312,8 +313,8 @@ def config_from_mapping(raw: dict[str, Any]) -> RatchetConfig:
 
 def load_config(
     params_file: str | Path | None = DEFAULT_PARAMS_FILE,
-    config_files: list[str | Path] | tuple[str | Path, ...] = (),
-    overrides: list[str] | tuple[str, ...] = (),
+    config_files: Sequence[str | Path] = (),
+    overrides: Sequence[str] = (),
 ) -> RatchetConfig:
     """Load ``params.yaml``, merge extra YAML files over it, then apply ``--set`` overrides.
 

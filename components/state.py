@@ -56,6 +56,16 @@ class ProjectPaths:
     def prepared_dir(self) -> Path:
         return self.project_root / "data" / "prepared"
 
+    @property
+    def models_dir(self) -> Path:
+        """Pretrained and fine-tuned model folders: DVC stage outputs, ignored by git."""
+        return self.project_root / "models"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Small JSON metrics files that DVC stages declare as metrics."""
+        return self.project_root / "metrics"
+
     # Run outputs, inside the state folder.
     @property
     def mlflow_db(self) -> Path:
@@ -77,9 +87,6 @@ class ProjectPaths:
     def dvc_remote(self) -> Path:
         return self.state_dir / "dvc-remote"
 
-    @property
-    def models_dir(self) -> Path:
-        return self.state_dir / "models"
 
     @property
     def checkpoints_dir(self) -> Path:

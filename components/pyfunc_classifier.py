@@ -44,7 +44,8 @@ class TextClassifierModel(PythonModel):
             for row in probabilities:
                 best = int(row.argmax())
                 record = {"label": self.labels[best], "score": float(row[best])}
-                record.update({f"prob_{name}": float(p) for name, p in zip(self.labels, row)})
+                probabilities_by_name = zip(self.labels, row, strict=True)
+                record.update({f"prob_{name}": float(p) for name, p in probabilities_by_name})
                 rows.append(record)
         return pd.DataFrame(rows)
 

@@ -17,7 +17,7 @@ import mlflow
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, Schema, TensorSpec
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_classifier.py")
 HF_ARTIFACT_KEY = "hf_model"
@@ -33,7 +33,7 @@ def class_names(model_dir: Path) -> list[str]:
 
 
 def classifier_signature(labels: list[str]) -> ModelSignature:
-    outputs = [ColSpec("string", "label"), ColSpec("double", "score")]
+    outputs: list[ColSpec | TensorSpec] = [ColSpec("string", "label"), ColSpec("double", "score")]
     outputs += [ColSpec("double", f"prob_{name}") for name in labels]
     return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs))
 

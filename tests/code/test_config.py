@@ -1,0 +1,101 @@
+"""Config loading: defaults, profile files, --set overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import RatchetConfig, load_config, parse_override
+from components.errors import ConfigError
+from tests.conftest import PROJECT_ROOT
+
+PARAMS = PROJECT_ROOT / "params.yaml"
+
+
+def test_params_yaml_matches_the_typed_defaults_section_by_section() -> None:
+    loaded = load_config(PARAMS)
+    # Every section in params.yaml is spelled out, so DVC sees every key a stage uses.
+    raw = yaml.safe_load(PARAMS.read_text())
+    assert set(raw) == set(RatchetConfig.model_fields)
+    assert loaded.registry.model_name == "ratchet-sst2"
+    assert loaded.data.labels == ["negative", "positive"]
+
+
+def test_set_override_parses_yaml_scalars() -> None:
+    config = load_config(PARAMS, overrides=["train.lr=1e-4", "pretrain.enabled=false"])
+    assert config.train.lr == pytest.approx(1e-4)
+    assert config.pretrain.enabled is False
+
+
+def test_profile_files_merge_in_order_and_set_wins(tmp_path: Path) -> None:
+    first = tmp_path / "a.yaml"
+    first.write_text("train: {batch_size: 8, epochs: 3}\n")
+    second = tmp_path / "b.yaml"
+    second.write_text("train: {batch_size: 4}\n")
+    config = load_config(PARAMS, [first, second], ["train.epochs=5"])
+    assert config.train.batch_size == 4
+    assert config.train.epochs == 5
+    assert config.train.lr == pytest.approx(5e-5)  # untouched keys keep params.yaml values
+
+
+def test_unknown_key_is_rejected_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.nope'"):
+        load_config(PARAMS, overrides=["train.nope=1"])
+
+
+def test_wrong_type_is_rejected_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"'train\.lr'.*valid number"):
+        load_config(PARAMS, overrides=["train.lr=abc"])
+
+
+def test_out_of_range_value_is_rejected_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"'train\.batch_size'"):
+        load_config(PARAMS, overrides=["train.batch_size=0"])
+
+
+def test_unknown_section_in_profile_file_is_rejected(tmp_path: Path) -> None:
+    profile = tmp_path / "bad.yaml"
+    profile.write_text("trian: {lr: 1}\n")
+    with pytest.raises(ConfigError, match="unknown key 'trian'"):
+        load_config(PARAMS, [profile])
+
+
+def test_missing_and_malformed_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(listing)
+
+
+def test_override_without_equals_sign_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        parse_override("train.lr")
+
+
+def test_labels_must_be_distinct_and_at_least_two() -> None:
+    with pytest.raises(ConfigError, match="at least two"):
+        load_config(PARAMS, overrides=["data.labels=[only]"])
+    with pytest.raises(ConfigError, match="repeated"):
+        load_config(PARAMS, overrides=["data.labels=[a, a]"])
+
+
+def test_config_is_frozen() -> None:
+    config = load_config(PARAMS)
+    with pytest.raises(ValueError, match="frozen"):
+        config.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_section_hash_changes_only_with_its_section() -> None:
+    base = load_config(PARAMS)
+    changed_train = load_config(PARAMS, overrides=["train.lr=1e-3"])
+    assert base.section_hash("data") == changed_train.section_hash("data")
+    assert base.section_hash("train") != changed_train.section_hash("train")
+    assert base.section_hash() != changed_train.section_hash()

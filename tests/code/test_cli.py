@@ -55,7 +55,7 @@ def test_config_show_applies_set_override(state_dir) -> None:  # type: ignore[no
 def test_config_show_rejects_bad_override_naming_the_key(override: str, key: str) -> None:
     # A real process, so the exit code and stderr are what a shell user sees.
     completed = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "config", "show", "--params", PARAMS, "--set", override],
+        [sys.executable, "-m", "flows.cli", "config", "show", "--params", PARAMS, "-s", override],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,

@@ -59,3 +59,9 @@ class ServingError(RatchetError):
     """A Bento could not be built or served."""
 
     exit_code = 7
+
+
+class VersioningError(RatchetError):
+    """A DVC or git operation failed (no repository, remote unreachable, missing outputs)."""
+
+    exit_code = 8

@@ -1,0 +1,54 @@
+"""Data lineage of the current workspace, for the MLflow tags of every model version.
+
+:func:`workspace_lineage` names the code (git commit, dirty flag) and the exact data
+bytes (DVC md5 of ``data/raw`` and ``data/prepared``) a run used.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from components.state import ProjectPaths
+from components.versioning import locked_md5, workspace_md5
+
+
+def git_output(project_root: Path, *args: str) -> str | None:
+    """stdout of a git command, or None outside a git repository / without git."""
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=project_root, capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def workspace_lineage(project_root: Path) -> dict[str, Any]:
+    """Git commit, dirty flag and DVC md5s of the raw and prepared data.
+
+    The md5s are computed from the workspace (the bytes a run actually reads) and equal
+    the ``dvc.lock`` entries when the data is committed; ``data_matches_lock`` says so.
+
+    Args:
+        project_root: the project (git + DVC) root.
+
+    Returns:
+        ``git_commit`` (str or None), ``git_dirty`` (bool or None; tracked files changed),
+        ``raw_data_md5``, ``prepared_data_md5`` (str or None when absent) and
+        ``data_matches_lock`` (bool).
+    """
+    paths = ProjectPaths(project_root=project_root, state_dir=project_root)
+    commit = git_output(project_root, "rev-parse", "HEAD")
+    status = git_output(project_root, "status", "--porcelain", "--untracked-files=no")
+    lineage: dict[str, Any] = {
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+        "raw_data_md5": workspace_md5(paths.raw_dir),
+        "prepared_data_md5": workspace_md5(paths.prepared_dir),
+    }
+    lineage["data_matches_lock"] = lineage["raw_data_md5"] == locked_md5(
+        project_root, "data/raw"
+    ) and lineage["prepared_data_md5"] == locked_md5(project_root, "data/prepared")
+    return lineage

@@ -1,0 +1,402 @@
+"""Validate: the Great Expectations gate that bad data must not pass.
+
+    ratchet validate --data ../shared/data/sst2
+
+The suite is built in code from ``data.checks`` and ``data.labels`` (:func:`build_suite`)
+and runs as a GE checkpoint over one frame holding every raw split plus a few derived
+columns (stripped length, duplicate flag, class share, train overlap, UTF-8 check), so
+checks GE has no built-in expectation for (leakage, duplicate share, minimum class
+share) are ordinary GE expectations too. The checkpoint renders Data Docs (HTML) into
+``docs_dir``. Any failure raises :class:`DataValidationError` listing every failed
+expectation with its observed value and a few offending rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from components.config import DataConfig
+from components.errors import DataValidationError
+from components.ingest import RawDataset, class_names, label_mapping, read_dataset, text_or_none
+from components.state import ProjectPaths
+
+if TYPE_CHECKING:
+    import great_expectations as gx
+
+logger = logging.getLogger(__name__)
+
+SUITE_NAME = "ratchet-data"
+DOCS_SITE_NAME = "ratchet"
+# Raw splits whose texts must not also appear in ``train`` (leakage).
+HELD_OUT_SPLITS = ("dev", "test")
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What the checkpoint found: one entry per expectation, and where Data Docs are."""
+
+    success: bool
+    source: str
+    row_counts: dict[str, int]
+    checks: list[dict[str, Any]]
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    docs_index: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (the validate stage writes it as a DVC metrics file)."""
+        return {
+            "success": self.success,
+            "source": self.source,
+            "row_counts": self.row_counts,
+            "expectations": len(self.checks),
+            "failed": len(self.failures),
+            "checks": self.checks,
+        }
+
+
+def normalise_text(text: str) -> str:
+    """Whitespace-collapsed, stripped text: the key for duplicates, overlap and split hashing."""
+    return " ".join(text.split())
+
+
+def allowed_label_values(data_cfg: DataConfig, raw_labels: list[str | None]) -> list[str]:
+    """Every raw label string that maps to a class (ids, names and aliases)."""
+    return sorted(label_mapping(data_cfg, raw_labels))
+
+
+def validation_frame(raw: RawDataset, data_cfg: DataConfig) -> pd.DataFrame:
+    """All raw splits in one frame, with the derived columns the suite checks."""
+    frame = pd.concat(
+        [split_frame.assign(split=name) for name, split_frame in raw.splits.items()],
+        ignore_index=True,
+    )
+    if "text" in frame:
+        text = frame["text"]
+        present = text.notna()
+        normalised = text.where(~present, text.fillna("").map(normalise_text))
+        stripped_length = text.fillna("").str.strip().str.len()
+        frame["text_length"] = stripped_length.where(present & (stripped_length > 0))
+        frame["utf8_valid"] = text.map(is_utf8_encodable)
+        frame["overlaps_train"] = overlap_with_train(frame["split"], normalised).astype("int64")
+        if "label" in frame:
+            keys = frame[["split", "label"]].assign(key=normalised)
+            frame["duplicate_row"] = keys.duplicated(keep="first") & present
+    if "label" in frame:
+        names = class_names(data_cfg, frame["label"].tolist())
+        mapping = label_mapping(data_cfg, frame["label"].tolist())
+        frame["class_name"] = frame["label"].map(
+            lambda value: names[mapping[value]] if value in mapping else None
+        )
+        counts = frame.groupby(["split", "class_name"])["line"].transform("size")
+        frame["class_share"] = counts / frame.groupby("split")["line"].transform("size")
+    return frame
+
+
+def is_utf8_encodable(text: Any) -> bool:
+    """False for strings with lone surrogates (e.g. JSON ``"\\ud800"``), which no file can hold."""
+    if not isinstance(text, str):
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def overlap_with_train(splits: pd.Series, normalised: pd.Series) -> pd.Series:
+    """True for held-out rows whose normalised text also appears in ``train``."""
+    train_texts = set(normalised[(splits == "train") & normalised.notna()])
+    return splits.isin(HELD_OUT_SPLITS) & normalised.isin(train_texts)
+
+
+def build_suite(data_cfg: DataConfig, labels: list[str], allowed_labels: list[str]) -> Any:
+    """The expectation suite, from config: one GE expectation per data rule.
+
+    Args:
+        data_cfg: column names and ``data.checks`` thresholds.
+        labels: class names in id order (configured or inferred).
+        allowed_labels: raw label strings that map to a class.
+
+    Returns:
+        A ``great_expectations.ExpectationSuite`` named ``ratchet-data``.
+    """
+    gx = import_great_expectations()
+    checks = data_cfg.checks
+    exp = gx.expectations
+    text, label = data_cfg.text_column, data_cfg.label_column
+    expectations = [
+        exp.ExpectColumnToExist(column="text", description=f"text column {text!r} present"),
+        exp.ExpectColumnToExist(column="label", description=f"label column {label!r} present"),
+        exp.ExpectColumnValuesToNotBeNull(column="text", description="no null texts"),
+        exp.ExpectColumnValuesToNotBeNull(column="label", description="no null labels"),
+        exp.ExpectColumnValuesToNotMatchRegex(
+            column="text", regex=r"^\s*$", description="no empty or whitespace-only texts"
+        ),
+        exp.ExpectColumnValuesToBeBetween(
+            column="text_length",
+            min_value=checks.min_chars,
+            max_value=checks.max_chars,
+            description=f"stripped text length within [{checks.min_chars}, {checks.max_chars}]",
+        ),
+        exp.ExpectColumnValuesToBeInSet(
+            column="label",
+            value_set=allowed_labels,
+            description=f"labels within the declared set {labels}",
+        ),
+        exp.ExpectColumnValuesToBeInSet(
+            column="utf8_valid", value_set=[True], description="texts encodable as UTF-8"
+        ),
+        exp.ExpectColumnValuesToBeInSet(
+            column="duplicate_row",
+            value_set=[False],
+            mostly=1.0 - checks.max_duplicate_fraction,
+            description=f"duplicate rows at most {checks.max_duplicate_fraction:.0%}",
+        ),
+        exp.ExpectColumnDistinctValuesToContainSet(
+            column="class_name", value_set=labels, description=f"every class present: {labels}"
+        ),
+        exp.ExpectColumnUniqueValueCountToBeBetween(
+            column="class_name", min_value=2, description="at least two classes"
+        ),
+        exp.ExpectColumnMinToBeBetween(
+            column="class_share",
+            min_value=checks.min_class_fraction,
+            description=f"each class at least {checks.min_class_fraction:.0%} of its split",
+        ),
+        exp.ExpectColumnSumToBeBetween(
+            column="overlaps_train",
+            min_value=0,
+            max_value=checks.max_test_overlap,
+            description=f"at most {checks.max_test_overlap} held-out texts also in train",
+        ),
+    ]
+    return gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations)
+
+
+def import_great_expectations() -> Any:
+    """Import GE offline and quiet (it is slow to import, so only when validating)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations
+
+    return great_expectations
+
+
+def run_checkpoint(frame: pd.DataFrame, suite: Any, docs_dir: Path | None) -> Any:
+    """Run ``suite`` over ``frame`` as a GE checkpoint; render Data Docs into ``docs_dir``.
+
+    Returns:
+        The ``ExpectationSuiteValidationResult`` (COMPLETE result format).
+    """
+    gx = import_great_expectations()
+    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    actions = []
+    if docs_dir is not None:
+        add_docs_site(context, docs_dir)
+        actions.append(UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE_NAME]))
+    batch = (
+        context.data_sources.add_pandas("ratchet")
+        .add_dataframe_asset("rows")
+        .add_batch_definition_whole_dataframe("all_splits")
+    )
+    suite = context.suites.add(suite)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="ratchet-data-rows", data=batch, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="ratchet-data",
+            validation_definitions=[definition],
+            actions=actions,
+            result_format={"result_format": "COMPLETE"},
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    return next(iter(result.run_results.values()))
+
+
+def add_docs_site(context: gx.data_context.AbstractDataContext, docs_dir: Path) -> None:
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    context.add_data_docs_site(
+        site_name=DOCS_SITE_NAME,
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(docs_dir),
+            },
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+
+
+def validate_dataset(
+    raw: RawDataset, data_cfg: DataConfig, docs_dir: Path | None = None
+) -> ValidationReport:
+    """Run the data suite over every split of ``raw``; raise on any failed expectation.
+
+    Args:
+        raw: the data set as read by :func:`components.ingest.read_dataset`.
+        data_cfg: column names, label set and ``data.checks`` thresholds.
+        docs_dir: where to render Data Docs (HTML); ``None`` skips them.
+
+    Returns:
+        The report of a passing run.
+
+    Raises:
+        DataValidationError: one or more expectations failed; the message lists each with
+            its observed value and up to ``data.checks.max_failed_examples`` offending rows.
+    """
+    frame = validation_frame(raw, data_cfg)
+    raw_labels = frame["label"].tolist() if "label" in frame else []
+    labels = class_names(data_cfg, raw_labels)
+    suite = build_suite(data_cfg, labels, allowed_label_values(data_cfg, raw_labels))
+    result = run_checkpoint(frame, suite, docs_dir)
+    checks = [summarise_result(item, frame) for item in result.results]
+    failures = [
+        describe_failure(check, frame, raw, data_cfg)
+        for check in checks
+        if not check["success"] and not check.get("skipped")
+    ]
+    report = ValidationReport(
+        success=not failures,
+        source=raw.source,
+        row_counts=raw.row_counts,
+        checks=checks,
+        failures=failures,
+        docs_index=str(docs_dir / "index.html") if docs_dir is not None else None,
+    )
+    logger.info("validated %s: %d expectations, %d failed", raw.source, len(checks), len(failures))
+    if failures:
+        raise DataValidationError(format_failures(report), failures)
+    return report
+
+
+def summarise_result(item: Any, frame: pd.DataFrame) -> dict[str, Any]:
+    """One expectation result as plain data: name, column, success, observed value."""
+    config = item.expectation_config
+    column = config.kwargs.get("column")
+    result = item.result or {}
+    check: dict[str, Any] = {
+        "expectation": config.type,
+        "column": column,
+        "description": config.description or config.type,
+        "success": bool(item.success),
+    }
+    if column not in frame.columns and config.type != "expect_column_to_exist":
+        check["skipped"] = True  # its column is missing; expect_column_to_exist reports that
+    elif "unexpected_count" in result:
+        count, total = result["unexpected_count"], result.get("element_count", len(frame))
+        check["observed"] = f"{count} of {total} rows ({result.get('unexpected_percent', 0):.1f}%)"
+        check["unexpected_index"] = list(result.get("unexpected_index_list") or [])
+        if column == "label" and count:
+            values = sorted({str(v) for v in result.get("partial_unexpected_list") or []})
+            check["observed"] += f", values {values[:10]}"
+    elif "observed_value" in result:
+        check["observed"] = plain(result["observed_value"])
+    return check
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars and sets as JSON-friendly Python values."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, set | tuple | list):
+        return sorted((plain(v) for v in value), key=str)
+    return value
+
+
+def offending_rows(
+    check: dict[str, Any], frame: pd.DataFrame, data_cfg: DataConfig
+) -> pd.DataFrame:
+    """The rows behind a failed expectation (empty for table-level ones)."""
+    if check.get("unexpected_index"):
+        return frame.loc[check["unexpected_index"]]
+    if check["column"] == "class_share":
+        return frame[frame["class_share"] < data_cfg.checks.min_class_fraction]
+    if check["column"] == "overlaps_train":
+        return frame[frame["overlaps_train"] == 1]
+    return frame.iloc[0:0]
+
+
+def describe_failure(
+    check: dict[str, Any], frame: pd.DataFrame, raw: RawDataset, data_cfg: DataConfig
+) -> dict[str, Any]:
+    """A failed check with its observed value and a few offending rows (file, line, values)."""
+    failure = {key: value for key, value in check.items() if key != "unexpected_index"}
+    if check["expectation"] == "expect_column_to_exist":
+        configured = data_cfg.text_column if check["column"] == "text" else data_cfg.label_column
+        columns = {c for split in raw.splits.values() for c in split.attrs.get("columns", [])}
+        failure["observed"] = f"no column {configured!r}; columns are {sorted(columns)}"
+    rows = offending_rows(check, frame, data_cfg).head(data_cfg.checks.max_failed_examples)
+    failure["examples"] = [
+        {
+            "file": raw.files.get(row["split"], row["split"]),
+            "line": int(row["line"]),
+            "text": shorten(text_or_none(row.get("text"))),
+            "label": text_or_none(row.get("label")),
+        }
+        for _, row in rows.iterrows()
+    ]
+    return failure
+
+
+def shorten(text: Any, limit: int = 80) -> Any:
+    if isinstance(text, str) and len(text) > limit:
+        return text[: limit - 3] + "..."
+    return text
+
+
+def format_failures(report: ValidationReport) -> str:
+    """The error message: every failed expectation, observed value, offending rows."""
+    counts = ", ".join(f"{name}={rows}" for name, rows in report.row_counts.items())
+    lines = [
+        f"data validation failed: {len(report.failures)} of {len(report.checks)} "
+        f"expectations failed for {report.source} (rows: {counts})"
+    ]
+    for failure in report.failures:
+        lines.append(
+            f"  - {failure['description']} [{failure['expectation']}({failure['column']})]: "
+            f"observed {failure.get('observed')}"
+        )
+        for example in failure["examples"]:
+            lines.append(
+                f"      {example['file']} line {example['line']}: "
+                f"text={example['text']!r} label={example['label']!r}"
+            )
+    if report.docs_index:
+        lines.append(f"Data Docs: {report.docs_index}")
+    return "\n".join(lines)
+
+
+def run_validation(
+    source: str, data_cfg: DataConfig, paths: ProjectPaths, report_path: Path | None = None
+) -> ValidationReport:
+    """Read ``source``, validate it, render Data Docs into the state folder.
+
+    Args:
+        source: a file, folder or ``hf:`` source (relative to the project root).
+        data_cfg: the ``data`` section.
+        paths: project paths; Data Docs go to ``paths.data_docs_dir``.
+        report_path: where to write the JSON summary of a passing run (the DVC metric).
+
+    Raises:
+        DataError: the source cannot be read.
+        DataValidationError: an expectation failed; nothing is written to ``report_path``.
+    """
+    raw = read_dataset(source, data_cfg, paths.project_root)
+    report = validate_dataset(raw, data_cfg, paths.data_docs_dir)
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return report

@@ -1,0 +1,155 @@
+"""Data versioning with DVC: the one module that runs DVC.
+
+The pipeline's stages live in ``dvc.yaml``; ``dvc repro`` runs them and records every
+dependency and output md5 in ``dvc.lock``. When the Prefect flow runs the same stage
+functions itself, :func:`commit_stage_outputs` records their outputs the same way. The
+default remote is the state folder's ``dvc-remote`` (``.dvc/config``); a run-time URL
+(``tracking.dvc_remote_url`` or ``$RATCHET_HOME``) is written to ``.dvc/config.local``
+by :func:`configure_remote`, so one config line switches to S3.
+
+md5s here are DVC's: a file's md5 of its bytes, a folder's md5 of the sorted JSON list
+of its files' md5s with a ``.dir`` suffix, so they can be computed without DVC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from components.errors import VersioningError
+
+logger = logging.getLogger(__name__)
+
+REMOTE_NAME = "local"
+LOCK_FILE = "dvc.lock"
+
+
+def dvc_executable() -> str:
+    """The ``dvc`` beside the running Python (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dvc"
+    found = str(beside) if beside.is_file() else shutil.which("dvc")
+    if not found:
+        raise VersioningError("dvc is not installed: pip install -c constraints.txt dvc")
+    return found
+
+
+def run_dvc(project_root: Path, *args: str) -> str:
+    """Run one DVC command in ``project_root``; its failure becomes a VersioningError."""
+    command = [dvc_executable(), *args]
+    logger.debug("running %s", " ".join(command))
+    done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip()
+        raise VersioningError(f"`dvc {' '.join(args)}` failed in {project_root}:\n{detail}")
+    return done.stdout
+
+
+def ensure_dvc_repo(project_root: Path) -> bool:
+    """``dvc init`` when ``project_root`` has no ``.dvc/`` yet (it must be a git repo).
+
+    Returns:
+        True when a repository was created.
+    """
+    if (project_root / ".dvc").is_dir():
+        return False
+    if not (project_root / ".git").exists():
+        raise VersioningError(f"{project_root} is not a git repository: run `git init` first")
+    run_dvc(project_root, "init", "--quiet")
+    return True
+
+
+def configure_remote(project_root: Path, url: str, name: str = REMOTE_NAME) -> None:
+    """Point the default remote at ``url`` for this workspace only (``.dvc/config.local``).
+
+    Args:
+        project_root: the DVC repository.
+        url: a folder path or a remote URL such as ``s3://bucket/ratchet``.
+        name: remote name; it becomes the default remote.
+    """
+    if "://" not in url:
+        Path(url).mkdir(parents=True, exist_ok=True)
+    run_dvc(project_root, "remote", "add", "--local", "--force", "--default", name, url)
+
+
+def commit_stage_outputs(project_root: Path, targets: Sequence[str] = ()) -> None:
+    """Record the current outputs of stages run outside ``dvc repro`` in ``dvc.lock``.
+
+    Args:
+        project_root: the DVC repository.
+        targets: stage names (``ingest``, ``validate``, ``prepare``); empty commits all.
+    """
+    run_dvc(project_root, "commit", "--force", "--quiet", *targets)
+
+
+def track_raw_snapshot(project_root: Path) -> str | None:
+    """Commit the ``ingest`` stage (the ``data/raw`` snapshot) and return its md5."""
+    commit_stage_outputs(project_root, ["ingest"])
+    return locked_md5(project_root, "data/raw")
+
+
+def push(project_root: Path, remote_url: str, targets: Sequence[str] = ()) -> None:
+    """Upload tracked data to ``remote_url`` (set as this workspace's default remote)."""
+    configure_remote(project_root, remote_url)
+    run_dvc(project_root, "push", "--quiet", *targets)
+
+
+def pull(project_root: Path, remote_url: str, targets: Sequence[str] = ()) -> None:
+    """Download tracked data from ``remote_url`` and check it out into the workspace."""
+    configure_remote(project_root, remote_url)
+    run_dvc(project_root, "pull", "--quiet", *targets)
+
+
+def file_md5(path: Path) -> str:
+    """md5 of a file's bytes, as DVC records it."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def directory_md5(folder: Path) -> str:
+    """DVC's md5 of a folder: md5 of the JSON list of its files' md5s, plus ``.dir``."""
+    entries = [
+        {"md5": file_md5(path), "relpath": path.relative_to(folder).as_posix()}
+        for path in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix())
+        if path.is_file()
+    ]
+    listing = json.dumps(entries, sort_keys=True).encode()
+    return hashlib.md5(listing, usedforsecurity=False).hexdigest() + ".dir"
+
+
+def workspace_md5(path: Path) -> str | None:
+    """DVC md5 of a file or folder as it is now; None when it does not exist."""
+    if path.is_dir():
+        return directory_md5(path)
+    return file_md5(path) if path.is_file() else None
+
+
+def locked_md5(project_root: Path, out_path: str) -> str | None:
+    """The md5 DVC recorded for an output, from ``dvc.lock`` or ``<out>.dvc``.
+
+    Args:
+        project_root: the DVC repository.
+        out_path: the output path relative to the root, e.g. ``data/prepared``.
+    """
+    records: list[dict] = []
+    lock = project_root / LOCK_FILE
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+        records = [out for stage in stages.values() for out in stage.get("outs", [])]
+    dvc_file = project_root / f"{out_path}.dvc"
+    if dvc_file.is_file():
+        records += (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs", [])
+    for record in records:
+        if record.get("path") in (out_path, Path(out_path).name):
+            return record.get("md5")
+    return None

@@ -1,9 +1,81 @@
-"""`ratchet` commands for the train area (filled in by its issue)."""
+"""`ratchet` commands for training; also the `cmd`s of the dvc.yaml stages pretrain and train.
+
+ratchet pretrain                       # data/prepared (+ corpora) -> models/pretrained
+ratchet train                          # models/pretrained -> models/finetuned
+ratchet train --set train.max_steps=50 # any key of params.yaml can be overridden
+torchrun --nproc_per_node 2 -m flows.cli train   # DDP: gloo on CPU, NCCL on GPUs
+
+Both resume from their last checkpoint (in the state folder) when a previous run of the
+same configuration on the same data was interrupted.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from flows.cli import ConfigOption, ParamsOption, SetOption, console, load_settings, run_command
+
+InitOption = Annotated[
+    str | None,
+    typer.Option(
+        "--init", help="Model folder to fine-tune; default models/pretrained, else model.base."
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `ratchet` app."""
+    app.command("pretrain")(pretrain)
+    app.command("train")(train)
+
+
+def pretrain(
+    params: ParamsOption = Path("params.yaml"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """MLM-pretrain model.base on the training texts (+ pretrain.extra_corpora); writes
+    models/pretrained and metrics/pretrain.json. With pretrain.enabled false, copies the base."""
+
+    def body() -> None:
+        from components.pretrain import run_pretrain_stage
+
+        settings, paths = load_settings(params, config, set_)
+        result = run_pretrain_stage(settings, paths)
+        summary = "base copied (pretrain.enabled is false)"
+        if "perplexity_after" in result.metrics:
+            summary = (
+                f"validation perplexity {result.metrics['perplexity_before']:.2f} -> "
+                f"{result.metrics['perplexity_after']:.2f}"
+            )
+        console.print(f"{result.model_dir}: {summary}", highlight=False)
+
+    run_command(body)
+
+
+def train(
+    init: InitOption = None,
+    params: ParamsOption = Path("params.yaml"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Fine-tune a sequence classifier on data/prepared; writes models/finetuned and
+    metrics/train.json."""
+
+    def body() -> None:
+        from components.finetune import run_train_stage
+
+        settings, paths = load_settings(params, config, set_)
+        result = run_train_stage(settings, paths, init)
+        metrics = result.metrics
+        console.print(
+            f"{result.model_dir}: validation accuracy {metrics['val_accuracy']:.4f} after "
+            f"{metrics['steps']:.0f} steps, {metrics['train_samples_per_second']:.1f} samples/s "
+            f"({result.info['device']}, {result.info['precision']})",
+            highlight=False,
+        )
+
+    run_command(body)

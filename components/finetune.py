@@ -1,0 +1,351 @@
+"""Fine-tune a sequence classifier on the prepared splits.
+
+Run from the command line as ``ratchet train`` (DVC stage ``train``; multi-GPU or
+multi-process with ``torchrun --nproc_per_node N -m flows.cli train``). The output is a
+Hugging Face folder (safetensors + tokenizer) whose config carries ``id2label``.
+
+The loop itself lives in :mod:`components.training`: length-grouped batches with dynamic
+padding, gradient accumulation, linear warm-up/decay, AdamW with weight decay, clipping,
+early stopping on validation accuracy (the best weights are kept), bf16 autocast where it
+pays, and atomic checkpoints that resume exactly after a kill.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from components.base_model import resolve_base_model
+from components.config import RatchetConfig
+from components.errors import ConfigError, TrainingError
+from components.prepare import PreparedData, load_prepared
+from components.state import ProjectPaths
+from components.training import (
+    DistributedContext,
+    LoopSettings,
+    MetricsCallback,
+    Precision,
+    choose_device,
+    choose_precision,
+    clear_checkpoints,
+    init_distributed,
+    length_grouped_batches,
+    pad_batch,
+    run_key,
+    run_loop,
+    seed_everything,
+    write_metrics,
+)
+
+logger = logging.getLogger(__name__)
+
+PRETRAINED_DIR_NAME = "pretrained"
+FINETUNED_DIR_NAME = "finetuned"
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """Where the fine-tuned model was written and how training went.
+
+    Attributes:
+        model_dir: the Hugging Face folder (safetensors, tokenizer, ``id2label``).
+        metrics: ``val_accuracy``, ``val_loss``, ``train_loss``, ``steps``,
+            ``train_samples_per_second``, ``train_seconds``, ``orchestration_seconds``, ...
+        info: non-numeric facts about the run (device, precision, init model).
+    """
+
+    model_dir: Path
+    metrics: dict[str, float]
+    info: dict[str, str] = field(default_factory=dict)
+
+
+class ClassificationBatches:
+    """Tokenised texts and labels served as length-grouped, dynamically padded batches."""
+
+    def __init__(
+        self,
+        encoded: list[list[int]],
+        labels: Sequence[int],
+        batch_size: int,
+        seed: int,
+        pad_id: int,
+        grouped: bool = True,
+        context: DistributedContext | None = None,
+        pad_multiple: int = 1,
+    ) -> None:
+        self.encoded, self.labels = encoded, list(labels)
+        self.lengths = [len(ids) for ids in encoded]
+        self.batch_size, self.seed, self.pad_id = batch_size, seed, pad_id
+        self.grouped, self.context, self.pad_multiple = grouped, context, pad_multiple
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        return length_grouped_batches(
+            self.lengths, self.batch_size, self.seed, epoch, self.grouped, self.context
+        )
+
+    def collate(self, indices: list[int], step: int) -> dict[str, torch.Tensor]:
+        batch = pad_batch([self.encoded[i] for i in indices], self.pad_id, self.pad_multiple)
+        batch["labels"] = torch.tensor([self.labels[i] for i in indices], dtype=torch.long)
+        return batch
+
+
+def check_finetune_inputs(config: RatchetConfig, data: PreparedData, init_model: str) -> None:
+    """Fail before any compute on settings or data that cannot train.
+
+    Raises:
+        ConfigError: no or one class in ``data.labels``, a batch size below 1, or an init
+            model folder that does not exist.
+        TrainingError: empty splits, or label ids outside the class list.
+    """
+    if len(data.labels) < 2:
+        raise ConfigError(
+            f"data.labels: a classifier needs at least two classes, got {len(data.labels)} "
+            f"({data.labels}); check data.labels or the prepared manifest"
+        )
+    if config.train.batch_size < 1:
+        raise ConfigError(f"train.batch_size must be at least 1, got {config.train.batch_size}")
+    init_path = Path(init_model).expanduser()
+    if (init_model.startswith((".", "/", "~")) or init_path.exists()) and not (
+        init_path / "config.json"
+    ).is_file():
+        raise ConfigError(
+            f"model.base / init model {init_model!r} is not a Hugging Face model folder "
+            "(missing or without config.json)"
+        )
+    for name in ("train", "validation"):
+        frame = data.split(name)
+        if frame.empty:
+            raise TrainingError(f"the prepared {name} split is empty")
+        bad = frame[(frame["label"] < 0) | (frame["label"] >= len(data.labels))]
+        if not bad.empty:
+            raise TrainingError(
+                f"{len(bad)} {name} rows have label ids outside 0..{len(data.labels) - 1}"
+            )
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids with special tokens, truncated to ``max_length``, unpadded."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+def select_train_rows(frame: pd.DataFrame, max_samples: int | None, seed: int) -> pd.DataFrame:
+    """A seeded random subset of at most ``max_samples`` rows (all rows when None)."""
+    if max_samples is None or max_samples >= len(frame):
+        return frame
+    return frame.sample(n=max_samples, random_state=seed)
+
+
+def count_total_steps(
+    batches_per_epoch: int, epochs: float, grad_accum_steps: int, max_steps: int | None
+) -> int:
+    """Optimiser steps for ``epochs`` passes, capped by ``max_steps``."""
+    steps_per_epoch = max(batches_per_epoch // grad_accum_steps, 1)
+    total = max(math.ceil(epochs * steps_per_epoch), 1)
+    return min(total, max_steps) if max_steps is not None else total
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module,
+    encoded: list[list[int]],
+    labels: Sequence[int],
+    batch_size: int,
+    pad_id: int,
+    precision: Precision = "fp32",
+    context: DistributedContext | None = None,
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy over a split, length-sorted for speed.
+
+    Under DDP each rank scores a shard and the counts are summed, so every rank sees the
+    same numbers and takes the same early-stopping decision.
+    """
+    context = context or DistributedContext()
+    device = next(model.parameters()).device
+    model.eval()
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))[
+        context.rank :: context.world_size
+    ]
+    totals = torch.zeros(3, dtype=torch.float64)  # correct, loss sum, count
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in pad_batch([encoded[i] for i in chunk], pad_id).items()}
+        targets = torch.tensor([labels[i] for i in chunk], device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(**batch).logits.float()
+        totals[0] += (logits.argmax(-1) == targets).sum().item()
+        totals[1] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        totals[2] += len(chunk)
+    if context.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(totals)
+    count = max(totals[2].item(), 1.0)
+    return {"val_accuracy": totals[0].item() / count, "val_loss": totals[1].item() / count}
+
+
+def save_model_atomically(model: nn.Module, tokenizer: Any, output_dir: Path) -> None:
+    """save_pretrained into a sibling temp folder, then swap it into place."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, safe_serialization=True)  # type: ignore[operator]
+    tokenizer.save_pretrained(partial)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    os.replace(partial, output_dir)
+
+
+def run_finetuning(
+    config: RatchetConfig,
+    data: PreparedData,
+    init_model: str,
+    output_dir: Path,
+    checkpoint_dir: Path | None = None,
+    on_metrics: MetricsCallback | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``init_model`` on ``data.train``, select on ``data.validation``, save.
+
+    Args:
+        config: ``train.*`` and ``model.max_length`` are used.
+        data: prepared splits; ``data.labels`` become ``id2label``.
+        init_model: a Hugging Face folder (the pretraining output or the base) or hub id.
+        output_dir: where the model folder is written (rank 0 only under DDP).
+        checkpoint_dir: checkpoints go here; a checkpoint already there is resumed.
+        on_metrics: per-step metrics callback (loss, lr, grad_norm, samples_per_second,
+            val_accuracy/val_loss when evaluated).
+
+    Returns:
+        The output folder and metrics (validation accuracy of the saved, best weights).
+
+    Raises:
+        ConfigError / TrainingError: bad settings or data, before any compute.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    check_finetune_inputs(config, data, init_model)
+    train_cfg = config.train
+    context = init_distributed()
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+    seed_everything(train_cfg.seed, train_cfg.deterministic)
+    tokenizer = AutoTokenizer.from_pretrained(init_model)
+    train_rows = select_train_rows(data.train, train_cfg.max_train_samples, train_cfg.seed)
+    max_length = config.model.max_length
+    train_encoded = encode_texts(tokenizer, train_rows["text"].tolist(), max_length)
+    val_encoded = encode_texts(tokenizer, data.validation["text"].tolist(), max_length)
+    val_labels = data.validation["label"].astype(int).tolist()
+    device = choose_device(context)
+    precision = choose_precision(train_cfg.precision, device)
+    pad_multiple = 8 if device.type == "cuda" else 1
+    source = ClassificationBatches(
+        train_encoded,
+        train_rows["label"].astype(int).tolist(),
+        train_cfg.batch_size,
+        train_cfg.seed,
+        tokenizer.pad_token_id,
+        train_cfg.length_grouped,
+        context,
+        pad_multiple,
+    )
+    total_steps = count_total_steps(
+        len(source.epoch_batches(0)),
+        train_cfg.epochs,
+        train_cfg.grad_accum_steps,
+        train_cfg.max_steps,
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(
+        init_model,
+        num_labels=len(data.labels),
+        id2label=dict(enumerate(data.labels)),
+        label2id={name: index for index, name in enumerate(data.labels)},
+    )
+    if context.enabled:
+        # Same init everywhere (DDP also broadcasts rank 0's), different dropout per rank.
+        torch.manual_seed(train_cfg.seed + context.rank)
+    settings = LoopSettings(
+        total_steps=total_steps,
+        lr=train_cfg.lr,
+        weight_decay=train_cfg.weight_decay,
+        warmup_fraction=train_cfg.warmup_fraction,
+        max_grad_norm=train_cfg.max_grad_norm,
+        grad_accum_steps=train_cfg.grad_accum_steps,
+        eval_every_steps=train_cfg.eval_every_steps,
+        early_stopping_patience=train_cfg.early_stopping_patience,
+        checkpoint_every_steps=train_cfg.checkpoint_every_steps,
+        seed=train_cfg.seed,
+        precision=precision,
+        compile=train_cfg.compile,
+        description="fine-tune",
+    )
+
+    def evaluate(current: nn.Module) -> dict[str, float]:
+        return evaluate_accuracy(
+            current,
+            val_encoded,
+            val_labels,
+            config.eval.batch_size,
+            tokenizer.pad_token_id,
+            precision,
+            context,
+        )
+
+    outcome = run_loop(
+        model,
+        source,
+        settings,
+        evaluate=evaluate,
+        metric_name="val_accuracy",
+        checkpoint_dir=checkpoint_dir,
+        on_metrics=on_metrics,
+        context=context,
+    )
+    final_scores = evaluate(model)
+    metrics = {**outcome.metrics, **final_scores, "train_examples": float(len(train_encoded))}
+    if context.is_main:
+        save_model_atomically(model, tokenizer, output_dir)
+        if checkpoint_dir is not None:
+            clear_checkpoints(checkpoint_dir)
+    logger.info(
+        "fine-tuned %d steps: val_accuracy %.4f, %.1f samples/s",
+        outcome.state.step,
+        final_scores["val_accuracy"],
+        metrics["train_samples_per_second"],
+    )
+    info = {"device": outcome.device, "precision": outcome.precision, "init_model": init_model}
+    return FinetuneResult(model_dir=output_dir, metrics=metrics, info=info)
+
+
+def default_init_model(config: RatchetConfig, paths: ProjectPaths) -> str:
+    """models/pretrained when the pretrain stage produced it, else the resolved base."""
+    pretrained = paths.models_dir / PRETRAINED_DIR_NAME
+    if (pretrained / "config.json").is_file():
+        return str(pretrained)
+    return resolve_base_model(config.model.base, paths.project_root)
+
+
+def run_train_stage(
+    config: RatchetConfig,
+    paths: ProjectPaths,
+    init_model: str | None = None,
+    on_metrics: MetricsCallback | None = None,
+) -> FinetuneResult:
+    """The ``train`` stage: data/prepared + models/pretrained -> models/finetuned and
+    metrics/train.json."""
+    data = load_prepared(paths.prepared_dir)
+    init = init_model or default_init_model(config, paths)
+    checkpoints = paths.checkpoints_dir / f"finetune-{run_key(config, paths)}"
+    result = run_finetuning(
+        config, data, init, paths.models_dir / FINETUNED_DIR_NAME, checkpoints, on_metrics
+    )
+    write_metrics(paths.metrics_dir / "train.json", result.metrics, result.info)
+    return result

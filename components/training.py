@@ -1,0 +1,625 @@
+"""The training loop shared by MLM pretraining and classifier fine-tuning.
+
+One loop, small pieces: device and precision choice, seeding, length-grouped batching,
+dynamic padding, the linear warm-up/decay schedule, atomic checkpoints that hold
+everything an exact resume needs (weights, optimiser, scheduler, RNG states, data
+position, early-stopping counters), and torch.distributed (DDP) setup. It runs
+unchanged on a laptop CPU, one GPU, or ``torchrun --nproc_per_node N``.
+
+Exact resume works because the batch order is a pure function of (seed, epoch), any
+per-step randomness other than dropout (MLM masking) is derived from (seed, step, rank),
+and the global RNG states that drive dropout are saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from components.errors import TrainingError
+from components.logs import progress_disabled
+
+logger = logging.getLogger(__name__)
+
+MetricsCallback = Callable[[int, dict[str, float]], None]
+"""``on_metrics(step, metrics)``: per-step loss, lr, grad_norm, samples_per_second, and
+validation metrics (``val_*``) when evaluated. The tracking layer connects it to MLflow."""
+
+Precision = Literal["fp32", "bf16"]
+CHECKPOINT_PREFIX = "step-"
+KEEP_CHECKPOINTS = 2
+# Trainer's LengthGroupedSampler uses megabatches of 50 batches; bigger ones pad less but
+# make batch contents less random.
+MEGABATCH_FACTOR = 50
+
+
+# --------------------------------------------------------------------------- runtime
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits in a torch.distributed job (world_size 1 when alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed() -> DistributedContext:
+    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1), else no-op.
+
+    The backend is NCCL on CUDA and gloo on CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    import torch.distributed as dist
+
+    context = DistributedContext(
+        rank=int(os.environ["RANK"]),
+        world_size=world_size,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(context.local_rank)
+        dist.init_process_group(backend=backend)
+    return context
+
+
+def choose_device(context: DistributedContext | None = None) -> torch.device:
+    """CUDA (this process's local GPU) when available, otherwise the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", (context or DistributedContext()).local_rank)
+    return torch.device("cpu")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX); without them oneDNN
+    emulates bf16 and it is many times slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        flags = ""
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return True
+    checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(checker and checker() and "avx512" in flags)
+
+
+def bf16_speedup_on_cpu(size: int = 512, repeats: int = 5) -> float:
+    """Measured fp32 time / bf16-autocast time of a linear layer shaped like a BERT FFN."""
+    layer = nn.Linear(size, 4 * size)
+    inputs = torch.randn(4 * size, size)
+
+    def timed(enabled: bool) -> float:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            layer(inputs)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                layer(inputs)
+        return time.perf_counter() - start
+
+    return timed(False) / timed(True)
+
+
+def choose_precision(setting: str, device: torch.device) -> Precision:
+    """Resolve ``train.precision``: fp32 weights always, bf16 autocast when it pays.
+
+    ``auto`` picks bf16 on CUDA devices that support it, and on CPUs with native bf16
+    where a quick measurement shows bf16 autocast is faster than fp32.
+    """
+    if setting in ("fp32", "bf16"):
+        return setting  # type: ignore[return-value]
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        speedup = bf16_speedup_on_cpu()
+        logger.info("bf16 autocast on this CPU: %.2fx fp32 speed", speedup)
+        return "bf16" if speedup > 1.2 else "fp32"
+    return "fp32"
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (all devices); optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def capture_rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- batching
+def length_grouped_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    grouped: bool = True,
+    context: DistributedContext | None = None,
+) -> list[list[int]]:
+    """This rank's batches of example indices for one epoch: a pure function of the inputs.
+
+    Indices are shuffled with (seed, epoch); when ``grouped``, each megabatch of
+    ``50 * batch_size`` is sorted by length before being cut, so a batch holds texts of
+    similar length and dynamic padding wastes little. Batch order is shuffled again so
+    long and short batches alternate. Under DDP the batch list is cut to a multiple of
+    the world size and dealt round-robin, so every rank takes the same number of steps.
+    """
+    if batch_size < 1:
+        raise TrainingError(f"batch size must be at least 1, got {batch_size}")
+    context = context or DistributedContext()
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if grouped:
+        megabatch = batch_size * MEGABATCH_FACTOR
+        order = np.concatenate(
+            [
+                chunk[np.argsort([-lengths[i] for i in chunk], kind="stable")]
+                for chunk in np.split(order, range(megabatch, len(order), megabatch))
+            ]
+        )
+    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    if grouped:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    usable = len(batches) - len(batches) % context.world_size
+    return batches[context.rank : usable : context.world_size]
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, multiple_of: int = 1
+) -> dict[str, torch.Tensor]:
+    """Pad token-id lists to the longest in the batch (dynamic padding)."""
+    longest = max(len(ids) for ids in sequences)
+    longest = math.ceil(longest / multiple_of) * multiple_of
+    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def linear_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from 0 to the peak LR over ``warmup_steps``, then linear decay to 0."""
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: linear_lr_factor(step, warmup_steps, total_steps)
+    )
+
+
+def linear_lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    remaining = max(total_steps - warmup_steps, 1)
+    return max(0.0, (total_steps - step) / remaining)
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW without decay on biases and LayerNorm weights (BERT recipe); fused kernel
+    where torch has one for the device."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim < 2 or "LayerNorm" in name else decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, fused=device.type in ("cuda", "cpu"))
+
+
+# --------------------------------------------------------------------------- checkpoints
+@dataclass
+class TrainState:
+    """Loop position and early-stopping counters, saved with every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    samples_seen: int = 0
+    best_metric: float | None = None
+    best_step: int = 0
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    loss_sum: float = 0.0
+    loss_count: int = 0
+
+
+def save_checkpoint(
+    checkpoint_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: TrainState,
+    rng_states: list[dict[str, Any]],
+    best_weights: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a checkpoint atomically: into a temporary folder, then ``os.replace`` it to
+    ``step-NNNNNNNN``. A kill at any moment leaves either the old or the new checkpoint,
+    never half of one. Older checkpoints beyond the last two are removed."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{state.step:08d}"
+    partial = checkpoint_dir / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_states,
+        "best_weights": best_weights,
+    }
+    torch.save(payload, partial / "checkpoint.pt")
+    (partial / "state.json").write_text(json.dumps(asdict(state)), encoding="utf-8")
+    with open(partial / "checkpoint.pt", "rb") as handle:
+        os.fsync(handle.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    for old in list_checkpoints(checkpoint_dir)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders are ignored)."""
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(p for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
+
+
+def load_latest_checkpoint(checkpoint_dir: Path | None) -> tuple[dict[str, Any], TrainState] | None:
+    """The newest complete checkpoint's payload and loop state, or None."""
+    if checkpoint_dir is None:
+        return None
+    found = list_checkpoints(checkpoint_dir)
+    if not found:
+        return None
+    latest = found[-1]
+    payload = torch.load(latest / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = TrainState(**json.loads((latest / "state.json").read_text(encoding="utf-8")))
+    logger.info("resuming from %s (step %d)", latest, state.step)
+    return payload, state
+
+
+# --------------------------------------------------------------------------- the loop
+class BatchSource(Protocol):
+    """What the loop needs from a data set: per-epoch batches and a collate function."""
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of example indices for ``epoch`` (pure in seed and epoch)."""
+        ...
+
+    def collate(self, indices: list[int], step: int) -> dict[str, torch.Tensor]:
+        """Model inputs (with labels) for one micro-batch at optimiser step ``step``."""
+        ...
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Hyper-parameters of one training run, gathered from ``pretrain.*`` or ``train.*``."""
+
+    total_steps: int
+    lr: float
+    weight_decay: float
+    warmup_fraction: float
+    max_grad_norm: float = 1.0
+    grad_accum_steps: int = 1
+    eval_every_steps: int | None = None
+    early_stopping_patience: int | None = None
+    checkpoint_every_steps: int | None = None
+    seed: int = 42
+    precision: str = "auto"
+    compile: bool = False
+    description: str = "train"
+
+
+@dataclass
+class LoopResult:
+    """What a finished loop hands back (the model holds the best weights)."""
+
+    state: TrainState
+    metrics: dict[str, float] = field(default_factory=dict)
+    precision: Precision = "fp32"
+    device: str = "cpu"
+
+
+def micro_batches(source: BatchSource, state: TrainState) -> Iterator[tuple[int, int, list[int]]]:
+    """Endless (epoch, position, indices) stream starting at the saved data position."""
+    epoch, position = state.epoch, state.batch_in_epoch
+    while True:
+        batches = source.epoch_batches(epoch)
+        if not batches:
+            raise TrainingError("the training data yields no batch (too few examples?)")
+        while position < len(batches):
+            yield epoch, position, batches[position]
+            position += 1
+        epoch, position = epoch + 1, 0
+
+
+def move_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def all_ranks_rng(context: DistributedContext) -> list[dict[str, Any]]:
+    """Every rank's RNG state (gathered to all ranks under DDP) for the checkpoint."""
+    mine = capture_rng_state()
+    if not context.enabled:
+        return [mine]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+def run_loop(
+    model: nn.Module,
+    source: BatchSource,
+    settings: LoopSettings,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    metric_name: str = "val_accuracy",
+    checkpoint_dir: Path | None = None,
+    on_metrics: MetricsCallback | None = None,
+    context: DistributedContext | None = None,
+) -> LoopResult:
+    """Train ``model`` in place; resume from ``checkpoint_dir`` when it holds a checkpoint.
+
+    Args:
+        model: a Hugging Face model whose forward returns ``.loss`` given the batch.
+        source: batches per epoch and their collation.
+        settings: steps, optimiser, schedule, clipping, eval/checkpoint cadence.
+        evaluate: scores the model on validation data; higher ``metric_name`` is better.
+            It must not draw random numbers (run the model in eval mode).
+        metric_name: the key of ``evaluate``'s result used for early stopping and the best
+            model.
+        checkpoint_dir: where atomic checkpoints go; None disables checkpointing.
+        on_metrics: per-step metrics callback (see ``MetricsCallback``); main rank only.
+        context: the distributed context; None means a single process.
+
+    Returns:
+        The final loop state and summary metrics; ``model`` holds the best evaluated
+        weights (the last ones when there is no evaluation).
+    """
+    context = context or DistributedContext()
+    device = choose_device(context)
+    precision = choose_precision(settings.precision, device)
+    model.to(device)
+    optimizer = build_optimizer(model, settings.lr, settings.weight_decay, device)
+    warmup = int(settings.warmup_fraction * settings.total_steps)
+    scheduler = linear_schedule(optimizer, warmup, settings.total_steps)
+    state, best_weights = TrainState(), None
+    resumed = load_latest_checkpoint(checkpoint_dir)
+    if resumed is not None:
+        payload, state = resumed
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        best_weights = payload["best_weights"]
+        restore_rng_state(payload["rng"][context.rank])
+    ddp: nn.parallel.DistributedDataParallel | None = None
+    trained: nn.Module = model
+    if context.enabled:
+        ddp = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        trained = ddp
+    if settings.compile:
+        trained = torch.compile(trained)  # type: ignore[assignment]
+    logger.info(
+        "%s: %d steps on %s, precision %s, world size %d%s",
+        settings.description,
+        settings.total_steps,
+        device,
+        precision,
+        context.world_size,
+        f", resumed at step {state.step}" if state.step else "",
+    )
+    stream = micro_batches(source, state)
+    bar = tqdm(
+        total=settings.total_steps,
+        initial=state.step,
+        desc=settings.description,
+        disable=progress_disabled() or not context.is_main,
+        dynamic_ncols=True,
+    )
+    overhead_s, train_s, run_samples = 0.0, 0.0, 0
+    model.train()
+    while state.step < settings.total_steps and not state.stopped_early:
+        step_start = time.perf_counter()
+        loss, grad_norm, samples = train_step(
+            trained, ddp, optimizer, scheduler, source, stream, state, settings, precision, device
+        )
+        samples *= context.world_size
+        state.step += 1
+        state.samples_seen += samples
+        state.loss_sum += loss
+        state.loss_count += 1
+        run_samples += samples
+        step_seconds = time.perf_counter() - step_start
+        train_s += step_seconds
+        step_metrics: dict[str, float] = {
+            "loss": loss,
+            "lr": float(scheduler.get_last_lr()[0]),
+            "grad_norm": grad_norm,
+            "samples_per_second": samples / max(step_seconds, 1e-9),
+        }
+        is_last = state.step >= settings.total_steps
+        if evaluate is not None and (
+            is_last or (settings.eval_every_steps and state.step % settings.eval_every_steps == 0)
+        ):
+            scores = evaluate(model)
+            model.train()
+            step_metrics.update(scores)
+            new_best = track_best(model, state, scores[metric_name], settings)
+            best_weights = new_best if new_best is not None else best_weights
+        orchestration_start = time.perf_counter()
+        if on_metrics is not None and context.is_main:
+            on_metrics(state.step, dict(step_metrics))
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{run_samples / max(train_s, 1e-9):.0f}")
+        every = settings.checkpoint_every_steps
+        if checkpoint_dir is not None and every and state.step % every == 0 and not is_last:
+            rng_states = all_ranks_rng(context)
+            if context.is_main:
+                save_checkpoint(
+                    checkpoint_dir, model, optimizer, scheduler, state, rng_states, best_weights
+                )
+        overhead_s += time.perf_counter() - orchestration_start
+    bar.close()
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    metrics = {
+        "train_loss": state.loss_sum / max(state.loss_count, 1),
+        "steps": float(state.step),
+        "samples_seen": float(state.samples_seen),
+        "train_seconds": train_s,
+        "train_samples_per_second": run_samples / max(train_s, 1e-9),
+        "orchestration_seconds": overhead_s,
+        "best_step": float(state.best_step),
+        "stopped_early": float(state.stopped_early),
+    }
+    if state.best_metric is not None:
+        metrics[f"best_{metric_name}"] = state.best_metric
+    return LoopResult(state=state, metrics=metrics, precision=precision, device=str(device))
+
+
+def track_best(
+    model: nn.Module, state: TrainState, value: float, settings: LoopSettings
+) -> dict[str, torch.Tensor] | None:
+    """Update the best metric and early-stopping counters.
+
+    Returns:
+        A CPU copy of the weights when ``value`` is a new best, else None.
+    """
+    if state.best_metric is None or value > state.best_metric:
+        state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+        return {
+            key: tensor.detach().to("cpu", copy=True) for key, tensor in model.state_dict().items()
+        }
+    state.evals_without_improvement += 1
+    patience = settings.early_stopping_patience
+    if patience is not None and state.evals_without_improvement >= patience:
+        state.stopped_early = True
+        logger.info("early stopping at step %d (best at step %d)", state.step, state.best_step)
+    return None
+
+
+def train_step(
+    model: nn.Module,
+    ddp: nn.parallel.DistributedDataParallel | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    source: BatchSource,
+    stream: Iterator[tuple[int, int, list[int]]],
+    state: TrainState,
+    settings: LoopSettings,
+    precision: Precision,
+    device: torch.device,
+) -> tuple[float, float, int]:
+    """One optimiser step over ``grad_accum_steps`` micro-batches, gradients clipped.
+
+    Returns:
+        (mean loss, gradient norm before clipping, examples processed on this rank).
+    """
+    total_loss, samples = 0.0, 0
+    accum = settings.grad_accum_steps
+    for micro in range(accum):
+        epoch, position, indices = next(stream)
+        batch = move_to(source.collate(indices, state.step * accum + micro), device)
+        # DDP all-reduces gradients only on the last micro-batch of an accumulation.
+        skip_sync = ddp is not None and micro < accum - 1
+        with (
+            ddp.no_sync() if skip_sync and ddp is not None else nullcontext(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+        ):
+            loss = model(**batch).loss / accum
+        loss.backward()
+        total_loss += float(loss.detach())
+        samples += len(indices)
+        state.epoch, state.batch_in_epoch = epoch, position + 1
+    if not math.isfinite(total_loss):
+        raise TrainingError(
+            f"loss became {total_loss} at step {state.step}: lower the learning rate"
+        )
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total_loss, float(grad_norm), samples
+
+
+def clear_checkpoints(checkpoint_dir: Path) -> None:
+    """Remove a finished run's checkpoints, so the next run of the command starts fresh."""
+    for found in [*list_checkpoints(checkpoint_dir), *checkpoint_dir.glob(".tmp-*")]:
+        shutil.rmtree(found, ignore_errors=True)
+
+
+def run_key(config: Any, paths: Any) -> str:
+    """Checkpoint folder key: the config sections and prepared data a run depends on.
+    A changed setting or data set starts fresh instead of resuming a different run."""
+    manifest = paths.prepared_dir / "manifest.json"
+    data_stamp = manifest.read_bytes() if manifest.is_file() else b""
+    digest = hashlib.sha256(config.section_hash("data", "model", "pretrain", "train").encode())
+    digest.update(data_stamp)
+    return digest.hexdigest()[:12]
+
+
+def write_metrics(path: Path, metrics: dict[str, float], info: dict[str, str]) -> None:
+    """The stage's metrics JSON (the file DVC declares), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.tmp")
+    payload = {**{k: round(v, 6) for k, v in metrics.items()}, "info": info}
+    partial.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(partial, path)

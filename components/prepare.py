@@ -194,13 +194,17 @@ def write_prepared(prepared: PreparedData, out_dir: Path, source: str = "") -> d
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     manifest: dict[str, Any] = {"labels": prepared.labels, "source": source, "splits": {}}
-    for name in SPLIT_NAMES:
-        path = staging / f"{name}.parquet"
-        prepared.split(name).to_parquet(path, index=False)
-        stats = split_stats(prepared.split(name), prepared.labels)
-        manifest["splits"][name] = {**stats, "md5": file_md5(path)}
-    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    replace_folder(staging, out_dir)
+    try:
+        for name in SPLIT_NAMES:
+            path = staging / f"{name}.parquet"
+            prepared.split(name).to_parquet(path, index=False)
+            stats = split_stats(prepared.split(name), prepared.labels)
+            manifest["splits"][name] = {**stats, "md5": file_md5(path)}
+        manifest_text = json.dumps(manifest, indent=2) + "\n"
+        (staging / MANIFEST_FILE).write_text(manifest_text, encoding="utf-8")
+        replace_folder(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful swap
     return manifest
 
 

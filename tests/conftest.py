@@ -90,3 +90,62 @@ def sst2_dir() -> Path:
     if not (folder / "train.tsv").is_file():
         pytest.skip(f"SST-2 not found at {folder} (../shared/data beside the checkout)")
     return folder
+
+
+def prepared_split(count: int, seed: int = 0) -> pd.DataFrame:
+    """``make_sentiment_rows`` in the prepared-data layout (text, label id, label_name)."""
+    rows = make_sentiment_rows(count, seed).rename(columns={"sentence": "text"})
+    rows["label"] = rows["label"].astype("int64")
+    rows["label_name"] = rows["label"].map({0: "negative", 1: "positive"})
+    return rows
+
+
+def train_tiny_classifier(
+    base_dir: Path, output_dir: Path, shuffle_labels: bool = False, steps: int = 40
+) -> Path:
+    """A tiny BERT sequence classifier trained with a few plain AdamW steps (about a second).
+
+    With ``shuffle_labels`` the labels are permuted first, which makes a worse model.
+    """
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    labels = ["negative", "positive"]
+    model = BertForSequenceClassification.from_pretrained(
+        str(base_dir),
+        num_labels=2,
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    train = prepared_split(160, seed=1)
+    targets = train["label"].to_numpy()
+    if shuffle_labels:
+        targets = random.Random(7).sample(list(targets), len(targets))
+    # Frozen word embeddings: most of the parameters, and not needed to separate the words.
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=3e-3)
+    model.train()
+    for step in range(steps):
+        chosen = [(step * 16 + i) % len(train) for i in range(16)]
+        batch = tokenizer([train["text"][i] for i in chosen], padding=True, return_tensors="pt")
+        loss = model(**batch, labels=torch.tensor([int(targets[i]) for i in chosen])).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_classifiers(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two tiny classifiers: ``good`` (learns the polar words) and ``shuffled`` (random labels)."""
+    root = tmp_path_factory.mktemp("tiny-classifiers")
+    return {
+        "good": train_tiny_classifier(tiny_bert_dir, root / "good"),
+        "shuffled": train_tiny_classifier(tiny_bert_dir, root / "shuffled", shuffle_labels=True),
+    }

@@ -1,0 +1,210 @@
+"""Build a self-contained Bento for the model behind a registry alias.
+
+    ratchet build --alias champion
+
+Resolves the alias to a registered version, downloads its Hugging Face folder from
+MLflow into the BentoML model store (labels and metadata name the registry version,
+its aliases, metrics and lineage), then builds a Bento from ``serving/bentofile.yaml``
+with python packages pinned from ``constraints.txt``. Earlier Bentos stay in the store,
+so rolling back is ``ratchet serve --bento <previous tag>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.config import RatchetConfig
+from components.errors import RegistryError, ServingError
+from components.state import ProjectPaths
+
+logger = logging.getLogger(__name__)
+
+BENTOFILE = Path(__file__).with_name("bentofile.yaml")
+SERVICE_MODULE = "serving.service"
+HF_FOLDER = "hf_model"
+LINEAGE_TAG_PREFIXES = ("data.", "git.", "config.", "base_model.", "lineage.")
+KEY_METRIC_PATTERN = re.compile(r"(accuracy|f1|precision|recall|ece|loss)", re.IGNORECASE)
+
+
+def store_name(registry_name: str) -> str:
+    """A registry name made valid as a BentoML tag name (lower case, ``[a-z0-9._-]``)."""
+    cleaned = re.sub(r"[^a-z0-9._-]+", "-", registry_name.lower()).strip("-._")
+    return cleaned or "model"
+
+
+def lineage_tags(tags: dict[str, str]) -> dict[str, str]:
+    """The registry version's tags that describe where the model came from."""
+    return {key: str(value) for key, value in tags.items() if key.startswith(LINEAGE_TAG_PREFIXES)}
+
+
+def key_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Evaluation metrics worth a label (accuracy, F1, ...), not per-step training noise."""
+    return {name: value for name, value in metrics.items() if KEY_METRIC_PATTERN.search(name)}
+
+
+def resolve_alias(model_name: str, alias: str) -> dict[str, Any]:
+    """The registry version behind ``alias``: version, aliases, tags, run metrics.
+
+    Raises:
+        RegistryError: the model or the alias does not exist.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as error:
+        raise RegistryError(
+            f"registered model {model_name!r} has no alias {alias!r} ({error.message}); "
+            "register and promote a model first (ratchet register / the retrain flow)"
+        ) from error
+    metrics: dict[str, float] = {}
+    if version.run_id:
+        metrics = dict(client.get_run(version.run_id).data.metrics)
+    return {
+        "name": model_name,
+        "version": str(version.version),
+        "alias": alias,
+        "aliases": sorted(version.aliases or []),
+        "run_id": version.run_id,
+        "tags": dict(version.tags or {}),
+        "metrics": metrics,
+    }
+
+
+def model_labels(registry: dict[str, Any]) -> dict[str, str]:
+    """BentoML labels (strings only) naming the registry version and its lineage."""
+    labels = {
+        "registry.name": registry["name"],
+        "registry.version": registry["version"],
+        "registry.alias": registry["alias"],
+        "registry.run_id": str(registry["run_id"] or ""),
+    }
+    labels.update(lineage_tags(registry["tags"]))
+    labels.update({f"metric.{k}": f"{v:.6g}" for k, v in key_metrics(registry["metrics"]).items()})
+    return labels
+
+
+def save_to_model_store(registry: dict[str, Any], hf_dir: Path) -> str:
+    """Copy the HF folder into the BentoML model store once per registry version.
+
+    Returns:
+        The BentoML model tag, ``<name>:v<registry version>``.
+    """
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    tag = f"{store_name(registry['name'])}:v{registry['version']}"
+    try:
+        existing = bentoml.models.get(tag)
+        logger.info("model %s already in the BentoML store", existing.tag)
+        return str(existing.tag)
+    except NotFound:
+        pass
+    metadata = {
+        "name": registry["name"],
+        "version": registry["version"],
+        "aliases": registry["aliases"],
+        "run_id": registry["run_id"],
+        "metrics": registry["metrics"],
+        "lineage": lineage_tags(registry["tags"]),
+    }
+    with bentoml.models.create(tag, labels=model_labels(registry), metadata=metadata) as model:
+        shutil.copytree(hf_dir, model.path_of(HF_FOLDER))
+    logger.info("saved registry %s v%s as %s", registry["name"], registry["version"], tag)
+    return tag
+
+
+def pinned_packages(names: list[str], constraints_file: Path) -> list[str]:
+    """``name==version`` for each package, versions from the lock (local suffixes dropped).
+
+    Raises:
+        ServingError: a package is not pinned in the constraints file.
+    """
+    pins: dict[str, str] = {}
+    for line in constraints_file.read_text(encoding="utf-8").splitlines():
+        name, sep, version = line.split("#")[0].strip().partition("==")
+        if sep:
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version.split("+")[0].strip()
+    missing = [n for n in names if re.sub(r"[-_.]+", "-", n).lower() not in pins]
+    if missing:
+        raise ServingError(f"{constraints_file} pins no version for {missing}")
+    return [f"{n}=={pins[re.sub(r'[-_.]+', '-', n).lower()]}" for n in names]
+
+
+def serve_arguments(config: RatchetConfig, model_tag: str) -> dict[str, Any]:
+    """Bento arguments read by ``serving/service.py`` (no secrets: the API key is env only)."""
+    serving = config.serving
+    return {
+        "model_tag": model_tag,
+        "max_texts": serving.max_texts,
+        "max_chars": serving.max_chars,
+        "max_body_bytes": serving.max_body_bytes,
+        "max_batch_size": serving.max_batch_size,
+        "max_latency_ms": serving.max_latency_ms,
+        "precision": serving.precision,
+        "num_threads": serving.num_threads,
+    }
+
+
+def build_options(paths: ProjectPaths, labels: dict[str, str]) -> dict[str, Any]:
+    """``serving/bentofile.yaml`` with pinned packages and the given labels."""
+    options = yaml.safe_load(BENTOFILE.read_text(encoding="utf-8"))
+    python = dict(options.get("python") or {})
+    python["packages"] = pinned_packages(
+        list(python.get("packages") or []), paths.project_root / "constraints.txt"
+    )
+    options["python"] = python
+    options["labels"] = labels
+    return options
+
+
+def build_bento(config: RatchetConfig, paths: ProjectPaths, alias: str = "champion") -> str:
+    """Build a Bento serving the registry version behind ``alias``.
+
+    Args:
+        config: the resolved configuration (registry name, serving limits).
+        paths: project paths; the project root is the build context.
+        alias: registry alias to serve, ``champion`` by default.
+
+    Returns:
+        The Bento tag, e.g. ``ratchet-sst2-service:abc123``.
+
+    Raises:
+        RegistryError: the alias does not exist.
+        ServingError: the build failed.
+    """
+    import bentoml
+
+    from components.mlflow_model import download_hf_model
+
+    registry = resolve_alias(config.registry.model_name, alias)
+    with tempfile.TemporaryDirectory(prefix="ratchet-build-") as tmp:
+        hf_dir = download_hf_model(f"models:/{registry['name']}/{registry['version']}", Path(tmp))
+        model_tag = save_to_model_store(registry, hf_dir)
+    labels = {key: value for key, value in model_labels(registry).items()}
+    labels["bento_model"] = model_tag
+    options = build_options(paths, labels)
+    # The service reads its Bento arguments at import; a module imported earlier in this
+    # process would keep the previous model tag, so import it afresh for this build.
+    sys.modules.pop(SERVICE_MODULE, None)
+    try:
+        bento = bentoml.bentos.build(
+            name=f"{store_name(registry['name'])}-service",
+            build_ctx=str(paths.project_root),
+            args=serve_arguments(config, model_tag),
+            **options,
+        )
+    except bentoml.exceptions.BentoMLException as error:
+        raise ServingError(f"building the Bento failed: {error}") from error
+    logger.info("built Bento %s for %s v%s", bento.tag, registry["name"], registry["version"])
+    return str(bento.tag)

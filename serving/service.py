@@ -1,0 +1,197 @@
+"""The BentoML service that serves the registry's champion classifier.
+
+Built into a Bento by ``ratchet build`` (see ``serving/build.py``), run by ``ratchet serve``::
+
+    ratchet build --alias champion && ratchet serve
+    curl -s localhost:3000/classify -H 'content-type: application/json' \\
+         -d '{"texts": ["a gripping, beautifully acted film"]}'
+
+The Bento's arguments (set at build time, overridable with ``bentoml serve --arg``) name
+the BentoML model to load and the request limits. ``POST /classify`` validates a request
+(limits are in its types, so the OpenAPI spec states them) and queues its texts on
+BentoML's adaptive batcher, so texts from concurrent requests share one forward pass.
+BentoML's own ``/healthz`` (alive),
+``/readyz`` (model loaded) and ``/metrics`` (Prometheus) stay; ``GET /metadata`` is added.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any, NoReturn, cast
+
+import anyio
+import bentoml
+from bentoml._internal.marshal.dispatcher import CorkDispatcher
+from bentoml.exceptions import ServiceUnavailable
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+from components.config import RegistryConfig, ServingConfig
+from serving.middleware import ApiKeyMiddleware, RequestBodyMiddleware
+from serving.predict import Precision, configure_threads, load_classifier, predict_texts
+
+API_KEY_ENV = "RATCHET_API_KEY"
+EXAMPLE_INPUT: dict[str, list[str]] = {
+    "texts": ["a gripping, beautifully acted film", "a dull and lifeless script"]
+}
+
+
+class ServeArgs(BaseModel):
+    """Bento arguments: what ``build_bento`` records, ``bentoml serve --arg`` overrides."""
+
+    model_tag: str = Field(f"{RegistryConfig().model_name}:latest", min_length=1)
+    max_texts: int = Field(ServingConfig().max_texts, ge=1)
+    max_chars: int = Field(ServingConfig().max_chars, ge=1)
+    max_body_bytes: int = Field(ServingConfig().max_body_bytes, ge=1024)
+    max_batch_size: int = Field(ServingConfig().max_batch_size, ge=2)
+    max_latency_ms: int = Field(ServingConfig().max_latency_ms, ge=1)
+    precision: Precision = ServingConfig().precision
+    num_threads: int | None = Field(ServingConfig().num_threads, ge=1)
+    timeout_s: int = Field(60, ge=1)
+
+
+args = bentoml.use_arguments(ServeArgs)
+
+# Limits live in the types, so the OpenAPI spec states them and BentoML answers 400
+# naming the offending field (e.g. ``texts.3``) before any code here runs.
+Text = Annotated[str, Field(max_length=args.max_chars, description="One text to classify.")]
+Texts = Annotated[
+    list[Text],
+    Field(min_length=1, max_length=args.max_texts, examples=[EXAMPLE_INPUT["texts"]]),
+]
+
+
+class TextPrediction(BaseModel):
+    label: str = Field(description="The most probable class.")
+    score: float = Field(description="Probability of `label`.")
+    probabilities: dict[str, float] = Field(description="Probability of every class.")
+    truncated: bool = Field(description="The text was longer than the model's token window.")
+
+
+class ServedModel(BaseModel):
+    name: str = Field(description="Registered model name.")
+    version: str = Field(description="Registered model version.")
+    data_md5: str | None = Field(description="md5 of the prepared training data.")
+
+
+class ClassifyResponse(BaseModel):
+    model: ServedModel
+    predictions: list[TextPrediction]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    version: str
+    bento_model: str = Field(description="Tag in the BentoML model store.")
+    aliases: list[str] = Field(description="Registry aliases of this version at build time.")
+    labels: list[str] = Field(description="Class names in id order.")
+    metrics: dict[str, float]
+    lineage: dict[str, str] = Field(description="Lineage tags of the registry version.")
+    max_length: int = Field(description="Token window; longer texts are truncated.")
+    precision: str
+
+
+metadata_app = FastAPI(title="metadata")
+
+
+def reject_overload() -> NoReturn:
+    raise ServiceUnavailable("overloaded: the batch queue exceeds max_latency_ms; retry")
+
+
+@bentoml.service(
+    name="ratchet_classifier",
+    traffic={"timeout": args.timeout_s},
+    resources={"cpu": str(args.num_threads or os.cpu_count() or 1)},
+    workers=1,
+    threads=1,
+)
+@bentoml.asgi_app(metadata_app, path="/")
+class RatchetClassifier:
+    """Serves one classifier version from the BentoML model store."""
+
+    bento_model = bentoml.models.BentoModel(args.model_tag)
+
+    def __init__(self) -> None:
+        configure_threads(args.num_threads)
+        # On the instance, BentoML has already resolved the reference to the stored model.
+        stored: Any = self.bento_model
+        info = stored.info
+        self.classifier = load_classifier(stored.path_of("hf_model"), args.precision)
+        meta: dict[str, Any] = dict(info.metadata)
+        self.served = ServedModel(
+            name=str(meta.get("name", info.tag.name)),
+            version=str(meta.get("version", info.tag.version)),
+            data_md5=meta.get("lineage", {}).get("data.prepared_md5"),
+        )
+        self.metadata = ModelMetadata(
+            name=self.served.name,
+            version=self.served.version,
+            bento_model=str(info.tag),
+            aliases=list(meta.get("aliases", [])),
+            labels=self.classifier.labels,
+            metrics={k: float(v) for k, v in meta.get("metrics", {}).items()},
+            lineage={k: str(v) for k, v in meta.get("lineage", {}).items()},
+            max_length=self.classifier.max_length,
+            precision=self.classifier.precision,
+        )
+        # BentoML's adaptive batcher (what `@bentoml.api(batchable=True)` uses), driven
+        # in-process: texts of concurrent requests share one forward pass, with no extra
+        # HTTP hop, and only this service's validated `/classify` is exposed.
+        dispatcher: Any = CorkDispatcher(
+            max_latency_in_ms=args.max_latency_ms,
+            max_batch_size=args.max_batch_size,
+            fallback=reject_overload,
+            get_batch_size=len,
+            batch_dim=(0, 0),
+        )
+        self.batched_predict: Callable[[list[str]], Awaitable[list[dict]]] = dispatcher(
+            self.predict_requests
+        )
+        self.model_slot = anyio.CapacityLimiter(1)
+        self.in_flight = 0
+        predict_texts(self.classifier, EXAMPLE_INPUT["texts"])  # warm up before /readyz
+
+    def __is_ready__(self) -> bool:
+        return self.classifier is not None
+
+    @bentoml.api
+    async def classify(self, texts: Texts) -> ClassifyResponse:
+        """Classify up to `max_texts` texts; each gets its label and class probabilities."""
+        self.in_flight += 1
+        try:
+            if self.in_flight == 1:  # alone: batching could only add waiting
+                rows = await self.run_model(list(texts))
+            else:
+                rows = await self.batched_predict(list(texts))
+        finally:
+            self.in_flight -= 1
+        return ClassifyResponse(
+            model=self.served, predictions=[TextPrediction(**row) for row in rows]
+        )
+
+    async def run_model(self, texts: list[str]) -> list[dict]:
+        """Score texts in a worker thread; one forward pass at a time uses all cores."""
+        return await anyio.to_thread.run_sync(
+            predict_texts, self.classifier, texts, limiter=self.model_slot
+        )
+
+    async def predict_requests(self, requests: Sequence[list[str]]) -> list[list[dict]]:
+        """One forward pass over the texts of several requests, answers split back."""
+        rows = await self.run_model([text for texts in requests for text in texts])
+        answers, start = [], 0
+        for texts in requests:
+            answers.append(rows[start : start + len(texts)])
+            start += len(texts)
+        return answers
+
+    @metadata_app.get("/metadata")
+    def model_metadata(self) -> ModelMetadata:
+        """The served model's registry name, version, aliases, metrics and lineage."""
+        return self.metadata
+
+
+# Outermost first: refuse unauthenticated requests before reading their bodies.
+service = cast("bentoml.Service[RatchetClassifier]", RatchetClassifier)
+service.add_asgi_middleware(ApiKeyMiddleware, api_key=os.environ.get(API_KEY_ENV))
+service.add_asgi_middleware(RequestBodyMiddleware, max_body_bytes=args.max_body_bytes)

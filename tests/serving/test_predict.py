@@ -1,0 +1,70 @@
+"""Pure pieces of serving: the predict function and the build helpers (no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.errors import ServingError
+from serving.build import key_metrics, lineage_tags, pinned_packages, store_name
+from serving.predict import length_sorted_chunks, load_classifier, predict_texts
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier_dir(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-classifier")
+    BertForSequenceClassification.from_pretrained(
+        str(tiny_bert_dir), num_labels=2, id2label={0: "negative", 1: "positive"}
+    ).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(tiny_bert_dir)).save_pretrained(folder)
+    return folder
+
+
+def test_predict_texts_keeps_order_and_flags_truncation(tiny_classifier_dir: Path) -> None:
+    classifier = load_classifier(tiny_classifier_dir)
+    texts = ["short", "word " * 400, "a slightly longer text here", "word " * 50]
+
+    together = predict_texts(classifier, texts, chunk_size=2)
+    alone = [predict_texts(classifier, [text])[0] for text in texts]
+
+    assert classifier.max_length == 128  # the tiny model's position limit
+    assert [row["truncated"] for row in together] == [False, True, False, False]
+    for batched, single in zip(together, alone, strict=True):
+        assert batched["label"] == single["label"]
+        assert batched["score"] == pytest.approx(single["score"], abs=1e-4)
+        assert sum(batched["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert batched["score"] == max(batched["probabilities"].values())
+
+
+def test_bf16_falls_back_to_fp32_without_cpu_support(tiny_classifier_dir: Path) -> None:
+    from serving.predict import cpu_supports_bf16
+
+    classifier = load_classifier(tiny_classifier_dir, precision="bf16")
+
+    assert classifier.precision == ("bf16" if cpu_supports_bf16() else "fp32")
+    assert predict_texts(classifier, ["fine"])[0]["label"] in {"negative", "positive"}
+
+
+def test_length_sorted_chunks_group_similar_lengths() -> None:
+    assert length_sorted_chunks([3, 10, 1, 7], chunk_size=2) == [[1, 3], [0, 2]]
+
+
+def test_pinned_packages_reads_versions_from_constraints(tmp_path: Path) -> None:
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("torch==2.13.0+cpu\nPyYAML==6.0.3  # yaml\n")
+
+    assert pinned_packages(["torch", "pyyaml"], constraints) == ["torch==2.13.0", "pyyaml==6.0.3"]
+    with pytest.raises(ServingError, match="pins no version for \\['numpy'\\]"):
+        pinned_packages(["numpy"], constraints)
+
+
+def test_labels_keep_lineage_tags_and_key_metrics_only() -> None:
+    tags = {"data.prepared_md5": "abc", "git.commit": "123", "mlflow.user": "me", "note": "x"}
+    metrics = {"accuracy": 0.9, "eval_macro_f1": 0.8, "train_step_time": 1.0, "lr": 1e-4}
+
+    assert lineage_tags(tags) == {"data.prepared_md5": "abc", "git.commit": "123"}
+    assert key_metrics(metrics) == {"accuracy": 0.9, "eval_macro_f1": 0.8}
+    assert store_name("Ratchet SST2/v2") == "ratchet-sst2-v2"

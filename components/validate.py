@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -183,9 +185,21 @@ def build_suite(data_cfg: DataConfig, labels: list[str], allowed_labels: list[st
 def import_great_expectations() -> Any:
     """Import GE offline and quiet (it is slow to import, so only when validating)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations
-
+    with info_logs_muted():
+        import great_expectations
     return great_expectations
+
+
+@contextmanager
+def info_logs_muted() -> Iterator[None]:
+    """Mute INFO logs for a block: GE logs its registry and config loading at INFO and
+    pins some of its loggers to INFO, so raising their level is not enough."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def run_checkpoint(frame: pd.DataFrame, suite: Any, docs_dir: Path | None) -> Any:
@@ -198,7 +212,8 @@ def run_checkpoint(frame: pd.DataFrame, suite: Any, docs_dir: Path | None) -> An
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    context = gx.get_context(mode="ephemeral")
+    with info_logs_muted():
+        context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     actions = []
     if docs_dir is not None:
@@ -221,7 +236,8 @@ def run_checkpoint(frame: pd.DataFrame, suite: Any, docs_dir: Path | None) -> An
             result_format={"result_format": "COMPLETE"},
         )
     )
-    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    with info_logs_muted():
+        result = checkpoint.run(batch_parameters={"dataframe": frame})
     return next(iter(result.run_results.values()))
 
 

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 REMOTE_NAME = "local"
 LOCK_FILE = "dvc.lock"
+# Stages whose cached outputs are the data (data/raw, data/prepared); the default targets
+# of push and pull, since a plain `dvc pull` also wants model outputs not built yet.
+DATA_STAGES = ("ingest", "prepare")
 
 
 def dvc_executable() -> str:
@@ -74,9 +77,24 @@ def configure_remote(project_root: Path, url: str, name: str = REMOTE_NAME) -> N
         url: a folder path or a remote URL such as ``s3://bucket/ratchet``.
         name: remote name; it becomes the default remote.
     """
+    from dvc.config import Config, ConfigError  # DVC's own config writer, no subprocess
+
     if "://" not in url:
         Path(url).mkdir(parents=True, exist_ok=True)
-    run_dvc(project_root, "remote", "add", "--local", "--force", "--default", name, url)
+    try:
+        with Config(str(project_root / ".dvc")).edit("local") as local:
+            local["remote"][name] = {"url": url}
+            local["core"]["remote"] = name
+    except ConfigError as error:
+        raise VersioningError(f"cannot set DVC remote {name}={url}: {error}") from error
+
+
+def reproduce(project_root: Path, targets: Sequence[str] = ()) -> str:
+    """``dvc repro`` the named stages (and what they depend on); returns DVC's log.
+
+    Stage commands call ``ratchet``, so its folder must be on ``PATH``.
+    """
+    return run_dvc(project_root, "repro", *targets)
 
 
 def commit_stage_outputs(project_root: Path, targets: Sequence[str] = ()) -> None:
@@ -95,14 +113,14 @@ def track_raw_snapshot(project_root: Path) -> str | None:
     return locked_md5(project_root, "data/raw")
 
 
-def push(project_root: Path, remote_url: str, targets: Sequence[str] = ()) -> None:
-    """Upload tracked data to ``remote_url`` (set as this workspace's default remote)."""
+def push(project_root: Path, remote_url: str, targets: Sequence[str] = DATA_STAGES) -> None:
+    """Upload the outputs of ``targets`` to ``remote_url`` (this workspace's default remote)."""
     configure_remote(project_root, remote_url)
     run_dvc(project_root, "push", "--quiet", *targets)
 
 
-def pull(project_root: Path, remote_url: str, targets: Sequence[str] = ()) -> None:
-    """Download tracked data from ``remote_url`` and check it out into the workspace."""
+def pull(project_root: Path, remote_url: str, targets: Sequence[str] = DATA_STAGES) -> None:
+    """Download the outputs of ``targets`` from ``remote_url`` and check them out."""
     configure_remote(project_root, remote_url)
     run_dvc(project_root, "pull", "--quiet", *targets)
 

@@ -1,9 +1,208 @@
-"""`ratchet` commands for the retrain area (filled in by its issue)."""
+"""`ratchet retrain`, `ratchet deploy` and `ratchet demo`: run the flow now or on a schedule."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.panel import Panel
+from rich.table import Table
+
+from components.errors import RatchetError
+
+DEMO_PROFILE = Path("configs/demo.yaml")
+PROCESS_POOL = "ratchet-process"
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{name}={number}" for name, number in value.items())
+        table.add_row(key, str(value))
+    return table
+
+
+def failure_lines(error: BaseException) -> str:
+    """The failing step and its cause, for the last lines a user reads."""
+    from components.errors import DataValidationError
+
+    if isinstance(error, DataValidationError):
+        return f"validation failed:\n{error}"
+    return f"{type(error).__name__}: {error}"
+
+
+def run_retrain(
+    params: Path, config: list[Path] | None, set_: list[str] | None, **options: Any
+) -> dict[str, Any]:
+    from flows.cli import load_settings
+
+    load_settings(params, config, set_)  # validates the config before Prefect starts
+    from flows.retrain import retrain
+
+    return retrain(
+        params=str(params),
+        config_files=[str(path) for path in config or []],
+        overrides=list(set_ or []),
+        **options,
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the `ratchet` app."""
+    """Add retrain, deploy and demo to the `ratchet` app."""
+    from flows.cli import ConfigOption, ParamsOption, SetOption, console, err_console, run_command
+
+    @app.command("retrain")
+    def retrain_command(
+        params: ParamsOption = Path("params.yaml"),
+        config: ConfigOption = None,
+        set_: SetOption = None,
+        force: Annotated[bool, typer.Option("--force", help="Ignore cached steps.")] = False,
+        skip_if_unchanged: Annotated[
+            bool,
+            typer.Option("--skip-if-unchanged", help="Exit early if the champion is current."),
+        ] = False,
+    ) -> None:
+        """Run the retrain flow in-process (Prefect's ephemeral API unless PREFECT_API_URL is set).
+
+        Exit code 0 when the flow completed, whether the gate promoted or rejected the model;
+        non-zero when a step failed (validation included), with the cause in the last lines.
+        """
+
+        def retrain() -> None:
+            try:
+                summary = run_retrain(
+                    params, config, set_, force=force, skip_if_unchanged=skip_if_unchanged
+                )
+            except RatchetError as error:
+                err_console.print(Panel(failure_lines(error), title="retrain failed", style="red"))
+                raise
+            console.print(Panel(summary_table(summary), title="retrain summary"))
+
+        run_command(retrain)
+
+    @app.command("deploy")
+    def deploy_command(
+        params: ParamsOption = Path("params.yaml"),
+        config: ConfigOption = None,
+        set_: SetOption = None,
+    ) -> None:
+        """Deploy retrain-nightly and retrain-on-demand (prefect.yaml) to a Prefect server.
+
+        Needs PREFECT_API_URL (or tracking.prefect_api_url). Creates the process work pool
+        and the one-retrain-at-a-time concurrency limit, then runs `prefect deploy --all`.
+        Start a worker with: prefect worker start --pool ratchet-process
+        """
+
+        def deploy() -> None:
+            from flows.cli import load_settings
+
+            resolved, paths = load_settings(params, config, set_)
+            if not os.environ.get("PREFECT_API_URL"):
+                raise RatchetError(
+                    "ratchet deploy needs a Prefect server: set PREFECT_API_URL "
+                    "(e.g. http://127.0.0.1:4200/api after `prefect server start`)"
+                )
+            deploy_to_server(resolved, paths.project_root)
+            console.print("deployed retrain-nightly and retrain-on-demand; start a worker with")
+            console.print(f"  prefect worker start --pool {PROCESS_POOL}")
+
+        run_command(deploy)
+
+    @app.command("demo")
+    def demo_command(
+        params: ParamsOption = Path("params.yaml"),
+        set_: SetOption = None,
+    ) -> None:
+        """Retrain on SST-2 with the demo profile, then serve one request from the Bento."""
+
+        def demo() -> None:
+            started = time.perf_counter()
+            summary = run_retrain(params, [DEMO_PROFILE], set_)
+            console.print(Panel(summary_table(summary), title="retrain summary"))
+            console.print(f"retrain finished in {time.perf_counter() - started:.0f} s")
+            smoke_test_serving(params, set_)
+
+        run_command(demo)
+
+
+def deploy_to_server(config: Any, project_root: Path) -> None:
+    """Work pool + concurrency limit + `prefect deploy --all` from prefect.yaml."""
+    from prefect.client.orchestration import get_client
+
+    from flows.retrain import concurrency_limit_name, ensure_concurrency_limit
+
+    ensure_concurrency_limit(concurrency_limit_name(config))
+    with get_client(sync_client=True) as client:
+        from prefect.client.schemas.actions import WorkPoolCreate
+        from prefect.exceptions import ObjectAlreadyExists
+
+        with contextlib.suppress(ObjectAlreadyExists):
+            client.create_work_pool(WorkPoolCreate(name=PROCESS_POOL, type="process"))
+    prefect = Path(sys.executable).with_name("prefect")
+    completed = subprocess.run(
+        [str(prefect), "--no-prompt", "deploy", "--all"],
+        cwd=project_root,
+        env={**os.environ, "RATCHET_PROJECT_DIR": str(project_root)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RatchetError(
+            f"prefect deploy failed:\n{completed.stdout[-2000:]}{completed.stderr[-2000:]}"
+        )
+
+
+def wait_until_ready(base_url: str, timeout_seconds: float) -> None:
+    """Poll ``/readyz`` until the server has loaded its model."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise RatchetError(f"the server at {base_url} was not ready after {timeout_seconds:.0f} s")
+
+
+def smoke_test_serving(params: Path, set_: list[str] | None) -> None:
+    """Start `ratchet serve` briefly, classify two sentences, print the curl to use."""
+    from flows.cli import console, load_settings
+
+    config, _ = load_settings(params, None, set_)
+    port = config.serving.port
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--params", str(params)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base_url = f"http://{config.serving.host}:{port}"
+        wait_until_ready(base_url, timeout_seconds=120)
+        import httpx
+
+        texts = ["a gripping, beautifully acted film", "a dull and lifeless script"]
+        response = httpx.post(f"{base_url}/classify", json={"texts": texts}, timeout=30)
+        response.raise_for_status()
+        console.print("smoke request against the served champion:")
+        console.print_json(response.text)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    console.print("\nserve it yourself with:  .venv/bin/ratchet serve")
+    console.print(
+        f"then:  curl -s -X POST {base_url}/classify -H 'content-type: application/json' "
+        """-d '{"texts": ["what a lovely film"]}'"""
+    )

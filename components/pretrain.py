@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -228,6 +229,39 @@ def masking_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
+class MaskedPositionsObjective(nn.Module):
+    """MLM (+NSP) loss of a BERT pretraining model with the vocabulary projection run
+    only on the masked positions: ~15% of the tokens instead of all of them. For MiniLM
+    the 30k-way projection costs about as much as the encoder, so this nearly halves the
+    compute per step. Same loss value as the model's own forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        head = getattr(model, "cls", None)
+        return hasattr(model, "bert") and hasattr(head, "predictions")
+
+    def forward(
+        self,
+        labels: torch.Tensor,
+        next_sentence_label: torch.Tensor | None = None,
+        **inputs: torch.Tensor,
+    ) -> SimpleNamespace:
+        encoder: Any = self.model.bert
+        head: Any = self.model.cls
+        encoded = encoder(**inputs)
+        picked = labels != -100
+        logits = head.predictions(encoded[0][picked])
+        loss = nn.functional.cross_entropy(logits.float(), labels[picked])
+        if next_sentence_label is not None:
+            relationship = head.seq_relationship(encoded[1])
+            loss = loss + nn.functional.cross_entropy(relationship.float(), next_sentence_label)
+        return SimpleNamespace(loss=loss)
+
+
 @torch.no_grad()
 def masked_lm_perplexity(
     model: nn.Module, batches: MaskedLMBatches, batch_size: int, precision: Precision = "fp32"
@@ -357,8 +391,11 @@ def run_pretraining(
         compile=runtime.compile,
         description="pretrain",
     )
+    objective = (
+        MaskedPositionsObjective(model) if MaskedPositionsObjective.supports(model) else model
+    )
     outcome = run_loop(
-        model,
+        objective,
         source,
         loop_settings,
         checkpoint_dir=checkpoint_dir,

@@ -1,0 +1,180 @@
+"""Unit tests for the pure pieces of the training loop: batching, masking, schedule,
+checkpoints, precision choice and input checks."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from components import training
+from components.config import load_config
+from components.errors import ConfigError
+from components.finetune import count_total_steps, run_finetuning
+from components.prepare import PreparedData
+from components.pretrain import (
+    chunk_token_ids,
+    make_nsp_pairs,
+    mask_tokens,
+    read_corpus,
+    run_pretraining,
+)
+from components.training import (
+    DistributedContext,
+    TrainState,
+    choose_precision,
+    length_grouped_batches,
+    linear_lr_factor,
+    list_checkpoints,
+    load_latest_checkpoint,
+    pad_batch,
+    save_checkpoint,
+)
+from tests.conftest import PROJECT_ROOT
+
+_RNG = random.Random(1)
+LENGTHS = [_RNG.randint(3, 60) for _ in range(1000)]
+
+
+def test_batches_are_a_pure_function_of_seed_and_epoch() -> None:
+    first = length_grouped_batches(LENGTHS, 32, seed=7, epoch=0)
+    assert first == length_grouped_batches(LENGTHS, 32, seed=7, epoch=0)
+    assert first != length_grouped_batches(LENGTHS, 32, seed=7, epoch=1)
+    assert first != length_grouped_batches(LENGTHS, 32, seed=8, epoch=0)
+    assert sorted(i for batch in first for i in batch) == list(range(len(LENGTHS)))
+
+
+def test_length_grouping_cuts_padding() -> None:
+    def padded_tokens(batches: list[list[int]]) -> int:
+        return sum(len(b) * max(LENGTHS[i] for i in b) for b in batches)
+
+    grouped = padded_tokens(length_grouped_batches(LENGTHS, 32, 0, 0, grouped=True))
+    shuffled = padded_tokens(length_grouped_batches(LENGTHS, 32, 0, 0, grouped=False))
+    assert grouped < 0.7 * shuffled
+    assert grouped < 1.1 * sum(LENGTHS)
+
+
+def test_ranks_get_disjoint_equal_shards() -> None:
+    shards = [
+        length_grouped_batches(LENGTHS, 32, 0, 0, context=DistributedContext(rank, 2))
+        for rank in range(2)
+    ]
+    assert len(shards[0]) == len(shards[1]) > 0
+    seen = [i for shard in shards for batch in shard for i in batch]
+    assert len(seen) == len(set(seen))
+
+
+def test_mask_tokens_follows_80_10_10_and_spares_special_tokens() -> None:
+    ids = torch.randint(1000, 2000, (400, 500))
+    maskable = torch.ones_like(ids, dtype=torch.bool)
+    maskable[:, 0] = False
+    masked, labels = mask_tokens(ids, maskable, 103, 30522, 0.15, torch.Generator().manual_seed(0))
+    chosen = labels != -100
+    assert not chosen[:, 0].any()
+    assert torch.equal(labels[chosen], ids[chosen])
+    assert chosen.float().mean().item() == pytest.approx(0.15 * 499 / 500, abs=0.005)
+    became_mask = (masked[chosen] == 103).float().mean().item()
+    unchanged = (masked[chosen] == ids[chosen]).float().mean().item()
+    assert became_mask == pytest.approx(0.8, abs=0.01)
+    assert unchanged == pytest.approx(0.1, abs=0.01)
+    assert torch.equal(masked[~chosen], ids[~chosen])
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero() -> None:
+    factors = [linear_lr_factor(step, 10, 100) for step in range(101)]
+    assert factors[0] < factors[5] < factors[9] <= 1.0
+    assert max(factors) == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert factors[100] == 0.0
+
+
+def test_pad_batch_pads_to_longest() -> None:
+    batch = pad_batch([[5, 6, 7], [8]], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert pad_batch([[1, 2, 3]], 0, multiple_of=8)["input_ids"].shape == (1, 8)
+
+
+def test_checkpoint_round_trip_restores_rng_and_keeps_the_last_two(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = training.linear_schedule(optimizer, 1, 10)
+    torch.manual_seed(3)
+    for step in (1, 2, 3):
+        state = TrainState(step=step, epoch=1, batch_in_epoch=step * 2, best_metric=0.5)
+        save_checkpoint(
+            tmp_path, model, optimizer, scheduler, state, [training.capture_rng_state()]
+        )
+    expected_draw = torch.rand(4)
+    (tmp_path / ".tmp-step-00000004-99").mkdir()  # a write killed half-way
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+    loaded = load_latest_checkpoint(tmp_path)
+    assert loaded is not None
+    payload, state = loaded
+    assert (state.step, state.batch_in_epoch, state.best_metric) == (3, 6, 0.5)
+    training.restore_rng_state(payload["rng"][0])
+    assert torch.equal(torch.rand(4), expected_draw)
+    assert torch.equal(payload["model"]["weight"], model.weight.detach())
+
+
+def test_explicit_precision_is_kept_and_auto_avoids_emulated_bf16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu = torch.device("cpu")
+    assert choose_precision("bf16", cpu) == "bf16"
+    assert choose_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    assert choose_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(training, "bf16_speedup_on_cpu", lambda: 2.5)
+    assert choose_precision("auto", cpu) == "bf16"
+
+
+def test_total_steps_follow_epochs_accumulation_and_cap() -> None:
+    assert count_total_steps(100, 2.0, 1, None) == 200
+    assert count_total_steps(100, 1.0, 4, None) == 25
+    assert count_total_steps(100, 3.0, 1, 50) == 50
+
+
+def test_chunks_and_nsp_pairs() -> None:
+    assert chunk_token_ids([[1, 2, 3, 4, 5], [6]], window=2) == [[1, 2], [3, 4], [5], [6]]
+    chunks = [list(range(i, i + 10)) for i in range(0, 400, 10)]
+    pairs = make_nsp_pairs(chunks, seed=0)
+    assert 0.3 < np.mean([label for _, _, label in pairs]) < 0.7
+    first, second, label = next(p for p in pairs if p[2] == 0)
+    assert second[0] == first[-1] + 1  # a true continuation
+
+
+def test_read_corpus_reads_txt_and_tsv_folders(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("one line\n\nsecond line\n", encoding="utf-8")
+    pd.DataFrame({"label": ["pos"], "text": ["a review"]}).to_csv(
+        tmp_path / "b.tsv", sep="\t", index=False
+    )
+    (tmp_path / "SOURCE.md").write_text("not a corpus", encoding="utf-8")
+    assert read_corpus(tmp_path) == ["one line", "second line", "a review"]
+
+
+def frame(rows: int) -> pd.DataFrame:
+    return pd.DataFrame({"text": ["a b"] * rows, "label": [0, 1] * (rows // 2)})
+
+
+def test_bad_configs_fail_before_compute(tmp_path: Path) -> None:
+    config = load_config(PROJECT_ROOT / "params.yaml")
+    no_classes = PreparedData(frame(4), frame(2), frame(2), labels=[])
+    with pytest.raises(ConfigError, match="data.labels: a classifier needs at least two"):
+        run_finetuning(config, no_classes, str(tmp_path), tmp_path / "out")
+    data = PreparedData(frame(4), frame(2), frame(2), labels=["negative", "positive"])
+    with pytest.raises(ConfigError, match="missing-model.*not a Hugging Face model folder"):
+        run_finetuning(config, data, str(tmp_path / "missing-model"), tmp_path / "out")
+    with pytest.raises(ConfigError, match="'train.batch_size': Input should be greater"):
+        load_config(PROJECT_ROOT / "params.yaml", overrides=["train.batch_size=0"])
+    missing_base = load_config(
+        PROJECT_ROOT / "params.yaml", overrides=[f"model.base={tmp_path / 'missing'}"]
+    )
+    with pytest.raises(ConfigError, match="model.base .* does not exist"):
+        run_pretraining(missing_base, ["a text", "another text"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,128 @@
+"""Learning signals and robustness of classifier fine-tuning on the tiny BERT."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from components.config import RatchetConfig, load_config
+from components.finetune import encode_texts, evaluate_accuracy, run_finetuning
+from tests.conftest import PROJECT_ROOT
+from tests.model.train_worker import LABELS, sentiment_data
+
+WORKER = Path(__file__).with_name("train_worker.py")
+DETERMINISTIC = [
+    "train.max_steps=12",
+    "train.checkpoint_every_steps=4",
+    "train.eval_every_steps=100",  # evaluate only at the end: final = last-step weights
+    "train.deterministic=true",
+]
+
+
+def tiny_settings(tiny_bert_dir: Path, *overrides: str) -> RatchetConfig:
+    return load_config(
+        PROJECT_ROOT / "params.yaml",
+        [PROJECT_ROOT / "configs" / "smoke.yaml"],
+        [f"model.base={tiny_bert_dir}", *overrides],
+    )
+
+
+@pytest.mark.slow
+def test_fits_a_separable_data_set(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    config = tiny_settings(
+        tiny_bert_dir,
+        "train.lr=3e-3",
+        "train.epochs=6",
+        "train.max_steps=null",
+        "train.eval_every_steps=16",
+        "train.grad_accum_steps=1",
+    )
+    data = sentiment_data(128)
+    steps: list[dict[str, float]] = []
+    result = run_finetuning(
+        config,
+        data,
+        str(tiny_bert_dir),
+        tmp_path / "model",
+        tmp_path / "checkpoints",
+        lambda step, metrics: steps.append(metrics),
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(result.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
+    train_ids = encode_texts(tokenizer, data.train["text"].tolist(), 32)
+    scores = evaluate_accuracy(model, train_ids, data.train["label"].tolist(), 64, 0)
+    assert scores["val_accuracy"] >= 0.95  # here: accuracy on the training rows
+    assert result.metrics["val_accuracy"] >= 0.9
+    assert model.config.id2label == dict(enumerate(LABELS))
+    assert (result.model_dir / "model.safetensors").is_file()
+    assert {"loss", "lr", "grad_norm", "samples_per_second"} <= set(steps[0])
+    assert "val_accuracy" in steps[15]
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    assert not list((tmp_path / "checkpoints").glob("step-*"))  # finished runs clean up
+
+
+def start_worker(
+    tiny_bert_dir: Path, out: Path, checkpoints: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    command = [sys.executable, str(WORKER), str(tiny_bert_dir), str(out), str(checkpoints)]
+    for override in DETERMINISTIC:
+        command += ["--set", override]
+    env = {**os.environ, "RATCHET_NO_PROGRESS": "1"}
+    return subprocess.Popen([*command, *extra], env=env, cwd=PROJECT_ROOT)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_matches_an_uninterrupted_run(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    straight_run = start_worker(tiny_bert_dir, tmp_path / "straight", tmp_path / "other")
+    killed = start_worker(tiny_bert_dir, tmp_path / "resumed", checkpoints, "--kill-at", "10")
+    assert killed.wait(timeout=300) == -9  # SIGKILL after step 10, checkpoint at 8
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000004", "step-00000008"]
+    assert not (tmp_path / "resumed" / "model").exists()
+    assert start_worker(tiny_bert_dir, tmp_path / "resumed", checkpoints).wait(timeout=300) == 0
+    assert straight_run.wait(timeout=300) == 0
+    resumed = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    straight = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    initial = load_file(tiny_bert_dir / "model.safetensors")
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[name], straight[name]) for name in resumed)
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(resumed[key], initial[key])  # it did train
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_ends_with_identical_weights(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        str(WORKER),
+        str(tiny_bert_dir),
+        str(tmp_path),
+        str(tmp_path / "checkpoints"),
+        "--set",
+        "train.max_steps=6",
+        "--set",
+        "train.eval_every_steps=3",
+    ]
+    env = {**os.environ, "RATCHET_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, env=env, cwd=PROJECT_ROOT, check=True, timeout=300)
+    rank0 = torch.load(tmp_path / "weights-rank0.pt")
+    rank1 = torch.load(tmp_path / "weights-rank1.pt")
+    assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}

@@ -317,9 +317,10 @@ def apply_gate(
     champion = registry.version_by_alias(client, model_name, registry.CHAMPION)
     champion_pred = None
     rescored, note = False, ""
-    if champion is not None and champion.version != str(challenger_version):
+    champion_version = None if champion is None else str(champion.version)
+    if champion_version is not None and champion_version != str(challenger_version):
         champion_pred, rescored, note = champion_predictions_on(
-            client, model_name, champion.version, report, batch_size, max_length
+            client, model_name, champion_version, report, batch_size, max_length
         )
     decision = compare_to_champion(
         report.y_true, report.predicted_ids, champion_pred, gate_cfg, report.behaviour
@@ -327,7 +328,7 @@ def apply_gate(
     decision = replace(
         decision,
         challenger_version=str(challenger_version),
-        champion_version=champion.version if champion_pred is not None and champion else None,
+        champion_version=champion_version if champion_pred is not None else None,
         champion_rescored=rescored,
         rescore_note=note,
     )

@@ -1,0 +1,174 @@
+"""Render a model card (markdown) for a registered model version.
+
+The card is the version's description in the MLflow registry, so reviewers read it in the
+UI and with ``ratchet registry show VERSION``: data and lineage, a metrics table, the
+comparison with the champion, behavioural checks, the gate decision and the limitations.
+Pure text in, text out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.behaviour import CheckResult
+
+HEADLINE_METRICS = (
+    "accuracy",
+    "f1_macro",
+    "f1_weighted",
+    "roc_auc",
+    "log_loss",
+    "ece",
+    "latency_p50_ms_batch1",
+    "latency_p99_ms_batch1",
+    "throughput_texts_per_s_batch32",
+)
+LOWER_IS_BETTER = {"log_loss", "ece", "latency_p50_ms_batch1", "latency_p99_ms_batch1"}
+WEAK_SLICE_MARGIN = 0.05
+DECISION_HEADING = "## Promotion decision"
+
+
+@dataclass(frozen=True)
+class CardInputs:
+    """What a card shows; every field is plain data taken from the run and its lineage."""
+
+    model_name: str
+    version: str
+    labels: list[str]
+    metrics: Mapping[str, float]
+    lineage: Mapping[str, str]
+    data_source: str
+    base_model: str
+    training: Mapping[str, Any]
+    champion_version: str | None = None
+    champion_metrics: Mapping[str, float] | None = None
+    behaviour: Sequence[CheckResult] = field(default_factory=list)
+
+
+def format_number(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
+
+
+def metrics_table(metrics: Mapping[str, float], champion: Mapping[str, float] | None) -> str:
+    header = "| metric | this version |" + (" champion | delta |" if champion else "")
+    rule = "|---|---:|" + ("---:|---:|" if champion else "")
+    rows = [header, rule]
+    for name in HEADLINE_METRICS:
+        if name not in metrics:
+            continue
+        row = f"| {name} | {format_number(metrics[name])} |"
+        if champion:
+            other = champion.get(name)
+            delta = None if other is None else metrics[name] - other
+            arrow = (
+                "" if delta is None else (" (lower is better)" if name in LOWER_IS_BETTER else "")
+            )
+            row += (
+                f" {format_number(other)} | {'n/a' if delta is None else f'{delta:+.4f}'}{arrow} |"
+            )
+        rows.append(row)
+    return "\n".join(rows)
+
+
+def per_class_table(metrics: Mapping[str, float], labels: Sequence[str]) -> str:
+    rows = ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    for label in labels:
+        values = [metrics.get(f"{kind}.{label}") for kind in ("precision", "recall", "f1")]
+        support = metrics.get(f"support.{label}")
+        cells = " | ".join(format_number(v) for v in values)
+        rows.append(f"| {label} | {cells} | {'n/a' if support is None else int(support)} |")
+    return "\n".join(rows)
+
+
+def weak_slices(metrics: Mapping[str, float]) -> list[str]:
+    """Slices whose accuracy trails the overall accuracy by more than 5 points."""
+    overall = metrics.get("accuracy")
+    if overall is None:
+        return []
+    weak = []
+    for key, value in sorted(metrics.items()):
+        if key.startswith("slice.") and key.endswith(".accuracy") and value < overall - 0.05:
+            name = key[len("slice.") : -len(".accuracy")]
+            examples = metrics.get(f"slice.{name}.examples")
+            count = "" if examples is None else f", {int(examples)} examples"
+            weak.append(f"{name}: accuracy {value:.3f}{count}")
+    return weak
+
+
+def behaviour_table(results: Sequence[CheckResult]) -> str:
+    rows = ["| check | type | capability | pass rate | gate threshold |", "|---|---|---|---:|---:|"]
+    for result in results:
+        threshold = "—" if result.min_pass_rate is None else f"{result.min_pass_rate:.0%}"
+        rows.append(
+            f"| {result.name} | {result.type} | {result.capability} | "
+            f"{result.pass_rate:.0%} ({result.passed}/{result.cases}) | {threshold} |"
+        )
+    return "\n".join(rows)
+
+
+def limitations(inputs: CardInputs) -> list[str]:
+    notes = [
+        f"Evaluated on {int(inputs.metrics.get('test_examples', 0))} held-out examples from "
+        f"`{inputs.data_source}`; accuracy elsewhere (other domains, languages, lengths) is "
+        "unknown.",
+        "Probabilities are calibrated only as far as the ECE above says; do not read them "
+        "as certainties.",
+    ]
+    notes += [f"Weak slice — {line}." for line in weak_slices(inputs.metrics)]
+    for result in inputs.behaviour:
+        if result.pass_rate < 1.0:
+            notes.append(
+                f"Behaviour check `{result.name}` ({result.capability}) fails "
+                f"{result.cases - result.passed} of {result.cases} cases."
+            )
+    if inputs.lineage.get("git_dirty") in ("true", "True", "1"):
+        notes.append("Built from a working tree with uncommitted changes (git_dirty).")
+    return notes
+
+
+def render_model_card(inputs: CardInputs) -> str:
+    """The markdown card: summary, data and lineage, metrics, champion comparison, limits."""
+    lineage_rows = "\n".join(
+        f"| {key} | `{value}` |" for key, value in sorted(inputs.lineage.items())
+    )
+    training = ", ".join(f"{key}={value}" for key, value in inputs.training.items())
+    if inputs.champion_version and inputs.champion_metrics:
+        comparison = f"Compared with the champion, version {inputs.champion_version}:"
+    else:
+        comparison = "There is no champion yet: the accuracy floor alone decides promotion."
+    sections = [
+        f"# {inputs.model_name} — version {inputs.version}",
+        f"Text classifier over {len(inputs.labels)} classes: {', '.join(inputs.labels)}. "
+        f"Fine-tuned from `{inputs.base_model}` ({training}).",
+        "## Data and lineage",
+        f"Source: `{inputs.data_source}`. Test split md5: "
+        f"`{inputs.lineage.get('test_split_md5', 'n/a')}`.",
+        "| item | value |\n|---|---|\n" + lineage_rows,
+        "## Metrics (frozen test split)",
+        comparison,
+        metrics_table(inputs.metrics, inputs.champion_metrics if inputs.champion_version else None),
+        "### Per class",
+        per_class_table(inputs.metrics, inputs.labels),
+    ]
+    if inputs.behaviour:
+        sections += ["## Behavioural checks", behaviour_table(inputs.behaviour)]
+    sections += ["## Limitations", "\n".join(f"- {note}" for note in limitations(inputs))]
+    return "\n\n".join(sections) + "\n"
+
+
+def with_decision(card: str, decision: Mapping[str, Any]) -> str:
+    """The card with its promotion-decision section added or replaced."""
+    body = card.split(DECISION_HEADING)[0].rstrip()
+    lines = [
+        DECISION_HEADING,
+        f"**{str(decision['outcome']).upper()}** — {decision['reason']}",
+    ]
+    if decision.get("rescore_note"):
+        lines.append(f"Note: {decision['rescore_note']}.")
+    if decision.get("forced"):
+        lines.append("The gate was bypassed with `--force`.")
+    return body + "\n\n" + "\n\n".join(lines) + "\n"

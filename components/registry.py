@@ -1,0 +1,495 @@
+"""The MLflow model registry as reviewers use it: versions with lineage, cards and aliases.
+
+Every evaluated model becomes a new version of ``registry.model_name`` with lineage tags
+(git commit and dirty flag, DVC md5s, config hash, base model and its hash, parent run,
+flow run), key metrics as tags, and a model card as its description; the alias
+``challenger`` marks the newest. The gate (``components/gate.py``) moves ``champion`` and
+keeps the one before as ``previous-champion``; :func:`rollback` moves it back.
+
+A version's evaluation run holds ``evaluation/`` (metrics files, plots, predictions) and
+``lineage/config.yaml``, so a version can be compared, re-gated and reproduced from the
+registry alone.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+from components import tracking
+from components.behaviour import CheckResult
+from components.config import RatchetConfig
+from components.errors import RegistryError
+from components.evaluate import EVAL_FILE, PREDICTIONS_FILE, EvaluationReport
+from components.model_card import HEADLINE_METRICS, CardInputs, render_model_card, with_decision
+
+if TYPE_CHECKING:
+    from components.gate import GateDecision
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS_CHAMPION = "previous-champion"
+LINEAGE_CONFIG = "lineage/config.yaml"
+LINEAGE_TAGS = (
+    "git_commit",
+    "git_dirty",
+    "raw_data_md5",
+    "prepared_data_md5",
+    "test_split_md5",
+    "config_hash",
+    "base_model_id",
+    "base_model_hash",
+    "parent_run_id",
+    "flow_run_id",
+)
+LISTED_METRICS = ("accuracy", "f1_macro", "roc_auc", "ece")
+
+
+def make_client() -> MlflowClient:
+    """A client for the current tracking URI (``MLFLOW_TRACKING_URI`` or ``setup_tracking``)."""
+    return MlflowClient()
+
+
+def is_missing(error: MlflowException) -> bool:
+    return error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+
+
+def aliases(client: MlflowClient, model_name: str) -> dict[str, str]:
+    """Alias -> version of a registered model; empty when the model does not exist yet."""
+    try:
+        registered = client.get_registered_model(model_name)
+    except MlflowException as error:
+        if is_missing(error):
+            return {}
+        raise
+    # Stores differ in whether versions come back as int or str; callers compare strings.
+    return {alias: str(version) for alias, version in registered.aliases.items()}
+
+
+def version_by_alias(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
+    """The version an alias points to, or None when the alias is not set."""
+    version = aliases(client, model_name).get(alias)
+    return None if version is None else get_version(client, model_name, version)
+
+
+def get_version(client: MlflowClient, model_name: str, version: str | int) -> ModelVersion:
+    """A model version, or a RegistryError naming what exists."""
+    try:
+        return client.get_model_version(model_name, str(version))
+    except MlflowException as error:
+        if is_missing(error):
+            raise RegistryError(
+                f"{model_name} has no version {version}; see `ratchet registry list`"
+            ) from error
+        raise
+
+
+def version_tags(client: MlflowClient, model_name: str, version: str | int) -> dict[str, str]:
+    return dict(get_version(client, model_name, version).tags)
+
+
+def evaluation_run_id(model_version: ModelVersion) -> str:
+    """The run holding the version's ``evaluation/`` and ``lineage/`` artifacts."""
+    run_id = model_version.tags.get("eval_run_id") or model_version.run_id
+    if not run_id:
+        raise RegistryError(f"version {model_version.version} records no evaluation run")
+    return str(run_id)
+
+
+def parent_of(client: MlflowClient, run_id: str) -> str:
+    return str(client.get_run(run_id).data.tags.get("mlflow.parentRunId", ""))
+
+
+def lineage_tags(
+    lineage: Mapping[str, Any], config: RatchetConfig, report: EvaluationReport, eval_run_id: str
+) -> dict[str, str]:
+    """Tags recorded on a version: lineage, config hash, test split, labels, key metrics."""
+    tags = {key: str(value) for key, value in lineage.items() if value is not None}
+    tags.setdefault("config_hash", config.section_hash())
+    tags["test_split_md5"] = report.test_split_md5
+    tags["eval_run_id"] = eval_run_id
+    tags["labels"] = json.dumps(report.labels)
+    for name in HEADLINE_METRICS:
+        if name in report.metrics:
+            tags[f"metric.{name}"] = f"{report.metrics[name]:.6g}"
+    return tags
+
+
+def card_inputs(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    report: EvaluationReport,
+    tags: Mapping[str, str],
+    config: RatchetConfig,
+) -> CardInputs:
+    champion = version_by_alias(client, model_name, CHAMPION)
+    champion_metrics = None
+    if champion is not None and str(champion.version) != str(version):
+        champion_metrics = tracking.run_metrics(evaluation_run_id(champion))
+    return CardInputs(
+        model_name=model_name,
+        version=version,
+        labels=report.labels,
+        metrics=report.metrics,
+        lineage={key: tags[key] for key in LINEAGE_TAGS if key in tags},
+        data_source=config.data.source,
+        base_model=tags.get("base_model_id", str(config.model.base or "all-MiniLM-L6-v2")),
+        training={
+            "epochs": config.train.epochs,
+            "max_steps": config.train.max_steps,
+            "lr": config.train.lr,
+            "batch_size": config.train.batch_size,
+            "seed": config.train.seed,
+            "pretrain": config.pretrain.enabled,
+        },
+        champion_version=str(champion.version) if champion and champion_metrics else None,
+        champion_metrics=champion_metrics,
+        behaviour=report.behaviour,
+    )
+
+
+def register_challenger(
+    model_name: str,
+    model_uri: str,
+    report: EvaluationReport,
+    lineage: Mapping[str, Any],
+    config: RatchetConfig,
+    eval_run_id: str,
+    client: MlflowClient | None = None,
+) -> ModelVersion:
+    """Register an evaluated model as a new version and point ``challenger`` at it.
+
+    Logs the evaluation (metrics and files, under ``evaluation/``) and the resolved config
+    (``lineage/config.yaml``) to ``eval_run_id`` first, so the version is self-describing;
+    the flow should not log the report again.
+
+    Args:
+        model_name: ``registry.model_name``.
+        model_uri: ``log_classifier_model(...).model_uri``.
+        report: the model's evaluation on the test split.
+        lineage: ``git_commit``, ``git_dirty``, ``raw_data_md5``, ``prepared_data_md5``,
+            ``base_model_id``, ``base_model_hash``, ``flow_run_id`` (and ``parent_run_id``;
+            defaults to the evaluation run's parent). Every key becomes a tag.
+        config: the resolved configuration (its hash is tagged, its YAML logged).
+        eval_run_id: the run the evaluation belongs to (the flow's evaluate stage run).
+
+    Returns:
+        The new model version, with description (model card), tags and ``challenger`` alias.
+    """
+    client = client or make_client()
+    tracking.log_evaluation(eval_run_id, report)
+    tracking.log_text(eval_run_id, config.to_yaml(), LINEAGE_CONFIG)
+    tags = lineage_tags(lineage, config, report, eval_run_id)
+    tags.setdefault("parent_run_id", parent_of(client, eval_run_id))
+    number = str(mlflow.register_model(model_uri, model_name, tags=tags).version)
+    card = render_model_card(card_inputs(client, model_name, number, report, tags, config))
+    client.update_model_version(model_name, number, description=card)
+    client.set_registered_model_alias(model_name, CHALLENGER, number)
+    return get_version(client, model_name, number)
+
+
+def download_evaluation_file(
+    client: MlflowClient, model_version: ModelVersion, name: str, dst: Path
+) -> Path | None:
+    """Download ``evaluation/<name>`` of a version, or None when it was never logged."""
+    run_id = evaluation_run_id(model_version)
+    listed = {item.path for item in client.list_artifacts(run_id, tracking.EVALUATION_ARTIFACT_DIR)}
+    wanted = f"{tracking.EVALUATION_ARTIFACT_DIR}/{name}"
+    if wanted not in listed:
+        return None
+    return Path(client.download_artifacts(run_id, wanted, str(dst)))
+
+
+def recorded_predictions(
+    client: MlflowClient, model_name: str, version: str | int
+) -> pd.DataFrame | None:
+    """The per-example predictions logged with a version's evaluation, if any."""
+    model_version = get_version(client, model_name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = download_evaluation_file(client, model_version, PREDICTIONS_FILE, Path(tmp))
+        return None if path is None else pd.read_parquet(path)
+
+
+def load_evaluation(client: MlflowClient, model_name: str, version: str | int) -> EvaluationReport:
+    """Rebuild a version's :class:`EvaluationReport` from its logged files.
+
+    Raises:
+        RegistryError: the version has no logged evaluation.
+    """
+    model_version = get_version(client, model_name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary_path = download_evaluation_file(client, model_version, EVAL_FILE, Path(tmp))
+        predictions_path = download_evaluation_file(
+            client, model_version, PREDICTIONS_FILE, Path(tmp)
+        )
+        if summary_path is None or predictions_path is None:
+            raise RegistryError(f"{model_name} v{version} has no logged evaluation to gate on")
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        predictions = pd.read_parquet(predictions_path)
+    labels = list(summary["labels"])
+    probabilities = predictions[[f"prob_{name}" for name in labels]].to_numpy()
+    return EvaluationReport(
+        metrics=dict(summary["metrics"]),
+        labels=labels,
+        y_true=predictions["label"].to_numpy(),
+        predicted_ids=predictions["predicted"].to_numpy(),
+        probabilities=probabilities,
+        test_split_md5=summary["test_split_md5"],
+        texts=predictions["text"].astype(str).tolist(),
+        behaviour=[CheckResult.from_dict(item) for item in summary.get("behaviour", [])],
+    )
+
+
+def download_version(client: MlflowClient, model_name: str, version: str | int, dst: Path) -> Path:
+    """Download a version's Hugging Face folder into ``dst`` and return it."""
+    from components.mlflow_model import download_hf_model
+
+    get_version(client, model_name, version)
+    return download_hf_model(f"models:/{model_name}/{version}", dst)
+
+
+def record_decision(
+    client: MlflowClient, model_name: str, version: str, decision: GateDecision
+) -> None:
+    """Record a gate decision on the version: ``gate.*`` tags, JSON artifact, card section.
+
+    Changes no alias.
+    """
+    payload = decision.to_dict()
+    model_version = get_version(client, model_name, version)
+    tags = {
+        "gate.decision": decision.outcome,
+        "gate.reason": decision.reason,
+        "gate.decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "gate.champion_version": decision.champion_version or "",
+        "gate.champion_rescored": str(decision.champion_rescored).lower(),
+    }
+    if decision.comparison is not None:
+        tags["gate.mcnemar_p_value"] = f"{decision.comparison.mcnemar_p_value:.6g}"
+        tags["gate.accuracy_difference"] = f"{decision.comparison.difference:+.6f}"
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    tracking.log_dict(evaluation_run_id(model_version), payload, f"gate/decision-v{version}.json")
+    card = with_decision(model_version.description or "", payload)
+    client.update_model_version(model_name, version, description=card)
+
+
+def move_champion(client: MlflowClient, model_name: str, version: str) -> str | None:
+    """Make ``version`` the champion; the old champion becomes ``previous-champion``.
+
+    ``previous-champion`` is set first: a crash between the two calls leaves ``champion``
+    where it was. Returns the previous champion's version (None if there was none).
+    """
+    old = aliases(client, model_name).get(CHAMPION)
+    if old is not None and old != version:
+        client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, old)
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    return old if old != version else None
+
+
+def record_actor(
+    client: MlflowClient, model_name: str, version: str, action: str, by: str | None, reason: str
+) -> None:
+    """Tag who did a manual registry action, when, and why."""
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    for key, value in {"by": by or getpass.getuser(), "reason": reason, "at": stamp}.items():
+        client.set_model_version_tag(model_name, version, f"{action}.{key}", value)
+
+
+def rollback(
+    model_name: str, reason: str, by: str | None = None, client: MlflowClient | None = None
+) -> tuple[str, str]:
+    """Move ``champion`` back to ``previous-champion`` and clear the latter.
+
+    Returns:
+        (the demoted version, the restored version).
+
+    Raises:
+        RegistryError: there is no ``previous-champion`` to go back to.
+    """
+    client = client or make_client()
+    current = aliases(client, model_name)
+    previous = current.get(PREVIOUS_CHAMPION)
+    if previous is None:
+        raise RegistryError(f"{model_name} has no '{PREVIOUS_CHAMPION}' alias to roll back to")
+    demoted = current.get(CHAMPION, "")
+    record_actor(client, model_name, previous, "rollback", by, reason)
+    if demoted:
+        client.set_model_version_tag(model_name, demoted, "rolled_back_at", _now())
+    client.set_registered_model_alias(model_name, CHAMPION, previous)
+    client.delete_registered_model_alias(model_name, PREVIOUS_CHAMPION)
+    return demoted, previous
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def list_versions(model_name: str, client: MlflowClient | None = None) -> list[dict[str, Any]]:
+    """One row per version, newest first: aliases, key metrics, data md5, gate, created."""
+    client = client or make_client()
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases(client, model_name).items():
+        by_version.setdefault(version, []).append(alias)
+    rows = []
+    versions = client.search_model_versions(f"name='{model_name}'")
+    for model_version in sorted(versions, key=lambda mv: -int(mv.version)):
+        tags = model_version.tags
+        created = datetime.fromtimestamp(model_version.creation_timestamp / 1000, UTC)
+        row: dict[str, Any] = {
+            "version": str(model_version.version),
+            "aliases": sorted(by_version.get(str(model_version.version), [])),
+            "created": created.isoformat(timespec="seconds"),
+            "prepared_data_md5": tags.get("prepared_data_md5", ""),
+            "gate": tags.get("gate.decision", ""),
+            "run_id": model_version.run_id,
+        }
+        for name in LISTED_METRICS:
+            value = tags.get(f"metric.{name}")
+            row[name] = None if value is None else float(value)
+        rows.append(row)
+    return rows
+
+
+def show_version(
+    model_name: str, version: str | int, client: MlflowClient | None = None
+) -> dict[str, Any]:
+    """A version's card (its description), aliases and tags."""
+    client = client or make_client()
+    model_version = get_version(client, model_name, version)
+    version_aliases = [a for a, v in aliases(client, model_name).items() if v == str(version)]
+    return {
+        "version": str(model_version.version),
+        "aliases": sorted(version_aliases),
+        "tags": dict(model_version.tags),
+        "model_card": model_version.description or "",
+        "run_id": model_version.run_id,
+    }
+
+
+def version_config(client: MlflowClient, model_version: ModelVersion) -> dict[str, Any]:
+    """The resolved config recorded with a version, flattened to dotted keys."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(evaluation_run_id(model_version), LINEAGE_CONFIG, tmp)
+        return tracking.flatten(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+
+
+def diff_mappings(left: Mapping[str, Any], right: Mapping[str, Any]) -> list[dict[str, Any]]:
+    keys = sorted(set(left) | set(right))
+    return [
+        {"key": key, "a": left.get(key), "b": right.get(key)}
+        for key in keys
+        if left.get(key) != right.get(key)
+    ]
+
+
+def compare_versions(
+    model_name: str,
+    version_a: str | int,
+    version_b: str | int,
+    significance: float = 0.05,
+    batch_size: int = 64,
+    client: MlflowClient | None = None,
+) -> dict[str, Any]:
+    """Metric deltas (B - A), a paired significance test, confusion matrices, lineage diffs.
+
+    Both versions are compared on A's test split; when B was evaluated on another split,
+    B is downloaded and re-scored on A's texts, and ``rescored`` says so.
+    """
+    from sklearn.metrics import confusion_matrix
+
+    from components.evaluate import score_texts
+    from components.gate import paired_comparison
+
+    client = client or make_client()
+    first, second = (
+        get_version(client, model_name, version_a),
+        get_version(client, model_name, version_b),
+    )
+    metrics_a = tracking.run_metrics(evaluation_run_id(first))
+    metrics_b = tracking.run_metrics(evaluation_run_id(second))
+    report_a = load_evaluation(client, model_name, str(first.version))
+    rescored = report_a.test_split_md5 != second.tags.get("test_split_md5")
+    if rescored:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = download_version(client, model_name, str(second.version), Path(tmp))
+            predicted_b = score_texts(model_dir, report_a.texts, batch_size).argmax(axis=1)
+    else:
+        predicted_b = load_evaluation(client, model_name, str(second.version)).predicted_ids
+    comparison = paired_comparison(
+        report_a.y_true, predicted_b, report_a.predicted_ids, significance
+    )
+    ids = list(range(len(report_a.labels)))
+    deltas = {
+        name: {
+            "a": metrics_a.get(name),
+            "b": metrics_b.get(name),
+            "delta": metrics_b[name] - metrics_a[name],
+        }
+        for name in HEADLINE_METRICS
+        if name in metrics_a and name in metrics_b
+    }
+    tracked = [key for key in LINEAGE_TAGS if key not in ("parent_run_id", "flow_run_id")]
+    return {
+        "a": str(first.version),
+        "b": str(second.version),
+        "labels": report_a.labels,
+        "metrics": deltas,
+        "significance": {
+            "b_minus_a_accuracy": comparison.difference,
+            "mcnemar_p_value": comparison.mcnemar_p_value,
+            "ci_low": comparison.ci_low,
+            "ci_high": comparison.ci_high,
+            "confidence_level": comparison.confidence_level,
+            "only_b_correct": comparison.challenger_only,
+            "only_a_correct": comparison.champion_only,
+            "significant": comparison.mcnemar_p_value < significance,
+            "rescored": rescored,
+            "test_examples": len(report_a.y_true),
+        },
+        "confusion_matrices": {
+            "a": confusion_matrix(report_a.y_true, report_a.predicted_ids, labels=ids).tolist(),
+            "b": confusion_matrix(report_a.y_true, np.asarray(predicted_b), labels=ids).tolist(),
+        },
+        "lineage_diff": diff_mappings(
+            {k: first.tags.get(k) for k in tracked}, {k: second.tags.get(k) for k in tracked}
+        ),
+        "config_diff": diff_mappings(version_config(client, first), version_config(client, second)),
+    }
+
+
+def find_version_by_tag(
+    model_name: str, key: str, value: str, client: MlflowClient | None = None
+) -> str | None:
+    """The newest version whose tag ``key`` equals ``value`` (e.g. the flow's train key)."""
+    client = client or make_client()
+    try:
+        versions = client.search_model_versions(f"name='{model_name}'")
+    except MlflowException as error:
+        if is_missing(error):
+            return None
+        raise
+    matches = [mv.version for mv in versions if mv.tags.get(key) == value]
+    return str(max(matches, key=int)) if matches else None
+
+
+def champion_tags(model_name: str, client: MlflowClient | None = None) -> dict[str, str]:
+    """Tags of the current champion; empty when there is none yet."""
+    client = client or make_client()
+    champion = version_by_alias(client, model_name, CHAMPION)
+    return dict(champion.tags) if champion is not None else {}

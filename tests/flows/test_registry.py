@@ -1,0 +1,240 @@
+"""The registry flow against a real MLflow store: register, gate, aliases, rollback, CLI.
+
+Models are the tiny classifiers from ``tests/conftest.py``: ``good`` learns the polar words,
+``shuffled`` was trained on permuted labels. Each test runs the same steps the retrain flow
+runs: parent run -> evaluate stage run -> log model -> register challenger -> gate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from components import registry, tracking
+from components.behaviour import load_behaviour_suite
+from components.config import RatchetConfig
+from components.errors import GateRejected, RegistryError
+from components.evaluate import EvaluationReport, evaluate_model
+from components.gate import GateDecision, apply_gate, promote_manually
+from components.mlflow_model import log_classifier_model
+from components.state import ProjectPaths
+from tests.conftest import PROJECT_ROOT, prepared_split
+
+pytestmark = pytest.mark.slow
+
+LABELS = ["negative", "positive"]
+LINEAGE = {
+    "git_commit": "0123abcd",
+    "git_dirty": False,
+    "raw_data_md5": "aaaa.dir",
+    "prepared_data_md5": "bbbb.dir",
+    "base_model_id": "tiny-bert",
+    "base_model_hash": "cafe",
+    "flow_run_id": "flow-1",
+}
+
+
+@pytest.fixture(scope="module")
+def reports(
+    tiny_classifiers: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, int], EvaluationReport]:
+    """Evaluations of the tiny models, computed once per (model, test seed)."""
+    from components.config import EvalConfig
+
+    suite = load_behaviour_suite(PROJECT_ROOT / "configs" / "behaviour" / "sst2.yaml")
+    cache: dict[tuple[str, int], EvaluationReport] = {}
+
+    def report(kind: str, test_seed: int = 5) -> EvaluationReport:
+        if (kind, test_seed) not in cache:
+            out = tmp_path_factory.mktemp(f"eval-{kind}-{test_seed}")
+            cache[kind, test_seed] = evaluate_model(
+                tiny_classifiers[kind],
+                prepared_split(80, seed=test_seed),
+                LABELS,
+                EvalConfig(latency_samples=3, batch_size=32),
+                out,
+                suite,
+            )
+        return cache[kind, test_seed]
+
+    return report
+
+
+@pytest.fixture
+def config(tiny_config: RatchetConfig, state_dir: Path) -> RatchetConfig:
+    """Smoke config with a 0.9 accuracy floor, tracking set up in the isolated state folder."""
+    tracking.setup_tracking(tiny_config, ProjectPaths.discover(PROJECT_ROOT))
+    gate = tiny_config.gate.model_copy(update={"min_accuracy": 0.9})
+    return tiny_config.model_copy(update={"gate": gate})
+
+
+def publish(
+    config: RatchetConfig,
+    model_dir: Path,
+    report: EvaluationReport,
+) -> tuple[str, GateDecision]:
+    """The retrain flow's tail: evaluate run, log, register, gate. Returns (version, decision)."""
+    name = config.registry.model_name
+    with tracking.parent_run(config, run_name="test-flow"), tracking.stage_run("evaluate") as run:
+        model_uri = log_classifier_model(model_dir).model_uri
+        version = registry.register_challenger(
+            name, model_uri, report, LINEAGE, config, run.info.run_id
+        )
+    decision = apply_gate(name, str(version.version), report, config.gate)
+    return str(version.version), decision
+
+
+def current_aliases(config: RatchetConfig) -> dict[str, str]:
+    return registry.aliases(MlflowClient(), config.registry.model_name)
+
+
+def test_floor_then_better_then_worse(
+    config: RatchetConfig, tiny_classifiers: dict[str, Path], reports: Callable
+) -> None:
+    good, shuffled = reports("good"), reports("shuffled")
+    assert good.accuracy >= 0.95 and shuffled.accuracy <= 0.7
+
+    version, decision = publish(config, tiny_classifiers["shuffled"], shuffled)
+    assert (version, decision.promote) == ("1", False)
+    assert "below the floor 0.9000" in decision.reason
+    assert current_aliases(config) == {"challenger": "1"}
+
+    version, decision = publish(config, tiny_classifiers["good"], good)
+    assert (version, decision.promote, decision.comparison) == ("2", True, None)
+    assert current_aliases(config) == {"challenger": "2", "champion": "2"}
+
+    version, decision = publish(config, tiny_classifiers["shuffled"], shuffled)
+    assert (version, decision.promote) == ("3", False)
+    assert decision.champion_version == "2" and not decision.champion_rescored
+    assert decision.comparison is not None and decision.comparison.mcnemar_p_value < 0.05
+    assert current_aliases(config) == {"challenger": "3", "champion": "2"}
+
+    client = MlflowClient()
+    rejected = client.get_model_version(config.registry.model_name, "3")
+    assert rejected.tags["gate.decision"] == "rejected"
+    assert rejected.tags["gate.reason"] == decision.reason
+    assert rejected.tags["git_commit"] == "0123abcd"
+    assert rejected.tags["prepared_data_md5"] == "bbbb.dir"
+    assert rejected.tags["config_hash"] == config.section_hash()
+    assert rejected.tags["parent_run_id"]
+    assert "## Promotion decision\n\n**REJECTED**" in rejected.description
+    assert "| accuracy |" in rejected.description and "champion" in rejected.description
+    decision_file = tracking.download_run_artifact(
+        registry.evaluation_run_id(rejected), "gate/decision-v3.json"
+    )
+    assert json.loads(decision_file.read_text())["outcome"] == "rejected"
+
+
+def test_better_challenger_promoted_and_rollback(
+    config: RatchetConfig, tiny_classifiers: dict[str, Path], reports: Callable
+) -> None:
+    config = config.model_copy(update={"gate": config.gate.model_copy(update={"min_accuracy": 0})})
+    assert publish(config, tiny_classifiers["shuffled"], reports("shuffled"))[1].promote
+    version, decision = publish(config, tiny_classifiers["good"], reports("good"))
+    assert decision.promote and decision.comparison is not None
+    assert decision.comparison.difference > 0.2
+    assert current_aliases(config) == {
+        "challenger": "2",
+        "champion": "2",
+        "previous-champion": "1",
+    }
+
+    demoted, restored = registry.rollback(config.registry.model_name, reason="bad canary", by="ana")
+    assert (demoted, restored) == ("2", "1")
+    assert current_aliases(config) == {"challenger": "2", "champion": "1"}
+    tags = MlflowClient().get_model_version(config.registry.model_name, "1").tags
+    assert (tags["rollback.by"], tags["rollback.reason"]) == ("ana", "bad canary")
+    with pytest.raises(RegistryError, match="no 'previous-champion' alias"):
+        registry.rollback(config.registry.model_name, reason="again")
+
+
+def test_crash_before_alias_move_leaves_champion(
+    config: RatchetConfig,
+    tiny_classifiers: dict[str, Path],
+    reports: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = config.model_copy(update={"gate": config.gate.model_copy(update={"min_accuracy": 0})})
+    publish(config, tiny_classifiers["shuffled"], reports("shuffled"))
+
+    def crash(*args: object) -> None:
+        raise RuntimeError("injected crash before the alias move")
+
+    monkeypatch.setattr(registry, "move_champion", crash)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        publish(config, tiny_classifiers["good"], reports("good"))
+    assert current_aliases(config) == {"challenger": "2", "champion": "1"}
+
+
+def test_champion_rescored_when_test_split_changed(
+    config: RatchetConfig, tiny_classifiers: dict[str, Path], reports: Callable
+) -> None:
+    publish(config, tiny_classifiers["good"], reports("good", 5))
+    version, decision = publish(config, tiny_classifiers["good"], reports("good", 9))
+    assert decision.champion_rescored
+    assert decision.rescore_note.startswith("test split changed (champion md5")
+    assert "re-scored on the challenger's 80 test examples" in decision.rescore_note
+    assert decision.comparison is not None and decision.comparison.difference == 0.0
+    assert decision.promote  # the same model is not worse than itself
+    card = MlflowClient().get_model_version(config.registry.model_name, version).description
+    assert "test split changed" in card
+
+
+def test_manual_promotion_goes_through_the_gate(
+    config: RatchetConfig, tiny_classifiers: dict[str, Path], reports: Callable
+) -> None:
+    name = config.registry.model_name
+    publish(config, tiny_classifiers["good"], reports("good"))
+    publish(config, tiny_classifiers["shuffled"], reports("shuffled"))
+    with pytest.raises(GateRejected, match="v2 rejected: accuracy"):
+        promote_manually(name, "2", config.gate, reason="try it", by="bob")
+    assert current_aliases(config)["champion"] == "1"
+    with pytest.raises(RegistryError, match="needs a reason"):
+        promote_manually(name, "2", config.gate, reason=" ")
+
+    decision = promote_manually(name, "2", config.gate, reason="hotfix", by="bob", force=True)
+    assert decision.forced and decision.promote
+    assert current_aliases(config) == {
+        "challenger": "2",
+        "champion": "2",
+        "previous-champion": "1",
+    }
+    tags = MlflowClient().get_model_version(name, "2").tags
+    assert (tags["promotion.by"], tags["promotion.reason"]) == ("bob", "hotfix")
+    assert tags["gate.decision"] == "promoted"
+
+
+def test_list_show_compare(
+    config: RatchetConfig, tiny_classifiers: dict[str, Path], reports: Callable
+) -> None:
+    name = config.registry.model_name
+    publish(config, tiny_classifiers["good"], reports("good"))
+    publish(config, tiny_classifiers["shuffled"], reports("shuffled"))
+
+    rows = registry.list_versions(name)
+    assert [(row["version"], row["aliases"], row["gate"]) for row in rows] == [
+        ("2", ["challenger"], "rejected"),
+        ("1", ["champion"], "promoted"),
+    ]
+    assert rows[1]["accuracy"] == pytest.approx(reports("good").accuracy, abs=1e-6)
+    assert rows[0]["prepared_data_md5"] == "bbbb.dir"
+
+    shown = registry.show_version(name, "1")
+    assert shown["model_card"].startswith(f"# {name} — version 1")
+    assert shown["aliases"] == ["champion"]
+
+    compared = registry.compare_versions(name, "1", "2")
+    good_acc, bad_acc = reports("good").accuracy, reports("shuffled").accuracy
+    assert compared["metrics"]["accuracy"]["delta"] == pytest.approx(bad_acc - good_acc)
+    assert compared["significance"]["b_minus_a_accuracy"] == pytest.approx(bad_acc - good_acc)
+    assert not compared["significance"]["rescored"]
+    assert sum(map(sum, compared["confusion_matrices"]["a"])) == 80
+    assert compared["lineage_diff"] == []
+    assert compared["config_diff"] == []
+    frame = pd.DataFrame(compared["confusion_matrices"]["b"])
+    assert frame.to_numpy().trace() == round(bad_acc * 80)

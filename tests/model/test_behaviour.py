@@ -1,0 +1,94 @@
+"""CheckList-style behavioural checks: the SST-2 suite loads, and each check type scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.behaviour import (
+    behaviour_metrics,
+    load_behaviour_suite,
+    run_behaviour_suite,
+)
+from components.errors import ConfigError
+from tests.conftest import PROJECT_ROOT
+
+SST2_SUITE = PROJECT_ROOT / "configs" / "behaviour" / "sst2.yaml"
+POSITIVE = {"wonderful", "brilliant", "delight", "superb", "loved", "great", "good", "liked"}
+
+
+def keyword_model(texts: list[str]) -> np.ndarray:
+    """Positive iff a praise word occurs and no 'not' does: passes MFT/INV, half of DIR."""
+    rows = []
+    for text in texts:
+        words = set(text.split())
+        score = 0.9 if words & POSITIVE and "not" not in words else 0.2
+        rows.append([1 - score, score])
+    return np.array(rows)
+
+
+def test_sst2_suite_has_every_check_type_with_enough_cases() -> None:
+    suite = load_behaviour_suite(SST2_SUITE)
+    assert suite.labels == ["negative", "positive"]
+    kinds = {check.type for check in suite.checks}
+    assert kinds == {"MFT", "INV", "DIR"}
+    for check in suite.checks:
+        assert 10 <= len(check.texts) + len(check.pairs) <= 20, check.name
+    capabilities = {check.capability for check in suite.checks}
+    assert {"vocabulary", "fairness", "robustness", "negation"} <= capabilities
+
+
+def test_checks_score_a_keyword_model() -> None:
+    suite = load_behaviour_suite(SST2_SUITE)
+    results = {r.name: r for r in run_behaviour_suite(suite, keyword_model, suite.labels)}
+    # "wonderful"/"brilliant"/"delight"... only some clear positives use the keyword list
+    assert results["mft_clear_negative"].pass_rate == 1.0
+    assert results["inv_names"].pass_rate == 1.0
+    # Typos break the keyword lookup ("wonderfull"): exactly the positive pairs fail.
+    typo_failures = results["inv_typos"].failures
+    assert {failure["before"] for failure in typo_failures} == {"positive"}
+    negation = results["dir_negation_of_positive"]
+    # Only the three pairs whose original holds a keyword (good, great, liked) move down.
+    assert (negation.passed, negation.cases) == (3, 12)
+    assert negation.failures[0]["original"] == "the story is interesting"
+    assert results["dir_negation_of_negative"].pass_rate == 0.0
+    metrics = behaviour_metrics(list(results.values()))
+    assert metrics["behaviour.inv_names.pass_rate"] == 1.0
+    assert 0 < metrics["behaviour.mean_pass_rate"] < 1
+
+
+def test_suite_for_other_labels_is_refused() -> None:
+    suite = load_behaviour_suite(SST2_SUITE)
+    with pytest.raises(ConfigError, match=r"suite is for labels \['negative', 'positive'\]"):
+        run_behaviour_suite(suite, keyword_model, ["neg", "pos"])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("labels: [a, b]\nchecks:\n  - {name: x, type: MFT, texts: [t]}", "needs texts and"),
+        ("labels: [a, b]\nchecks:\n  - {name: x, type: DIR, pairs: [[u, v]]}", "target_label"),
+        (
+            "labels: [a, b]\nchecks:\n  - {name: x, type: MFT, texts: [t], expect_label: c}",
+            "unknown label 'c'",
+        ),
+        (
+            "labels: [a, b]\nchecks:\n"
+            "  - {name: x, type: INV, pairs: [[u, v]]}\n  - {name: x, type: INV, pairs: [[u, v]]}",
+            "check names repeat",
+        ),
+        ("labels: [a, b\n", "not valid YAML"),
+    ],
+)
+def test_malformed_suites_name_the_problem(tmp_path: Path, body: str, message: str) -> None:
+    path = tmp_path / "suite.yaml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=message):
+        load_behaviour_suite(path)
+
+
+def test_missing_suite_file_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="eval.behaviour_checks"):
+        load_behaviour_suite(tmp_path / "absent.yaml")

@@ -59,7 +59,10 @@ class ValidationReport:
             "row_counts": self.row_counts,
             "expectations": len(self.checks),
             "failed": len(self.failures),
-            "checks": self.checks,
+            "checks": [
+                {key: value for key, value in check.items() if key != "unexpected_index"}
+                for check in self.checks
+            ],
         }
 
 

@@ -15,6 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from components.errors import RatchetError
+from flows.cli import ConfigOption, ParamsOption, SetOption
 
 DEMO_PROFILE = Path("configs/demo.yaml")
 PROCESS_POOL = "ratchet-process"
@@ -58,7 +59,7 @@ def run_retrain(
 
 def register(app: typer.Typer) -> None:
     """Add retrain, deploy and demo to the `ratchet` app."""
-    from flows.cli import ConfigOption, ParamsOption, SetOption, console, err_console, run_command
+    from flows.cli import console, err_console, run_command
 
     @app.command("retrain")
     def retrain_command(

@@ -382,11 +382,16 @@ def show_version(
     }
 
 
-def version_config(client: MlflowClient, model_version: ModelVersion) -> dict[str, Any]:
-    """The resolved config recorded with a version, flattened to dotted keys."""
+def version_config_tree(client: MlflowClient, model_version: ModelVersion) -> dict[str, Any]:
+    """The resolved config recorded with a version (``lineage/config.yaml``), as a mapping."""
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(evaluation_run_id(model_version), LINEAGE_CONFIG, tmp)
-        return tracking.flatten(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+        return dict(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+
+
+def version_config(client: MlflowClient, model_version: ModelVersion) -> dict[str, Any]:
+    """The resolved config recorded with a version, flattened to dotted keys."""
+    return tracking.flatten(version_config_tree(client, model_version))
 
 
 def diff_mappings(left: Mapping[str, Any], right: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -1,9 +1,374 @@
-"""`ratchet` commands for the registry area (filled in by its issue)."""
+"""`ratchet` commands for evaluation, the model registry and reproduction.
+
+ratchet evaluate                       # models/finetuned + data/prepared -> metrics/ (DVC stage)
+ratchet registry list [--json]         # versions, aliases, key metrics, data md5, created
+ratchet registry show 3                # the model card of version 3
+ratchet registry compare 2 3           # deltas, McNemar/bootstrap, confusion matrices, diffs
+ratchet registry promote 3 --reason "..." [--force] [--by NAME]
+ratchet registry rollback --reason "..."
+ratchet reproduce 3                    # rebuild version 3 from its lineage, diff metrics
+ratchet ui                             # MLflow UI on 127.0.0.1 against the state folder store
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.columns import Columns
+from rich.markdown import Markdown
+from rich.table import Table
+
+from flows.cli import ConfigOption, ParamsOption, SetOption, console, load_settings, run_command
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+VersionArgument = Annotated[str, typer.Argument(help="Registered model version number.")]
+ByOption = Annotated[
+    str | None, typer.Option("--by", help="Who acts; default the current OS user.")
+]
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `ratchet` app."""
+    app.command("evaluate")(evaluate)
+    app.command("reproduce")(reproduce)
+    app.command("ui")(ui)
+    registry_app = typer.Typer(
+        help="Review and move models in the MLflow registry.", no_args_is_help=True
+    )
+    registry_app.command("list")(registry_list)
+    registry_app.command("show")(registry_show)
+    registry_app.command("compare")(registry_compare)
+    registry_app.command("promote")(registry_promote)
+    registry_app.command("rollback")(registry_rollback)
+    app.add_typer(registry_app, name="registry")
+
+
+def print_json(payload: Any) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+def print_decision(decision: Any) -> None:
+    """One line a reviewer reads: PROMOTED/REJECTED and the numbers behind it."""
+    colour = "green" if decision.promote else "red"
+    console.print(f"[bold {colour}]{decision.outcome.upper()}[/] {decision.reason}")
+    if decision.rescore_note:
+        console.print(f"note: {decision.rescore_note}", highlight=False)
+
+
+def metric_cell(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def evaluate(
+    model_dir: Annotated[
+        Path | None, typer.Option("--model-dir", help="Default models/finetuned.")
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", help="Default metrics/.")
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate the fine-tuned model on the frozen test split (writes eval.json and plots)."""
+
+    def body() -> None:
+        from components.behaviour import load_behaviour_suite
+        from components.evaluate import evaluate_model
+        from components.prepare import load_prepared
+
+        settings, paths = load_settings(params, config, set_)
+        data = load_prepared(paths.prepared_dir)
+        suite_path = settings.eval.behaviour_checks
+        suite = load_behaviour_suite(paths.resolve(suite_path)) if suite_path else None
+        report = evaluate_model(
+            paths.resolve(model_dir) if model_dir else paths.models_dir / "finetuned",
+            data.test,
+            data.labels,
+            settings.eval,
+            paths.resolve(output_dir) if output_dir else paths.metrics_dir,
+            suite,
+            settings.model.max_length,
+        )
+        if as_json:
+            print_json(report.summary())
+            return
+        table = Table(title=f"Test split ({len(report.y_true)} examples)")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name in ("accuracy", "f1_macro", "f1_weighted", "roc_auc", "log_loss", "ece"):
+            table.add_row(name, metric_cell(report.metrics.get(name)))
+        for result in report.behaviour:
+            table.add_row(f"behaviour {result.name}", f"{result.pass_rate:.0%}")
+        console.print(table)
+        console.print(f"files: {report.output_dir}", highlight=False)
+
+    run_command(body)
+
+
+def registry_list(
+    params: ParamsOption = Path("params.yaml"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List versions with aliases, key metrics, data md5, gate outcome and creation time."""
+
+    def body() -> None:
+        from components.registry import LISTED_METRICS, list_versions
+
+        settings, _ = load_settings(params, config, set_)
+        rows = list_versions(settings.registry.model_name)
+        if as_json:
+            print_json(rows)
+            return
+        table = Table(title=settings.registry.model_name)
+        for column in ("version", "aliases", *LISTED_METRICS, "gate", "prepared data md5"):
+            table.add_column(column, justify="right" if column in LISTED_METRICS else "left")
+        table.add_column("created")
+        for row in rows:
+            table.add_row(
+                row["version"],
+                ", ".join(row["aliases"]),
+                *(metric_cell(row[name]) for name in LISTED_METRICS),
+                row["gate"],
+                row["prepared_data_md5"][:12],
+                row["created"],
+            )
+        console.print(table)
+
+    run_command(body)
+
+
+def registry_show(
+    version: VersionArgument,
+    params: ParamsOption = Path("params.yaml"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a version's model card (markdown) and aliases."""
+
+    def body() -> None:
+        from components.registry import show_version
+
+        settings, _ = load_settings(params, config, set_)
+        shown = show_version(settings.registry.model_name, version)
+        if as_json:
+            print_json(shown)
+            return
+        console.print(f"aliases: {', '.join(shown['aliases']) or '—'}", highlight=False)
+        console.print(Markdown(shown["model_card"]))
+
+    run_command(body)
+
+
+def confusion_table(title: str, matrix: list[list[int]], labels: list[str]) -> Table:
+    table = Table(title=title)
+    table.add_column("true \\ predicted")
+    for label in labels:
+        table.add_column(label, justify="right")
+    for label, row in zip(labels, matrix, strict=True):
+        table.add_row(label, *(str(count) for count in row))
+    return table
+
+
+def registry_compare(
+    version_a: VersionArgument,
+    version_b: VersionArgument,
+    params: ParamsOption = Path("params.yaml"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare two versions on A's test split: deltas (B - A), significance, diffs."""
+
+    def body() -> None:
+        from components.registry import compare_versions
+
+        settings, _ = load_settings(params, config, set_)
+        result = compare_versions(
+            settings.registry.model_name,
+            version_a,
+            version_b,
+            significance=settings.gate.significance,
+            batch_size=settings.eval.batch_size,
+        )
+        if as_json:
+            print_json(result)
+            return
+        a, b = result["a"], result["b"]
+        metrics = Table(title=f"v{a} -> v{b}")
+        for column in ("metric", f"v{a}", f"v{b}", "delta"):
+            metrics.add_column(column, justify="left" if column == "metric" else "right")
+        for name, values in result["metrics"].items():
+            metrics.add_row(
+                name, metric_cell(values["a"]), metric_cell(values["b"]), f"{values['delta']:+.4f}"
+            )
+        console.print(metrics)
+        test = result["significance"]
+        rescored = f" (v{b} re-scored on v{a}'s split)" if test["rescored"] else ""
+        console.print(
+            f"paired on {test['test_examples']} examples{rescored}: "
+            f"accuracy {test['b_minus_a_accuracy']:+.4f}, "
+            f"{test['confidence_level']:.0%} CI [{test['ci_low']:+.4f}, {test['ci_high']:+.4f}], "
+            f"McNemar p={test['mcnemar_p_value']:.3g} "
+            f"({'significant' if test['significant'] else 'not significant'})",
+            highlight=False,
+        )
+        labels = result["labels"]
+        console.print(
+            Columns(
+                [
+                    confusion_table(f"v{a}", result["confusion_matrices"]["a"], labels),
+                    confusion_table(f"v{b}", result["confusion_matrices"]["b"], labels),
+                ]
+            )
+        )
+        for title, rows in (("lineage", result["lineage_diff"]), ("config", result["config_diff"])):
+            diff = Table(title=f"{title} differences")
+            for column in ("key", f"v{a}", f"v{b}"):
+                diff.add_column(column)
+            for row in rows:
+                diff.add_row(row["key"], str(row["a"]), str(row["b"]))
+            console.print(diff if rows else f"{title}: identical", highlight=False)
+
+    run_command(body)
+
+
+def registry_promote(
+    version: VersionArgument,
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded on the version.")],
+    by: ByOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Skip the gate's checks (recorded as forced).")
+    ] = False,
+    params: ParamsOption = Path("params.yaml"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Promote a version to champion through the gate (unless --force); records who and why."""
+
+    def body() -> None:
+        from components.gate import promote_manually
+
+        settings, _ = load_settings(params, config, set_)
+        decision = promote_manually(
+            settings.registry.model_name,
+            version,
+            settings.gate,
+            reason,
+            by,
+            force,
+            batch_size=settings.eval.batch_size,
+            max_length=settings.model.max_length,
+        )
+        if as_json:
+            print_json(decision.to_dict())
+        else:
+            print_decision(decision)
+
+    run_command(body)
+
+
+def registry_rollback(
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded on the version.")] = (
+        "manual rollback"
+    ),
+    by: ByOption = None,
+    params: ParamsOption = Path("params.yaml"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Move `champion` back to `previous-champion`."""
+
+    def body() -> None:
+        from components.registry import rollback
+
+        settings, _ = load_settings(params, config, set_)
+        demoted, restored = rollback(settings.registry.model_name, reason, by)
+        if as_json:
+            print_json({"demoted": demoted, "champion": restored})
+        else:
+            console.print(f"champion: v{demoted} -> v{restored}", highlight=False)
+
+    run_command(body)
+
+
+def reproduce(
+    version: VersionArgument,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the temporary workspace for inspection.")
+    ] = False,
+    params: ParamsOption = Path("params.yaml"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Rebuild a version from its recorded lineage and report metric differences."""
+
+    def body() -> None:
+        from components.reproduce import reproduce_version
+
+        settings, paths = load_settings(params, config, set_)
+        result = reproduce_version(settings.registry.model_name, version, paths, keep=keep)
+        if as_json:
+            print_json(result.to_dict())
+            return
+        table = Table(title=f"reproduce v{version}")
+        for column in ("metric", "registered", "reproduced", "delta"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
+        for name, row in result.differences.items():
+            table.add_row(
+                name,
+                metric_cell(row["registered"]),
+                metric_cell(row["reproduced"]),
+                f"{row['delta']:+.2e}",
+            )
+        console.print(table)
+        for note in result.notes:
+            console.print(f"note: {note}", highlight=False)
+        verdict = "[green]exact match[/]" if result.matches else "[yellow]differs[/]"
+        console.print(f"{verdict}; predictions differing: {result.predictions_differing}")
+
+    run_command(body)
+
+
+def ui(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 5000,
+    params: ParamsOption = Path("params.yaml"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Open the MLflow UI (runs, plots, model cards) on 127.0.0.1 against the tracking store."""
+
+    def body() -> None:
+        from components.state import mlflow_tracking_uri
+
+        settings, paths = load_settings(params, config, set_)
+        store = mlflow_tracking_uri(settings, paths)
+        command = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            store,
+            "--default-artifact-root",
+            paths.mlflow_artifacts.as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        console.print(f"MLflow UI on http://127.0.0.1:{port} ({store})", highlight=False)
+        subprocess.run(command, check=False, env=os.environ.copy())
+
+    run_command(body)

@@ -8,12 +8,14 @@ runs: parent run -> evaluate stage run -> log model -> register challenger -> ga
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
 from components import registry, tracking
 from components.behaviour import load_behaviour_suite
@@ -23,6 +25,8 @@ from components.evaluate import EvaluationReport, evaluate_model
 from components.gate import GateDecision, apply_gate, promote_manually
 from components.mlflow_model import log_classifier_model
 from components.state import ProjectPaths
+from flows import cli
+from flows.cli import get_app
 from tests.conftest import PROJECT_ROOT, prepared_split
 
 pytestmark = pytest.mark.slow
@@ -65,9 +69,18 @@ def reports(
     return report
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite file with its schema created once (migrations take seconds)."""
+    database = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{database}").search_experiments()
+    return database
+
+
 @pytest.fixture
-def config(tiny_config: RatchetConfig, state_dir: Path) -> RatchetConfig:
+def config(tiny_config: RatchetConfig, state_dir: Path, empty_store: Path) -> RatchetConfig:
     """Smoke config with a 0.9 accuracy floor, tracking set up in the isolated state folder."""
+    shutil.copyfile(empty_store, state_dir / "mlflow.db")
     tracking.setup_tracking(tiny_config, ProjectPaths.discover(PROJECT_ROOT))
     gate = tiny_config.gate.model_copy(update={"min_accuracy": 0.9})
     return tiny_config.model_copy(update={"gate": gate})
@@ -238,3 +251,54 @@ def test_list_show_compare(
     assert compared["config_diff"] == []
     frame = pd.DataFrame(compared["confusion_matrices"]["b"])
     assert frame.to_numpy().trace() == round(bad_acc * 80)
+
+
+def run_cli(*args: str) -> str:
+    """Run ``ratchet <args>`` against the project's params.yaml; returns stdout."""
+    params = str(PROJECT_ROOT / "params.yaml")
+    result = CliRunner().invoke(get_app(), [*args, "--params", params])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_cli_for_reviewers(
+    config: RatchetConfig,
+    tiny_classifiers: dict[str, Path],
+    reports: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cli.console, "width", 200)  # a wide terminal: no truncated cells
+    no_floor = config.gate.model_copy(update={"min_accuracy": 0})
+    config = config.model_copy(update={"gate": no_floor})
+    publish(config, tiny_classifiers["shuffled"], reports("shuffled"))
+    publish(config, tiny_classifiers["good"], reports("good"))
+
+    listed = json.loads(run_cli("registry", "list", "--json"))
+    assert [(row["version"], row["aliases"]) for row in listed] == [
+        ("2", ["challenger", "champion"]),
+        ("1", ["previous-champion"]),
+    ]
+    table = run_cli("registry", "list")
+    assert "previous-champion" in table and "bbbb.dir" in table
+    card = run_cli("registry", "show", "2")
+    assert "ratchet-sst2 — version 2" in card and "PROMOTED" in card
+    compared = json.loads(run_cli("registry", "compare", "1", "2", "--json"))
+    assert compared["significance"]["b_minus_a_accuracy"] > 0.2
+    assert compared["significance"]["significant"]
+    rendered = run_cli("registry", "compare", "1", "2")
+    assert "McNemar p=" in rendered and "true \\ predicted" in rendered
+
+    rolled = json.loads(run_cli("registry", "rollback", "--reason", "canary", "--json"))
+    assert rolled == {"demoted": "2", "champion": "1"}
+    result = CliRunner().invoke(
+        get_app(), ["registry", "rollback", "--params", str(PROJECT_ROOT / "params.yaml")]
+    )
+    assert result.exit_code == 5
+    assert "no 'previous-champion' alias" in result.output
+
+    # Version 2 clears the gate again, so a manual promotion needs no --force.
+    promoted = json.loads(
+        run_cli("registry", "promote", "2", "--reason", "re-promote", "--by", "cy", "--json")
+    )
+    assert promoted["outcome"] == "promoted" and not promoted["forced"]
+    assert current_aliases(config)["champion"] == "2"

@@ -1,0 +1,239 @@
+"""Rebuild a registered model version from its recorded lineage and diff its metrics.
+
+    ratchet reproduce 3
+
+Reads the version's lineage (``lineage/config.yaml``, the prepared data's DVC md5, the base
+model and its hash), materialises that data from the DVC cache or the local DVC remote by
+md5 into a temporary workspace, re-runs pretraining (when enabled) and fine-tuning with the
+recorded config, evaluates on the same test split and reports every metric difference
+against the registered version. With ``train.deterministic: true`` on CPU the metrics match
+exactly. Timing metrics (latency, throughput) are left out of the comparison.
+
+The rebuild uses the code of this checkout; when it is not the recorded git commit (or that
+tree was dirty) the report says so in ``notes``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components import registry
+from components.config import RatchetConfig, config_from_mapping
+from components.errors import RegistryError
+from components.state import ProjectPaths, dvc_remote_url
+
+TIMING_PREFIXES = ("latency_", "throughput_")
+
+
+@dataclass(frozen=True)
+class ReproduceReport:
+    """Registered vs reproduced metrics of one version."""
+
+    version: str
+    workspace: str
+    differences: dict[str, dict[str, float]]
+    predictions_differing: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def matches(self) -> bool:
+        exact = all(row["delta"] == 0 for row in self.differences.values())
+        return exact and self.predictions_differing == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "matches": self.matches}
+
+
+def dvc_object_path(store: Path, md5: str) -> Path:
+    """Where DVC 3 keeps an object in a local cache or remote folder."""
+    return store / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def materialize_dvc_dir(md5: str, stores: list[Path], destination: Path) -> Path:
+    """Copy the folder DVC recorded as ``md5`` (``<hash>.dir``) out of a cache or remote.
+
+    Raises:
+        RegistryError: no store holds the folder listing or one of its files.
+    """
+    listing_store = next((s for s in stores if dvc_object_path(s, md5).is_file()), None)
+    if listing_store is None:
+        searched = ", ".join(str(store) for store in stores)
+        raise RegistryError(
+            f"data {md5} is in no DVC cache or remote searched ({searched}); "
+            "run `ratchet data push` where it was built, or `dvc pull`"
+        )
+    entries = json.loads(dvc_object_path(listing_store, md5).read_text(encoding="utf-8"))
+    for entry in entries:
+        source = next(
+            (
+                dvc_object_path(s, entry["md5"])
+                for s in stores
+                if dvc_object_path(s, entry["md5"]).is_file()
+            ),
+            None,
+        )
+        if source is None:
+            raise RegistryError(
+                f"file {entry['relpath']} ({entry['md5']}) of data {md5} is missing"
+            )
+        target = destination / entry["relpath"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return destination
+
+
+def dvc_stores(config: RatchetConfig, paths: ProjectPaths) -> list[Path]:
+    """The project's DVC cache, then the remote when it is a local folder."""
+    stores = [paths.project_root / ".dvc" / "cache"]
+    remote = dvc_remote_url(config, paths)
+    if "://" not in remote:
+        stores.append(paths.resolve(remote))
+    return stores
+
+
+def recorded_config(client: Any, model_version: Any) -> RatchetConfig:
+    """The resolved config logged with the version (``lineage/config.yaml``)."""
+    return config_from_mapping(registry.version_config_tree(client, model_version))
+
+
+def anchored_config(config: RatchetConfig, paths: ProjectPaths) -> RatchetConfig:
+    """Relative paths in the config made absolute against the original project root."""
+    corpora = [str(paths.resolve(corpus)) for corpus in config.pretrain.extra_corpora]
+    base = config.model.base
+    if base is not None and paths.resolve(base).exists():
+        base = str(paths.resolve(base))
+    checks = config.eval.behaviour_checks
+    return config.model_copy(
+        update={
+            "pretrain": config.pretrain.model_copy(update={"extra_corpora": corpora}),
+            "model": config.model.model_copy(update={"base": base}),
+            "eval": config.eval.model_copy(
+                update={"behaviour_checks": str(paths.resolve(checks)) if checks else None}
+            ),
+        }
+    )
+
+
+def code_notes(paths: ProjectPaths, tags: dict[str, str]) -> list[str]:
+    from components.lineage import git_output
+
+    notes = []
+    recorded = tags.get("git_commit")
+    current = git_output(paths.project_root, "rev-parse", "HEAD")
+    if recorded and current and recorded != current:
+        notes.append(f"rebuilt with code at {current[:12]}, the version records {recorded[:12]}")
+    if tags.get("git_dirty", "").lower() == "true":
+        notes.append("the version was built from a dirty working tree")
+    return notes
+
+
+def rebuild_model(config: RatchetConfig, workspace: ProjectPaths) -> Path:
+    """Pretrain (when enabled) and fine-tune in the workspace; returns the model folder."""
+    from components.base_model import resolve_base_model
+    from components.finetune import run_finetuning
+    from components.prepare import load_prepared
+
+    data = load_prepared(workspace.prepared_dir)
+    init_model = resolve_base_model(config.model.base, workspace.project_root)
+    if config.pretrain.enabled:
+        from components.pretrain import gather_pretraining_texts, run_pretraining
+
+        texts = gather_pretraining_texts(config, workspace)
+        init_model = str(
+            run_pretraining(config, texts, workspace.models_dir / "pretrained").model_dir
+        )
+    return run_finetuning(config, data, init_model, workspace.models_dir / "finetuned").model_dir
+
+
+def reproduce_version(
+    model_name: str,
+    version: str,
+    paths: ProjectPaths,
+    keep: bool = False,
+    client: Any = None,
+) -> ReproduceReport:
+    """Rebuild ``version`` from its lineage in a temporary workspace and diff its metrics.
+
+    Args:
+        model_name: ``registry.model_name``.
+        version: the version to reproduce.
+        paths: this project's paths (DVC cache, remote, base model, corpora).
+        keep: keep the workspace (its path is in the report).
+
+    Raises:
+        RegistryError: the version lacks lineage, or its data or base model cannot be found
+            or no longer has the recorded hash.
+    """
+    from components.base_model import model_fingerprint, resolve_base_model
+    from components.behaviour import load_behaviour_suite
+    from components.evaluate import evaluate_model
+    from components.prepare import load_prepared
+    from components.versioning import directory_md5
+
+    client = client or registry.make_client()
+    model_version = registry.get_version(client, model_name, version)
+    tags = dict(model_version.tags)
+    prepared_md5 = tags.get("prepared_data_md5")
+    if not prepared_md5 or prepared_md5 == "None":
+        raise RegistryError(f"{model_name} v{version} records no prepared_data_md5")
+    config = anchored_config(recorded_config(client, model_version), paths)
+    notes = code_notes(paths, tags)
+    base = resolve_base_model(config.model.base, paths.project_root)
+    recorded_hash = tags.get("base_model_hash")
+    if recorded_hash and model_fingerprint(base) != recorded_hash:
+        raise RegistryError(
+            f"base model {base} now hashes to {model_fingerprint(base)}, "
+            f"the version records {recorded_hash}"
+        )
+
+    root = Path(tempfile.mkdtemp(prefix=f"ratchet-reproduce-v{version}-"))
+    workspace = ProjectPaths(project_root=root, state_dir=root / ".ratchet")
+    try:
+        materialize_dvc_dir(prepared_md5, dvc_stores(config, paths), workspace.prepared_dir)
+        if directory_md5(workspace.prepared_dir) != prepared_md5:
+            raise RegistryError(f"materialised data does not hash to {prepared_md5}")
+        model_dir = rebuild_model(config, workspace)
+        data = load_prepared(workspace.prepared_dir)
+        checks = config.eval.behaviour_checks
+        suite = load_behaviour_suite(Path(checks)) if checks else None
+        report = evaluate_model(
+            model_dir,
+            data.test,
+            data.labels,
+            config.eval,
+            workspace.metrics_dir,
+            suite,
+            config.model.max_length,
+        )
+        registered = registry.load_evaluation(client, model_name, version)
+        differences = {
+            name: {
+                "registered": value,
+                "reproduced": report.metrics[name],
+                "delta": report.metrics[name] - value,
+            }
+            for name, value in sorted(registered.metrics.items())
+            if name in report.metrics and not name.startswith(TIMING_PREFIXES)
+        }
+        if registered.test_split_md5 != report.test_split_md5:
+            notes.append("the materialised test split differs from the registered one")
+            differing = len(report.predicted_ids)
+        else:
+            differing = int(np.sum(registered.predicted_ids != report.predicted_ids))
+        return ReproduceReport(
+            version=str(version),
+            workspace=str(root) if keep else "",
+            differences=differences,
+            predictions_differing=differing,
+            notes=notes,
+        )
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)

@@ -31,6 +31,10 @@ QUIET_ENVIRONMENT = {
     "DVC_NO_ANALYTICS": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "GIT_PYTHON_REFRESH": "quiet",
+    "GX_ANALYTICS_ENABLED": "false",
+    # Prefect's ephemeral API starts a server per run; on a busy 2-core machine the default
+    # 20 s start-up budget is not always enough.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
@@ -86,7 +90,6 @@ class ProjectPaths:
     @property
     def dvc_remote(self) -> Path:
         return self.state_dir / "dvc-remote"
-
 
     @property
     def checkpoints_dir(self) -> Path:

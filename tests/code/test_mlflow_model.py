@@ -1,0 +1,62 @@
+"""Packaging a fine-tuned HF folder as an MLflow pyfunc model from code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from components.mlflow_model import (
+    class_names,
+    classifier_signature,
+    download_hf_model,
+    log_classifier_model,
+    serving_files,
+)
+
+
+def test_signature_has_one_probability_column_per_class() -> None:
+    signature = classifier_signature(["neg", "neu", "pos"])
+    assert signature.inputs.input_names() == ["text"]
+    assert signature.outputs.input_names() == ["label", "score", "prob_neg", "prob_neu", "prob_pos"]
+
+
+def test_serving_files_refuse_pickled_weights(tmp_path: Path) -> None:
+    source = tmp_path / "model"
+    source.mkdir()
+    (source / "config.json").write_text('{"id2label": {"1": "pos", "0": "neg"}}')
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+        serving_files(source, tmp_path / "staged")
+    (source / "model.safetensors").write_bytes(b"weights")
+    (source / "pytorch_model.bin").write_bytes(b"pickle")
+    (source / "optimizer.pt").write_bytes(b"pickle")
+    staged = serving_files(source, tmp_path / "staged")
+    assert sorted(path.name for path in staged.iterdir()) == ["config.json", "model.safetensors"]
+    assert class_names(source) == ["neg", "pos"]
+
+
+@pytest.mark.slow
+def test_logged_model_predicts_and_holds_no_pickles(
+    tiny_classifiers: dict[str, Path], state_dir: Path, tmp_path: Path
+) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{state_dir / 'mlflow.db'}")
+    with mlflow.start_run():
+        info = log_classifier_model(tiny_classifiers["good"])
+    assert info.signature.outputs.input_names()[:2] == ["label", "score"]
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "m")))
+    names = {path.name for path in local.rglob("*") if path.is_file()}
+    assert "model.safetensors" in names
+    assert not [n for n in names if n.endswith((".pkl", ".pickle", ".bin", ".pt", ".cloudpickle"))]
+    assert (local / "input_example.json").is_file()
+
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    out = model.predict(pd.DataFrame({"text": ["the movie was superb 1", "the plot was awful 2"]}))
+    assert out["label"].tolist() == ["positive", "negative"]
+    assert (out["prob_negative"] + out["prob_positive"]).round(6).tolist() == [1.0, 1.0]
+    folder = download_hf_model(info.model_uri, tmp_path / "hf")
+    assert (folder / "model.safetensors").is_file() and class_names(folder) == [
+        "negative",
+        "positive",
+    ]

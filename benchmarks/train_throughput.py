@@ -1,0 +1,361 @@
+"""Fine-tuning throughput of Ratchet's loop against two plain Hugging Face Trainer baselines.
+
+    .venv/bin/python benchmarks/train_throughput.py               # 8,000 rows, batch 32, 1 epoch
+    .venv/bin/python benchmarks/train_throughput.py --rows 2000 --baseline-a-steps 20
+
+Same model (the shipped MiniLM), same SST-2 training slice, same batch size, same number
+of optimiser steps, same optimiser settings, one invocation:
+
+* (a) Trainer, every example padded to max_length 128, fp32 (the HF text-classification
+  example's default);
+* (b) Trainer with dynamic padding (``DataCollatorWithPadding``), length-grouped sampling
+  and ``bf16=True`` where the CPU has native bf16: the best plain-Trainer setup;
+* Ratchet's ``run_finetuning`` with its shipped defaults, run as a Prefect task with
+  per-step MLflow logging and checkpoints, so the orchestration overhead is measured too.
+
+Prints samples/s of each, the two ratios, SST-2 validation accuracy after the same steps,
+the achieved FLOP/s as a fraction of this machine's measured matmul peak (bf16 and fp32),
+and the orchestration share of the training time. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from components.base_model import shipped_model_dir  # noqa: E402
+from components.config import load_config  # noqa: E402
+from components.finetune import encode_texts, evaluate_accuracy, run_finetuning  # noqa: E402
+from components.logs import progress_disabled, setup_logging  # noqa: E402
+from components.prepare import PreparedData  # noqa: E402
+from components.training import cpu_has_native_bf16, length_grouped_batches  # noqa: E402
+
+SST2 = PROJECT_ROOT.parent / "shared" / "data" / "sst2"
+LABELS = ["negative", "positive"]
+LR, WEIGHT_DECAY, WARMUP_FRACTION, SEED = 5e-5, 0.01, 0.06, 42
+
+
+def load_sst2(rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A seeded slice of SST-2 train and the full dev set, as prepared-data frames."""
+    train = pd.read_csv(SST2 / "train.tsv", sep="\t", quoting=3)
+    dev = pd.read_csv(SST2 / "dev.tsv", sep="\t", quoting=3)
+    frames = []
+    for frame in (train.sample(n=rows, random_state=SEED), dev):
+        frame = frame.rename(columns={"sentence": "text"}).reset_index(drop=True)
+        frame["text"] = frame["text"].str.strip()
+        frame["label_name"] = [LABELS[label] for label in frame["label"]]
+        frames.append(frame)
+    return frames[0], frames[1]
+
+
+def matmul_peak_flops(dtype: torch.dtype, size: int = 1536, seconds: float = 2.0) -> float:
+    """Measured dense matmul FLOP/s for ``dtype`` on this machine."""
+    left, right = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    left @ right
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        left @ right
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start)
+
+
+def training_flops_per_token(config: Any, sequence_length: float) -> float:
+    """fwd+bwd FLOPs per processed token: 6 x non-embedding weights + attention scores."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    weights = layers * (4 * hidden * hidden + 2 * hidden * config.intermediate_size)
+    weights += hidden * hidden  # pooler
+    return 6 * weights + 12 * layers * sequence_length * hidden
+
+
+def run_trainer_baseline(
+    name: str, train: pd.DataFrame, steps: int, batch_size: int, max_length: int, padded: bool
+) -> dict[str, Any]:
+    """A plain Trainer run; (a) pads to max_length, (b) pads dynamically, length-grouped."""
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+    )
+
+    base = str(shipped_model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    encoded = tokenizer(
+        train["text"].tolist(),
+        truncation=True,
+        max_length=max_length,
+        padding="max_length" if padded else False,
+    )
+    dataset = [
+        {**{key: encoded[key][i] for key in encoded}, "labels": int(label)}
+        for i, label in enumerate(train["label"])
+    ]
+    torch.manual_seed(SEED)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
+    bf16 = (not padded) and (torch.cuda.is_available() or cpu_has_native_bf16())
+    arguments = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix=f"bench-{name}-"),
+        per_device_train_batch_size=batch_size,
+        max_steps=steps,
+        learning_rate=LR,
+        weight_decay=WEIGHT_DECAY,
+        warmup_steps=int(WARMUP_FRACTION * steps),
+        max_grad_norm=1.0,
+        lr_scheduler_type="linear",
+        seed=SEED,
+        bf16=bf16,
+        train_sampling_strategy="random" if padded else "group_by_length",
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(steps, 1),
+        disable_tqdm=progress_disabled(),
+        dataloader_pin_memory=False,
+    )
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=dataset,  # type: ignore[arg-type]
+        data_collator=default_data_collator if padded else DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+    )
+    cpu_start = time.process_time()
+    output = trainer.train()
+    cpu_seconds = time.process_time() - cpu_start
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    return {
+        "name": name,
+        "samples_per_second": output.metrics["train_samples_per_second"],
+        "train_seconds": output.metrics["train_runtime"],
+        "samples_per_cpu_second": steps * batch_size / cpu_seconds,
+        "model": trainer.model,
+        "bf16": bf16,
+        "mean_padded_length": float(max_length) if padded else None,
+        "mean_length": sum(lengths) / len(lengths),
+    }
+
+
+def run_ratchet(
+    train: pd.DataFrame,
+    dev: pd.DataFrame,
+    steps: int,
+    batch_size: int,
+    max_length: int,
+    orchestrated: bool,
+) -> dict[str, Any]:
+    """run_finetuning with the shipped defaults; as a Prefect task with MLflow step logging
+    and checkpoints when ``orchestrated``."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ratchet-"))
+    config = load_config(
+        PROJECT_ROOT / "params.yaml",
+        overrides=[
+            f"train.max_steps={steps}",
+            "train.epochs=100",
+            f"train.batch_size={batch_size}",
+            f"model.max_length={max_length}",
+            f"train.lr={LR}",
+            f"train.weight_decay={WEIGHT_DECAY}",
+            f"train.warmup_fraction={WARMUP_FRACTION}",
+            f"train.seed={SEED}",
+            f"train.eval_every_steps={steps}",
+            "train.early_stopping_patience=null",
+            "train.max_train_samples=null",
+        ],
+    )
+    data = PreparedData(train=train, validation=dev, test=dev, labels=LABELS)
+    base = str(shipped_model_dir())
+    if not orchestrated:
+        result = run_finetuning(config, data, base, workdir / "model")
+        return {"result": result, "wrapper_seconds": 0.0, "mlflow_seconds": 0.0}
+
+    os.environ.setdefault("PREFECT_HOME", str(workdir / "prefect"))
+    # The ephemeral API server starts slowly on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+    import mlflow
+    from prefect import flow, task
+
+    from components import tracking
+
+    timings: dict[str, float] = {}
+
+    @task(name="train")
+    def train_task() -> Any:
+        mlflow_start = time.perf_counter()
+        with mlflow.start_run(run_name="bench-train") as run:
+            timings["mlflow"] = time.perf_counter() - mlflow_start
+            with tracking.metrics_logger(run.info.run_id) as on_metrics:
+                inner_start = time.perf_counter()
+                result = run_finetuning(
+                    config, data, base, workdir / "model", workdir / "checkpoints", on_metrics
+                )
+                timings["inner"] = time.perf_counter() - inner_start
+                flush_start = time.perf_counter()
+            timings["mlflow"] += time.perf_counter() - flush_start
+        return result
+
+    @flow(name="bench-train")
+    def train_flow() -> Any:
+        task_start = time.perf_counter()
+        result = train_task()
+        timings["task"] = time.perf_counter() - task_start
+        return result
+
+    return {
+        "result": train_flow(),
+        "wrapper_seconds": timings["task"] - timings["inner"] - timings["mlflow"],
+        "mlflow_seconds": timings["mlflow"],
+    }
+
+
+def padded_tokens_of_our_batches(
+    train: pd.DataFrame, steps: int, batch_size: int, max_length: int
+) -> tuple[float, float]:
+    """(padded, real) tokens per example that Ratchet's loop processes in ``steps`` steps."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(shipped_model_dir()))
+    lengths = [len(ids) for ids in encode_texts(tokenizer, train["text"].tolist(), max_length)]
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < steps:
+        batches += length_grouped_batches(lengths, batch_size, SEED, epoch)
+        epoch += 1
+    batches = batches[:steps]
+    examples = sum(len(b) for b in batches)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    real = sum(lengths[i] for b in batches for i in b)
+    return padded / examples, real / examples
+
+
+def dev_accuracy(model: torch.nn.Module, dev: pd.DataFrame, max_length: int) -> float:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(shipped_model_dir()))
+    encoded = encode_texts(tokenizer, dev["text"].tolist(), max_length)
+    model = model.float().to("cpu")
+    scores = evaluate_accuracy(model, encoded, dev["label"].tolist(), 64, tokenizer.pad_token_id)
+    return scores["val_accuracy"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=8000, help="SST-2 training rows")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=None, help="default: one epoch")
+    parser.add_argument(
+        "--baseline-a-steps",
+        type=int,
+        default=None,
+        help="steps for baseline (a), which is slow; default --steps. Its throughput is "
+        "per step, so fewer steps still measure it (its accuracy is then not comparable).",
+    )
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--no-orchestration", action="store_true", help="skip Prefect+MLflow")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    setup_logging(logging.WARNING)
+    os.environ.setdefault("RATCHET_NO_PROGRESS", "1")
+    steps = args.steps or args.rows // args.batch_size
+    a_steps = args.baseline_a_steps or steps
+    train, dev = load_sst2(args.rows)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"native bf16 {cpu_has_native_bf16()}, cuda {torch.cuda.is_available()}"
+    )
+    print(f"data: {args.rows} SST-2 train rows, batch {args.batch_size}, {steps} steps")
+
+    runs: dict[str, dict[str, Any]] = {}
+    runs["b"] = run_trainer_baseline("b", train, steps, args.batch_size, args.max_length, False)
+    runs["b"]["accuracy"] = dev_accuracy(runs["b"].pop("model"), dev, args.max_length)
+    print(f"(b) Trainer dynamic+grouped: {runs['b']['samples_per_second']:.1f} samples/s")
+    ours = run_ratchet(
+        train, dev, steps, args.batch_size, args.max_length, not args.no_orchestration
+    )
+    result = ours["result"]
+    metrics = result.metrics
+    loop_seconds = metrics["train_seconds"] + metrics["orchestration_seconds"]
+    ours_sps = metrics["samples_seen"] / loop_seconds
+    ours_cpu = metrics["samples_seen"] / metrics["train_cpu_seconds"]
+    print(f"ratchet: {ours_sps:.1f} samples/s ({result.info['precision']})")
+    runs["a"] = run_trainer_baseline("a", train, a_steps, args.batch_size, args.max_length, True)
+    runs["a"]["accuracy"] = dev_accuracy(runs["a"].pop("model"), dev, args.max_length)
+
+    from transformers import AutoConfig
+
+    model_config = AutoConfig.from_pretrained(str(shipped_model_dir()))
+    padded_length, real_length = padded_tokens_of_our_batches(
+        train, steps, args.batch_size, args.max_length
+    )
+    achieved = ours_sps * padded_length * training_flops_per_token(model_config, padded_length)
+    peak_bf16 = matmul_peak_flops(torch.bfloat16)
+    peak_fp32 = matmul_peak_flops(torch.float32)
+    orchestration = (
+        metrics["orchestration_seconds"] + ours["wrapper_seconds"] + ours["mlflow_seconds"]
+    )
+    figures = {
+        "steps": steps,
+        "baseline_a_steps": a_steps,
+        "baseline_a_samples_per_second": runs["a"]["samples_per_second"],
+        "baseline_b_samples_per_second": runs["b"]["samples_per_second"],
+        "ratchet_samples_per_second": ours_sps,
+        "ratio_vs_a": ours_sps / runs["a"]["samples_per_second"],
+        "ratio_vs_b": ours_sps / runs["b"]["samples_per_second"],
+        "baseline_a_samples_per_cpu_second": runs["a"]["samples_per_cpu_second"],
+        "baseline_b_samples_per_cpu_second": runs["b"]["samples_per_cpu_second"],
+        "ratchet_samples_per_cpu_second": ours_cpu,
+        "cpu_ratio_vs_a": ours_cpu / runs["a"]["samples_per_cpu_second"],
+        "cpu_ratio_vs_b": ours_cpu / runs["b"]["samples_per_cpu_second"],
+        "baseline_a_accuracy": runs["a"]["accuracy"],
+        "baseline_b_accuracy": runs["b"]["accuracy"],
+        "ratchet_accuracy": metrics["val_accuracy"],
+        "baseline_b_bf16": runs["b"]["bf16"],
+        "ratchet_precision": result.info["precision"],
+        "mean_real_tokens": real_length,
+        "mean_padded_tokens_ratchet": padded_length,
+        "achieved_tflops": achieved / 1e12,
+        "peak_bf16_matmul_tflops": peak_bf16 / 1e12,
+        "peak_fp32_matmul_tflops": peak_fp32 / 1e12,
+        "fraction_of_bf16_peak": achieved / peak_bf16,
+        "fraction_of_best_peak": achieved / max(peak_bf16, peak_fp32),
+        "train_seconds": metrics["train_seconds"],
+        "orchestration_seconds": orchestration,
+        "orchestration_fraction": orchestration / metrics["train_seconds"],
+    }
+    print(json.dumps(figures, indent=2))
+    print(
+        f"\nsamples/s  (a) {figures['baseline_a_samples_per_second']:.1f}   "
+        f"(b) {figures['baseline_b_samples_per_second']:.1f}   "
+        f"ratchet {ours_sps:.1f}\n"
+        f"ratio      vs (a) {figures['ratio_vs_a']:.1f}x   vs (b) {figures['ratio_vs_b']:.2f}x"
+        f"   (per CPU-second: {figures['cpu_ratio_vs_a']:.1f}x, {figures['cpu_ratio_vs_b']:.2f}x)\n"
+        f"accuracy   (a) {figures['baseline_a_accuracy']:.4f} ({a_steps} steps)   "
+        f"(b) {figures['baseline_b_accuracy']:.4f}   ratchet {figures['ratchet_accuracy']:.4f}\n"
+        f"FLOP/s     {achieved / 1e9:.1f} GFLOP/s = {figures['fraction_of_bf16_peak']:.1%} of "
+        f"bf16 matmul peak ({peak_bf16 / 1e9:.1f} GFLOP/s), "
+        f"{figures['fraction_of_best_peak']:.1%} of the best peak (fp32 {peak_fp32 / 1e9:.1f})\n"
+        f"overhead   orchestration {orchestration:.2f} s = "
+        f"{figures['orchestration_fraction']:.1%} of {metrics['train_seconds']:.1f} s training"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -136,6 +136,12 @@ class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
     max_train_samples: int | None = Field(None, ge=1, description="Cap on training rows.")
+    max_eval_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on validation rows scored during training (early stopping, best "
+        "model); a seeded subset. null scores the whole validation split.",
+    )
     batch_size: int = Field(32, ge=1, description="Examples per micro-batch.")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
     lr: float = Field(5e-5, gt=0, description="Peak learning rate.")

@@ -138,7 +138,7 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 
-def select_train_rows(frame: pd.DataFrame, max_samples: int | None, seed: int) -> pd.DataFrame:
+def select_rows(frame: pd.DataFrame, max_samples: int | None, seed: int) -> pd.DataFrame:
     """A seeded random subset of at most ``max_samples`` rows (all rows when None)."""
     if max_samples is None or max_samples >= len(frame):
         return frame
@@ -239,11 +239,12 @@ def run_finetuning(
         torch.set_num_threads(train_cfg.num_threads)
     seed_everything(train_cfg.seed, train_cfg.deterministic)
     tokenizer = AutoTokenizer.from_pretrained(init_model)
-    train_rows = select_train_rows(data.train, train_cfg.max_train_samples, train_cfg.seed)
+    train_rows = select_rows(data.train, train_cfg.max_train_samples, train_cfg.seed)
     max_length = config.model.max_length
     train_encoded = encode_texts(tokenizer, train_rows["text"].tolist(), max_length)
-    val_encoded = encode_texts(tokenizer, data.validation["text"].tolist(), max_length)
-    val_labels = data.validation["label"].astype(int).tolist()
+    val_rows = select_rows(data.validation, train_cfg.max_eval_samples, train_cfg.seed)
+    val_encoded = encode_texts(tokenizer, val_rows["text"].tolist(), max_length)
+    val_labels = val_rows["label"].astype(int).tolist()
     device = choose_device(context)
     precision = choose_precision(train_cfg.precision, device)
     pad_multiple = 8 if device.type == "cuda" else 1
@@ -310,7 +311,12 @@ def run_finetuning(
         context=context,
     )
     final_scores = evaluate(model)
-    metrics = {**outcome.metrics, **final_scores, "train_examples": float(len(train_encoded))}
+    metrics = {
+        **outcome.metrics,
+        **final_scores,
+        "train_examples": float(len(train_encoded)),
+        "val_examples": float(len(val_encoded)),
+    }
     if context.is_main:
         save_model_atomically(model, tokenizer, output_dir)
         if checkpoint_dir is not None:

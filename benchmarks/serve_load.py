@@ -102,7 +102,10 @@ def run_baseline_server(model_dir: str, port: int, threads: int) -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    class Server(HTTPServer):
+        request_queue_size = 128  # queue clients rather than refuse them: slow, not broken
+
+    Server(("127.0.0.1", port), Handler).serve_forever()
 
 
 # ---------------------------------------------------------------- load driver

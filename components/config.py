@@ -201,7 +201,7 @@ class ServingConfig(Section):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
     max_batch_size: int = Field(64, ge=1, description="Adaptive batching: most texts a batch.")
     max_latency_ms: int = Field(
-        1000, ge=1, description="Adaptive batching: a request queued longer gets 503."
+        10_000, ge=1, description="Adaptive batching: a request queued longer gets 503."
     )
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Inference dtype on CPU.")
     num_threads: int | None = Field(None, ge=1, description="torch threads; null = cores.")

@@ -11,6 +11,7 @@ so rolling back is ``ratchet serve --bento <previous tag>``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -30,7 +31,9 @@ logger = logging.getLogger(__name__)
 BENTOFILE = Path(__file__).with_name("bentofile.yaml")
 SERVICE_MODULE = "serving.service"
 HF_FOLDER = "hf_model"
-LINEAGE_TAG_PREFIXES = ("data.", "git.", "config.", "base_model.", "lineage.")
+# Version tags that are not lineage: MLflow's own, and metrics (kept as numbers).
+NON_LINEAGE_TAG_PREFIXES = ("mlflow.",)
+METRIC_TAG_PREFIX = "metric."
 KEY_METRIC_PATTERN = re.compile(r"(accuracy|f1|precision|recall|ece|loss)", re.IGNORECASE)
 
 
@@ -41,8 +44,23 @@ def store_name(registry_name: str) -> str:
 
 
 def lineage_tags(tags: dict[str, str]) -> dict[str, str]:
-    """The registry version's tags that describe where the model came from."""
-    return {key: str(value) for key, value in tags.items() if key.startswith(LINEAGE_TAG_PREFIXES)}
+    """The registry version's tags that say where the model came from (data md5s, git
+    commit, base model, config hash...): every tag but MLflow's own and the metrics."""
+    return {
+        key: str(value)
+        for key, value in tags.items()
+        if not key.startswith((*NON_LINEAGE_TAG_PREFIXES, METRIC_TAG_PREFIX))
+    }
+
+
+def tagged_metrics(tags: dict[str, str]) -> dict[str, float]:
+    """Metrics the registry recorded as ``metric.<name>`` version tags."""
+    metrics = {}
+    for key, value in tags.items():
+        if key.startswith(METRIC_TAG_PREFIX):
+            with contextlib.suppress(ValueError):
+                metrics[key.removeprefix(METRIC_TAG_PREFIX)] = float(value)
+    return metrics
 
 
 def key_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -70,6 +88,7 @@ def resolve_alias(model_name: str, alias: str) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     if version.run_id:
         metrics = dict(client.get_run(version.run_id).data.metrics)
+    metrics.update(tagged_metrics(dict(version.tags or {})))
     return {
         "name": model_name,
         "version": str(version.version),
@@ -191,8 +210,7 @@ def build_bento(config: RatchetConfig, paths: ProjectPaths, alias: str = "champi
     with tempfile.TemporaryDirectory(prefix="ratchet-build-") as tmp:
         hf_dir = download_hf_model(f"models:/{registry['name']}/{registry['version']}", Path(tmp))
         model_tag = save_to_model_store(registry, hf_dir)
-    labels = {key: value for key, value in model_labels(registry).items()}
-    labels["bento_model"] = model_tag
+    labels = {**model_labels(registry), "bento_model": model_tag}
     options = build_options(paths, labels)
     # The service reads its Bento arguments at import; a module imported earlier in this
     # process would keep the previous model tag, so import it afresh for this build.

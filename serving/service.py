@@ -32,6 +32,7 @@ from serving.middleware import ApiKeyMiddleware, RequestBodyMiddleware
 from serving.predict import Precision, configure_threads, load_classifier, predict_texts
 
 API_KEY_ENV = "RATCHET_API_KEY"
+DATA_MD5_TAGS = ("prepared_data_md5", "data.prepared_md5", "prepared_md5", "data_md5")
 EXAMPLE_INPUT: dict[str, list[str]] = {
     "texts": ["a gripping, beautifully acted film", "a dull and lifeless script"]
 }
@@ -95,6 +96,11 @@ class ModelMetadata(BaseModel):
 metadata_app = FastAPI(title="metadata")
 
 
+def training_data_md5(lineage: dict[str, str]) -> str | None:
+    """The prepared-data md5 among the lineage tags, under whichever name it was recorded."""
+    return next((lineage[key] for key in DATA_MD5_TAGS if key in lineage), None)
+
+
 def reject_overload() -> NoReturn:
     raise ServiceUnavailable("overloaded: the batch queue exceeds max_latency_ms; retry")
 
@@ -122,7 +128,7 @@ class RatchetClassifier:
         self.served = ServedModel(
             name=str(meta.get("name", info.tag.name)),
             version=str(meta.get("version", info.tag.version)),
-            data_md5=meta.get("lineage", {}).get("data.prepared_md5"),
+            data_md5=training_data_md5(meta.get("lineage", {})),
         )
         self.metadata = ModelMetadata(
             name=self.served.name,

@@ -24,7 +24,9 @@ import pytest
 from tests.conftest import PROJECT_ROOT, train_tiny_classifier
 
 MODEL_NAME = "ratchet-sst2"
-LINEAGE_TAGS = {"data.prepared_md5": "0123456789abcdef0123456789abcdef", "git.commit": "abc1234"}
+# Tags as the registry sets them (components/registry.py): lineage plus metric.<name>.
+LINEAGE_TAGS = {"prepared_data_md5": "0123456789abcdef0123456789abcdef", "git_commit": "abc1234"}
+METRIC_TAGS = {"metric.f1_macro": "0.96"}
 # `ratchet` with only the serving commands registered: the commands under test, without
 # depending on other areas' command modules importing cleanly.
 RATCHET = [
@@ -48,12 +50,12 @@ def register_champion(model_dir: Path, state: Path) -> str:
         "ratchet", artifact_location=(state / "mlartifacts").as_uri()
     )
     with mlflow.start_run(experiment_id=experiment_id):
-        mlflow.log_metrics({"accuracy": 0.97, "macro_f1": 0.96})
+        mlflow.log_metrics({"accuracy": 0.97})
         info = log_classifier_model(model_dir)
     version = mlflow.register_model(info.model_uri, MODEL_NAME)
     client = MlflowClient()
     client.set_registered_model_alias(MODEL_NAME, "champion", version.version)
-    for key, value in LINEAGE_TAGS.items():
+    for key, value in {**LINEAGE_TAGS, **METRIC_TAGS}.items():
         client.set_model_version_tag(MODEL_NAME, version.version, key, value)
     return str(version.version)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from components.errors import ServingError
-from serving.build import key_metrics, lineage_tags, pinned_packages, store_name
+from serving.build import key_metrics, lineage_tags, pinned_packages, store_name, tagged_metrics
 from serving.predict import length_sorted_chunks, load_classifier, predict_texts
 
 
@@ -61,10 +61,17 @@ def test_pinned_packages_reads_versions_from_constraints(tmp_path: Path) -> None
         pinned_packages(["numpy"], constraints)
 
 
-def test_labels_keep_lineage_tags_and_key_metrics_only() -> None:
-    tags = {"data.prepared_md5": "abc", "git.commit": "123", "mlflow.user": "me", "note": "x"}
+def test_version_tags_split_into_lineage_and_metrics() -> None:
+    tags = {
+        "prepared_data_md5": "abc",
+        "git_commit": "123",
+        "mlflow.source.name": "x",
+        "metric.accuracy": "0.91",
+        "metric.broken": "n/a",
+    }
     metrics = {"accuracy": 0.9, "eval_macro_f1": 0.8, "train_step_time": 1.0, "lr": 1e-4}
 
-    assert lineage_tags(tags) == {"data.prepared_md5": "abc", "git.commit": "123"}
+    assert lineage_tags(tags) == {"prepared_data_md5": "abc", "git_commit": "123"}
+    assert tagged_metrics(tags) == {"accuracy": 0.91}
     assert key_metrics(metrics) == {"accuracy": 0.9, "eval_macro_f1": 0.8}
     assert store_name("Ratchet SST2/v2") == "ratchet-sst2-v2"

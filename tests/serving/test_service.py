@@ -73,7 +73,7 @@ def test_classify_returns_labels_probabilities_and_model(
     assert body["model"] == {
         "name": MODEL_NAME,
         "version": built_bento.registry_version,
-        "data_md5": LINEAGE_TAGS["data.prepared_md5"],
+        "data_md5": LINEAGE_TAGS["prepared_data_md5"],
     }
 
 
@@ -105,7 +105,7 @@ def test_metadata_names_version_aliases_metrics_and_lineage(
     assert metadata["version"] == built_bento.registry_version
     assert metadata["aliases"] == ["champion"]
     assert metadata["labels"] == ["negative", "positive"]
-    assert metadata["metrics"]["accuracy"] == pytest.approx(0.97)
+    assert metadata["metrics"] == {"accuracy": pytest.approx(0.97), "f1_macro": 0.96}
     assert metadata["lineage"] == LINEAGE_TAGS
     assert metadata["max_length"] == 128
 
@@ -140,8 +140,9 @@ def test_bento_labels_name_registry_version_and_lineage(built_bento: BuiltBento)
 
     assert labels["registry.name"] == MODEL_NAME
     assert labels["registry.version"] == built_bento.registry_version
-    assert labels["git.commit"] == LINEAGE_TAGS["git.commit"]
+    assert labels["git_commit"] == LINEAGE_TAGS["git_commit"]
     assert labels["metric.accuracy"] == "0.97"
+    assert labels["metric.f1_macro"] == "0.96"
     assert bento_yaml["args"]["model_tag"] == f"{MODEL_NAME}:v{built_bento.registry_version}"
     assert bento_yaml["args"]["max_chars"] == 10_000
     torch_pin = next(

@@ -39,6 +39,7 @@ from components.training import (
     choose_precision,
     clear_checkpoints,
     init_distributed,
+    is_main_process,
     length_grouped_batches,
     pad_batch,
     run_key,
@@ -353,5 +354,6 @@ def run_train_stage(
     result = run_finetuning(
         config, data, init, paths.models_dir / FINETUNED_DIR_NAME, checkpoints, on_metrics
     )
-    write_metrics(paths.metrics_dir / "train.json", result.metrics, result.info)
+    if is_main_process():
+        write_metrics(paths.metrics_dir / "train.json", result.metrics, result.info)
     return result

@@ -44,6 +44,7 @@ from components.training import (
     choose_precision,
     clear_checkpoints,
     init_distributed,
+    is_main_process,
     length_grouped_batches,
     pad_batch,
     run_key,
@@ -463,11 +464,13 @@ def run_pretrain_stage(
     output_dir = paths.models_dir / PRETRAINED_DIR_NAME
     if not config.pretrain.enabled:
         base = resolve_base_model(config.model.base, paths.project_root)
-        copy_base_model(base, output_dir)
+        if is_main_process():
+            copy_base_model(base, output_dir)
         result = PretrainResult(output_dir, {}, {"base_model": base, "objective": "none"})
     else:
         checkpoints = paths.checkpoints_dir / f"pretrain-{run_key(config, paths)}"
         texts = gather_pretraining_texts(config, paths)
         result = run_pretraining(config, texts, output_dir, checkpoints, on_metrics)
-    write_metrics(paths.metrics_dir / "pretrain.json", result.metrics, result.info)
+    if is_main_process():
+        write_metrics(paths.metrics_dir / "pretrain.json", result.metrics, result.info)
     return result

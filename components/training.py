@@ -90,6 +90,11 @@ def init_distributed() -> DistributedContext:
     return context
 
 
+def is_main_process() -> bool:
+    """True outside torchrun and on its rank 0: the one process that writes outputs."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def choose_device(context: DistributedContext | None = None) -> torch.device:
     """CUDA (this process's local GPU) when available, otherwise the CPU."""
     if torch.cuda.is_available():

@@ -130,17 +130,20 @@ def registry_list(
             print_json(rows)
             return
         table = Table(title=settings.registry.model_name)
-        for column in ("version", "aliases", *LISTED_METRICS, "gate", "prepared data md5"):
-            table.add_column(column, justify="right" if column in LISTED_METRICS else "left")
-        table.add_column("created")
+        table.add_column("v", justify="right", no_wrap=True)
+        table.add_column("aliases", overflow="fold")
+        for name in LISTED_METRICS:
+            table.add_column(name, justify="right", no_wrap=True)
+        for column in ("gate", "data md5", "created"):
+            table.add_column(column, no_wrap=True)
         for row in rows:
             table.add_row(
                 row["version"],
-                ", ".join(row["aliases"]),
+                "\n".join(row["aliases"]),
                 *(metric_cell(row[name]) for name in LISTED_METRICS),
                 row["gate"],
-                row["prepared_data_md5"][:12],
-                row["created"],
+                row["prepared_data_md5"][:8],
+                row["created"][:16].replace("T", " "),
             )
         console.print(table)
 

@@ -12,7 +12,9 @@ in the state folder and on the MLflow parent run, whether it completed or failed
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,12 +53,32 @@ def ensure_concurrency_limit(name: str) -> None:
 
 
 @contextmanager
-def retrain_slot(config: RatchetConfig) -> Iterator[None]:
-    """Hold the registry's single retrain slot for the whole run (waits up to 6 hours)."""
-    name = concurrency_limit_name(config)
-    ensure_concurrency_limit(name)
-    with concurrency(name, occupy=1, timeout_seconds=6 * 3600, strict=True):
-        yield
+def retrain_slot(config: RatchetConfig, paths: ProjectPaths) -> Iterator[None]:
+    """Hold the registry's single retrain slot for the whole run.
+
+    Against a Prefect server this is a global concurrency limit (the server expires the
+    lease of a run that died). Prefect's ephemeral API keeps leases in the memory of a
+    per-process server, so a killed run would hold its slot for ever; there an OS file
+    lock on the state folder does the job, and the kernel releases it when a process dies.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        name = concurrency_limit_name(config)
+        ensure_concurrency_limit(name)
+        with concurrency(name, occupy=1, timeout_seconds=6 * 3600, strict=True):
+            yield
+        return
+    lock_path = paths.state_dir / f"retrain-{config.registry.model_name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.getLogger(__name__).info("another retrain holds %s; waiting", lock_path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_dvc_sees_data_config(config: RatchetConfig, params: str) -> None:
@@ -277,7 +299,7 @@ def retrain(
     logger = get_run_logger()
     from components import tracking
 
-    with retrain_slot(config):
+    with retrain_slot(config, paths):
         tracking.setup_tracking(config, paths)
         with tracking.parent_run(
             config, f"retrain-{flow_run_name}", {"prefect.flow_run_id": flow_run_id}

@@ -1,0 +1,81 @@
+"""The retrain flow's pure pieces: cache keys, the run record, retry classification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from components.errors import ConfigError, DataValidationError
+from flows.keys import cache_key_from_argument, code_version, step_key
+from flows.retrain import ensure_dvc_sees_data_config
+from flows.run_record import RunRecord, render_report
+from flows.tasks import is_transient
+from tests.conftest import PROJECT_ROOT
+
+
+def test_step_key_is_stable_and_sensitive_to_every_input() -> None:
+    key = step_key("train", "md5-a", "cfg-1", "base-x")
+    assert key == step_key("train", "md5-a", "cfg-1", "base-x")
+    assert key.startswith("train-")
+    assert key != step_key("train", "md5-b", "cfg-1", "base-x")
+    assert key != step_key("train", "md5-a", "cfg-2", "base-x")
+    assert key != step_key("pretrain", "md5-a", "cfg-1", "base-x")
+    # Parts are separated, so shifting characters between them changes the key.
+    assert step_key("train", "ab", "c") != step_key("train", "a", "bc")
+
+
+def test_cache_key_comes_from_the_argument() -> None:
+    assert cache_key_from_argument(None, {"cache_key": "train-123", "other": 1}) == "train-123"
+
+
+def test_code_version_is_a_stable_hash_of_the_component_sources() -> None:
+    assert code_version() == code_version()
+    assert len(code_version()) == 16
+
+
+def test_run_record_survives_a_round_trip_through_disk(tmp_path: Path) -> None:
+    record = RunRecord("id-1", "brave-otter", tmp_path / "reports" / "brave-otter.json")
+    record.add_step("validate", "done", 1.234)
+    record.add_step("train", "cached", 0.5, {"model_dir": "/m"})
+    record.update_summary(outcome="promoted", registered_version="3")
+
+    loaded = RunRecord.load(record.path)
+
+    assert [(step.name, step.status) for step in loaded.steps] == [
+        ("validate", "done"),
+        ("train", "cached"),
+    ]
+    assert loaded.steps[1].outputs == {"model_dir": "/m"}
+    assert loaded.summary == {"outcome": "promoted", "registered_version": "3"}
+    assert not list(record.path.parent.glob("*.tmp")), "the atomic write left a temp file"
+
+
+def test_report_names_outcome_steps_and_cause(tmp_path: Path) -> None:
+    record = RunRecord("id-1", "brave-otter", tmp_path / "r.json")
+    record.add_step("validate", "failed", 2.0)
+    markdown = render_report(record, "failed", "label 7 is not in [negative, positive]")
+    assert markdown.startswith("# Retrain run `brave-otter`: failed")
+    assert "| validate | failed | 2.0 |" in markdown
+    assert "label 7 is not in" in markdown
+
+
+def test_data_settings_must_come_from_params_yaml() -> None:
+    from components.config import load_config
+
+    params = str(PROJECT_ROOT / "params.yaml")
+    ensure_dvc_sees_data_config(load_config(params, overrides=["train.lr=1e-4"]), params)
+    changed = load_config(params, overrides=["data.max_rows=10"])
+    with pytest.raises(ConfigError, match=r"data\.max_rows differ"):
+        ensure_dvc_sees_data_config(changed, params)
+
+
+def test_only_network_errors_are_retried() -> None:
+    assert is_transient(ConnectionRefusedError("refused"))
+    assert is_transient(httpx.ConnectTimeout("slow"))
+    wrapped = RuntimeError("push failed")
+    wrapped.__cause__ = TimeoutError("remote timed out")
+    assert is_transient(wrapped)
+    assert not is_transient(DataValidationError("label 7 unknown"))
+    assert not is_transient(FileNotFoundError("constraints.txt"))

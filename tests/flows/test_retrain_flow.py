@@ -81,6 +81,13 @@ def test_first_run_promotes_and_builds_then_rerun_is_cached(
     assert statuses["pretrain"] == "cached"
     assert statuses["train"] == "cached"
 
+    # The nightly deployment: same data md5, config and code as the champion -> a fast skip.
+    nightly = run_flow(flow_project, overrides, skip_if_unchanged=True)
+
+    assert nightly["outcome"] == "skipped"
+    assert "train" not in {step["name"] for step in step_statuses(state_dir)}
+    assert registry_state()[0] == ["1"]
+
 
 def test_invalid_data_fails_at_validation_and_registers_nothing(
     state_dir: Path, tiny_bert_dir: Path, tmp_path: Path

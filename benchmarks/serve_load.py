@@ -204,6 +204,7 @@ def measure_server(
 def print_result(result: LoadResult) -> None:
     print(
         f"{result.name:<9} c={result.concurrency:<3} n={result.requests:<4} "
+        f"load={os.getloadavg()[0]:4.1f}  "
         f"rps={result.rps:7.1f}  p50={result.percentile(50):7.1f} ms  "
         f"p95={result.percentile(95):7.1f} ms  p99={result.percentile(99):7.1f} ms  "
         f"errors={result.errors}",
@@ -228,7 +229,7 @@ def bare_model_p50_ms(model_dir: str, sentences: list[str], threads: int, precis
     return statistics.median(timings)
 
 
-def build_demo_bento(state: Path, env: dict[str, str]) -> None:
+def build_demo_bento(state: Path, env: dict[str, str], threads: int | None) -> None:
     """Register MiniLM with a fresh 2-class head as champion and `ratchet build` it."""
     code = f"""
 import mlflow
@@ -250,9 +251,10 @@ version = mlflow.register_model(info.model_uri, "ratchet-sst2")
 MlflowClient().set_registered_model_alias("ratchet-sst2", "champion", version.version)
 """
     subprocess.run([sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT, check=True)
-    subprocess.run(
-        [sys.executable, "-c", SERVING_CLI, "build"], env=env, cwd=PROJECT_ROOT, check=True
-    )
+    build = [sys.executable, "-c", SERVING_CLI, "build"]
+    if threads:
+        build += ["--set", f"serving.num_threads={threads}"]
+    subprocess.run(build, env=env, cwd=PROJECT_ROOT, check=True)
 
 
 def bento_model_dir(bento: str, env: dict[str, str]) -> tuple[str, dict]:
@@ -284,16 +286,15 @@ def main() -> None:
         "--threads",
         type=int,
         default=None,
-        help="baseline torch threads (default: cores, "
-        "as the Bento uses with serving.num_threads null)",
+        help="with --demo-model: build with serving.num_threads=N (default: the cores); "
+        "the baseline always uses the Bento's threads",
     )
     options = parser.parse_args()
 
     from serving.predict import container_cores
 
-    threads = options.threads or container_cores()
     if options.baseline_server:
-        run_baseline_server(options.model_dir, options.port, threads)
+        run_baseline_server(options.model_dir, options.port, options.threads or container_cores())
         return
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "BENTOML_DO_NOT_TRACK": "true"}
@@ -305,10 +306,12 @@ def main() -> None:
             MLFLOW_TRACKING_URI=f"sqlite:///{state / 'mlflow.db'}",
             BENTOML_HOME=str(state / "bentoml"),
         )
-        build_demo_bento(state, env)
+        build_demo_bento(state, env, options.threads)
     else:
         env.setdefault("BENTOML_HOME", str(PROJECT_ROOT / ".ratchet" / "bentoml"))
     model_dir, bento_args = bento_model_dir(options.bento, env)
+    # Same torch threads everywhere: what the Bento was built with (null = the cores).
+    threads = int(bento_args.get("num_threads") or container_cores())
     levels = [int(level) for level in options.levels.split(",")]
     sentences = sst2_sentences(options.requests)
     print(

@@ -6,12 +6,12 @@ Built into a Bento by ``ratchet build`` (see ``serving/build.py``), run by ``rat
     curl -s localhost:3000/classify -H 'content-type: application/json' \\
          -d '{"texts": ["a gripping, beautifully acted film"]}'
 
-The Bento's arguments (set at build time, overridable with ``bentoml serve --arg``) name
-the BentoML model to load and the request limits. ``POST /classify`` validates a request
+The Bento's arguments (recorded by ``build_bento``, see ``bentoml get <tag>``) name the
+BentoML model to load and the request limits. ``POST /classify`` validates a request
 (limits are in its types, so the OpenAPI spec states them) and queues its texts on
 BentoML's adaptive batcher, so texts from concurrent requests share one forward pass.
-BentoML's own ``/healthz`` (alive),
-``/readyz`` (model loaded) and ``/metrics`` (Prometheus) stay; ``GET /metadata`` is added.
+BentoML's own ``/healthz`` (alive), ``/readyz`` (model loaded) and ``/metrics``
+(Prometheus) stay; ``GET /metadata`` is added.
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ EXAMPLE_INPUT: dict[str, list[str]] = {
 
 
 class ServeArgs(BaseModel):
-    """Bento arguments: what ``build_bento`` records, ``bentoml serve --arg`` overrides."""
+    """Bento arguments, recorded by ``build_bento``; defaults are ``ServingConfig``'s."""
 
     model_tag: str = Field(f"{RegistryConfig().model_name}:latest", min_length=1)
     max_texts: int = Field(ServingConfig().max_texts, ge=1)
     max_chars: int = Field(ServingConfig().max_chars, ge=1)
     max_body_bytes: int = Field(ServingConfig().max_body_bytes, ge=1024)
-    max_batch_size: int = Field(ServingConfig().max_batch_size, ge=2)
+    max_batch_size: int = Field(ServingConfig().max_batch_size, ge=1)
     max_latency_ms: int = Field(ServingConfig().max_latency_ms, ge=1)
     precision: Precision = ServingConfig().precision
     num_threads: int | None = Field(ServingConfig().num_threads, ge=1)

@@ -77,6 +77,15 @@ def test_classify_returns_labels_probabilities_and_model(
     }
 
 
+def test_documented_example_input_is_served(client: httpx.Client) -> None:
+    from serving.service import EXAMPLE_INPUT
+
+    body = classify(client, EXAMPLE_INPUT["texts"])
+
+    assert len(body["predictions"]) == len(EXAMPLE_INPUT["texts"])
+    assert {p["label"] for p in body["predictions"]} <= {"negative", "positive"}
+
+
 def test_text_beyond_token_window_is_truncated_and_flagged(client: httpx.Client) -> None:
     long_text = "the acting was brilliant " * 200  # ~5,000 chars: within max_chars, > 128 tokens
 

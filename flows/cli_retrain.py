@@ -163,14 +163,14 @@ def deploy_to_server(config: Any, project_root: Path) -> None:
         )
 
 
-def wait_until_ready(base_url: str, timeout_seconds: float) -> None:
+def wait_until_ready(base_url: str, timeout_seconds: float, headers: dict[str, str]) -> None:
     """Poll ``/readyz`` until the server has loaded its model."""
     import httpx
 
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{base_url}/readyz", headers=headers, timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -191,11 +191,15 @@ def smoke_test_serving(params: Path, set_: list[str] | None) -> None:
     )
     try:
         base_url = f"http://{config.serving.host}:{port}"
-        wait_until_ready(base_url, timeout_seconds=120)
+        api_key = os.environ.get("RATCHET_API_KEY") or config.serving.api_key
+        headers = {"X-API-Key": api_key} if api_key else {}
+        wait_until_ready(base_url, timeout_seconds=120, headers=headers)
         import httpx
 
         texts = ["a gripping, beautifully acted film", "a dull and lifeless script"]
-        response = httpx.post(f"{base_url}/classify", json={"texts": texts}, timeout=30)
+        response = httpx.post(
+            f"{base_url}/classify", json={"texts": texts}, headers=headers, timeout=30
+        )
         response.raise_for_status()
         console.print("smoke request against the served champion:")
         console.print_json(response.text)

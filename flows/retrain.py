@@ -117,10 +117,16 @@ def timed_step(record: RunRecord, name: str, action: Callable[[], T], status: st
 def version_and_prepare_data(
     config: RatchetConfig, paths: ProjectPaths, record: RunRecord
 ) -> dict[str, Any]:
-    """Validate the source, snapshot it, prepare splits, record md5s in DVC, push."""
+    """Snapshot the source, validate the snapshot, prepare splits, record md5s, push.
+
+    The same steps as the DVC stages ingest -> validate -> prepare, so dvc.lock reads the
+    same whichever ran them. A snapshot that fails validation is neither committed to DVC
+    nor pushed, and data/prepared is left as it was.
+    """
     from components import tracking
 
     with tracking.stage_run("validate") as run:
+        timed_step(record, "ingest", lambda: tasks.ingest_data(config, paths))
         report_path = paths.metrics_dir / "data_validation.json"
         summary = timed_step(
             record, "validate", lambda: tasks.validate_data(config, paths, report_path)
@@ -129,7 +135,6 @@ def version_and_prepare_data(
         if paths.data_docs_dir.is_dir():
             tracking.log_artifacts(run.info.run_id, paths.data_docs_dir, "data_docs")
     with tracking.stage_run("prepare") as run:
-        timed_step(record, "ingest", lambda: tasks.ingest_data(config, paths))
         manifest = timed_step(record, "prepare", lambda: tasks.prepare_data(config, paths))
         md5s = timed_step(record, "version-data", lambda: tasks.version_data(paths, DATA_STAGES))
         remote = timed_step(record, "push-data", lambda: tasks.push_data(config, paths))

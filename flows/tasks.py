@@ -21,6 +21,7 @@ from flows.keys import cache_key_from_argument
 # Steps that reach a service (DVC remote, MLflow registry) retry with backoff, but only
 # on errors a retry can cure: a refused connection, a timeout, a 5xx.
 RETRIES = 3
+RAW_SNAPSHOT = "data/raw"  # what the DVC stages validate and prepare
 RETRY_DELAYS = [2.0, 5.0, 15.0]
 TRANSIENT_ERRORS = (ConnectionError, TimeoutError)
 
@@ -50,21 +51,21 @@ def retry_when_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-@task(name="validate")
-def validate_data(config: RatchetConfig, paths: ProjectPaths, report_path: Path) -> dict[str, Any]:
-    """Great Expectations suite over ``data.source``; raises ``DataValidationError``."""
-    from components.validate import run_validation
-
-    report = run_validation(config.data.source, config.data, paths, report_path)
-    return report.to_dict()
-
-
 @task(name="ingest")
 def ingest_data(config: RatchetConfig, paths: ProjectPaths) -> list[str]:
-    """Byte-for-byte snapshot of the validated source into ``data/raw``."""
+    """Byte-for-byte snapshot of ``data.source`` into ``data/raw``."""
     from components.ingest import run_ingest
 
     return [str(path) for path in run_ingest(config.data.source, paths)]
+
+
+@task(name="validate")
+def validate_data(config: RatchetConfig, paths: ProjectPaths, report_path: Path) -> dict[str, Any]:
+    """Great Expectations suite over the ``data/raw`` snapshot; raises ``DataValidationError``."""
+    from components.validate import run_validation
+
+    report = run_validation(RAW_SNAPSHOT, config.data, paths, report_path)
+    return report.to_dict()
 
 
 @task(name="prepare")
@@ -72,7 +73,7 @@ def prepare_data(config: RatchetConfig, paths: ProjectPaths) -> dict[str, Any]:
     """Stable hash-based splits of ``data/raw`` into ``data/prepared`` (already validated)."""
     from components.prepare import run_prepare
 
-    return run_prepare("data/raw", config.data, paths, validate=False)
+    return run_prepare(RAW_SNAPSHOT, config.data, paths, validate=False)
 
 
 @task(name="version-data")

@@ -65,7 +65,11 @@ def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
 def test_on_demand_deployment_runs_on_a_process_worker(
     prefect_server: dict[str, str], flow_project: Path, state_dir: Path, tiny_bert_dir: Path
 ) -> None:
-    env = {**prefect_server, "RATCHET_HOME": str(state_dir)}
+    env = {
+        **prefect_server,
+        "RATCHET_HOME": str(state_dir),
+        "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],  # set by state_dir
+    }
     deployed = subprocess.run(
         [str(BIN / "ratchet"), "deploy", "--params", str(flow_project / "params.yaml")],
         env=env,

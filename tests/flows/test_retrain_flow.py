@@ -103,7 +103,10 @@ def test_invalid_data_fails_at_validation_and_registers_nothing(
     assert registry_state() == ([], {})
     assert not (project / "data" / "prepared").exists()
     steps = step_statuses(state_dir)
-    assert [step["name"] for step in steps] == ["validate"]
-    assert steps[0]["status"] == "failed"
+    assert [(step["name"], step["status"]) for step in steps] == [
+        ("ingest", "done"),
+        ("validate", "failed"),
+    ]
+    assert not (project / "dvc.lock").exists(), "a rejected snapshot was versioned"
     report = next((state_dir / "reports").glob("*.md")).read_text()
     assert "failed" in report and "label" in report

@@ -1,6 +1,7 @@
 """Behavioural checks in the spirit of CheckList (Ribeiro et al., 2020), declared in YAML.
 
-A suite file (one per task, e.g. ``configs/behaviour/sst2.yaml``) lists checks of three kinds:
+A suite file (one per task, e.g. ``configs/behaviour/sentiment-en.yaml``) lists checks of
+three kinds:
 
 - ``MFT`` (minimum functionality): each text must get ``expect_label``.
 - ``INV`` (invariance): each ``[original, perturbed]`` pair must keep its predicted label

@@ -169,7 +169,8 @@ class EvalConfig(Section):
         default_factory=lambda: [10, 20, 40], description="Word-count bucket edges for slices."
     )
     behaviour_checks: str | None = Field(
-        "configs/behaviour/sst2.yaml", description="CheckList-style cases (YAML); null skips."
+        "configs/behaviour/sentiment-en.yaml",
+        description="CheckList-style cases (YAML); null skips.",
     )
     latency_samples: int = Field(50, ge=1, description="Single-text calls timed for p50/p99.")
     top_mistakes: int = Field(20, ge=0, description="Most confident mistakes to keep.")

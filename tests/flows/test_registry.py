@@ -50,7 +50,7 @@ def reports(
     """Evaluations of the tiny models, computed once per (model, test seed)."""
     from components.config import EvalConfig
 
-    suite = load_behaviour_suite(PROJECT_ROOT / "configs" / "behaviour" / "sst2.yaml")
+    suite = load_behaviour_suite(PROJECT_ROOT / "configs" / "behaviour" / "sentiment-en.yaml")
     cache: dict[tuple[str, int], EvaluationReport] = {}
 
     def report(kind: str, test_seed: int = 5) -> EvaluationReport:

@@ -15,7 +15,7 @@ from components.behaviour import (
 from components.errors import ConfigError
 from tests.conftest import PROJECT_ROOT
 
-SST2_SUITE = PROJECT_ROOT / "configs" / "behaviour" / "sst2.yaml"
+SST2_SUITE = PROJECT_ROOT / "configs" / "behaviour" / "sentiment-en.yaml"
 POSITIVE = {"wonderful", "brilliant", "delight", "superb", "loved", "great", "good", "liked"}
 
 

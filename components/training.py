@@ -13,6 +13,7 @@ and the global RNG states that drive dropout are saved with every checkpoint.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -20,9 +21,10 @@ import math
 import os
 import random
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -275,10 +277,64 @@ class TrainState:
     samples_seen: int = 0
     best_metric: float | None = None
     best_step: int = 0
+    best_scores: dict[str, float] = field(default_factory=dict)
     evals_without_improvement: int = 0
     stopped_early: bool = False
     loss_sum: float = 0.0
     loss_count: int = 0
+
+
+def checkpoint_payload(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rng_states: list[dict[str, Any]],
+    best_weights: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Everything an exact resume needs, as CPU copies that later training cannot change.
+
+    The model and optimiser state dicts hold live tensors that the next step updates in
+    place, so they are copied; ``best_weights`` is already a private CPU copy.
+    """
+    return {
+        "model": detached_copy(model.state_dict()),
+        "optimizer": detached_copy(optimizer.state_dict()),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_states,
+        "best_weights": best_weights,
+    }
+
+
+def detached_copy(value: Any) -> Any:
+    """``value`` with every tensor inside dicts/lists/tuples copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: detached_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(detached_copy(item) for item in value)
+    return value
+
+
+def write_checkpoint(checkpoint_dir: Path, payload: dict[str, Any], state: TrainState) -> Path:
+    """Write a checkpoint atomically: into a temporary folder, fsync, then ``os.replace``
+    it to ``step-NNNNNNNN``. A kill at any moment leaves either the old or the new
+    checkpoint, never half of one. Older checkpoints beyond the last two are removed."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{state.step:08d}"
+    partial = checkpoint_dir / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    torch.save(payload, partial / "checkpoint.pt")
+    (partial / "state.json").write_text(json.dumps(asdict(state)), encoding="utf-8")
+    with open(partial / "checkpoint.pt", "rb") as handle:
+        os.fsync(handle.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    for old in list_checkpoints(checkpoint_dir)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def save_checkpoint(
@@ -290,31 +346,49 @@ def save_checkpoint(
     rng_states: list[dict[str, Any]],
     best_weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically: into a temporary folder, then ``os.replace`` it to
-    ``step-NNNNNNNN``. A kill at any moment leaves either the old or the new checkpoint,
-    never half of one. Older checkpoints beyond the last two are removed."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{state.step:08d}"
-    partial = checkpoint_dir / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    payload = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_states,
-        "best_weights": best_weights,
-    }
-    torch.save(payload, partial / "checkpoint.pt")
-    (partial / "state.json").write_text(json.dumps(asdict(state)), encoding="utf-8")
-    with open(partial / "checkpoint.pt", "rb") as handle:
-        os.fsync(handle.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    for old in list_checkpoints(checkpoint_dir)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    """Write a checkpoint of the current training state now (see ``write_checkpoint``)."""
+    payload = checkpoint_payload(model, optimizer, scheduler, rng_states, best_weights)
+    return write_checkpoint(checkpoint_dir, payload, copy.deepcopy(state))
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, so training does not wait on the disk.
+
+    The payload is copied in memory first (a fraction of a second for a small BERT), and
+    serialising plus fsyncing a few hundred MB, which takes seconds, overlaps the next
+    steps. At most one write is in flight: a new checkpoint first waits for the previous
+    one, and ``close`` waits for the last. A kill mid-write leaves only a temporary folder;
+    the previous complete checkpoint still resumes exactly.
+    """
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.written: list[Path] = []
+
+    def submit(self, payload: dict[str, Any], state: TrainState) -> None:
+        self.wait()
+        snapshot = copy.deepcopy(state)
+        self._thread = threading.Thread(
+            target=self._write, args=(payload, snapshot), name="checkpoint-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _write(self, payload: dict[str, Any], state: TrainState) -> None:
+        try:
+            self.written.append(write_checkpoint(self.checkpoint_dir, payload, state))
+        except BaseException as error:  # re-raised on the training thread by wait()
+            self._error = error
+
+    def wait(self) -> None:
+        """Block until the write in flight is on disk; raise if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise TrainingError(f"writing a checkpoint to {self.checkpoint_dir} failed: {error}")
 
 
 def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
@@ -480,50 +554,74 @@ def run_loop(
         dynamic_ncols=True,
     )
     overhead_s, train_s, train_cpu_s, run_samples = 0.0, 0.0, 0.0, 0
+    writer = CheckpointWriter(checkpoint_dir) if checkpoint_dir is not None else None
     model.train()
-    while state.step < settings.total_steps and not state.stopped_early:
-        step_start, step_cpu_start = time.perf_counter(), time.process_time()
-        loss, grad_norm, samples = train_step(
-            trained, ddp, optimizer, scheduler, source, stream, state, settings, precision, device
-        )
-        samples *= context.world_size
-        state.step += 1
-        state.samples_seen += samples
-        state.loss_sum += loss
-        state.loss_count += 1
-        run_samples += samples
-        step_seconds = time.perf_counter() - step_start
-        train_s += step_seconds
-        train_cpu_s += time.process_time() - step_cpu_start
-        step_metrics: dict[str, float] = {
-            "loss": loss,
-            "lr": float(scheduler.get_last_lr()[0]),
-            "grad_norm": grad_norm,
-            "samples_per_second": samples / max(step_seconds, 1e-9),
-        }
-        is_last = state.step >= settings.total_steps
-        if evaluate is not None and (
-            is_last or (settings.eval_every_steps and state.step % settings.eval_every_steps == 0)
-        ):
-            scores = evaluate(model)
-            model.train()
-            step_metrics.update(scores)
-            new_best = track_best(model, state, scores[metric_name], settings)
-            best_weights = new_best if new_best is not None else best_weights
-        orchestration_start = time.perf_counter()
-        if on_metrics is not None and context.is_main:
-            on_metrics(state.step, dict(step_metrics))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{run_samples / max(train_s, 1e-9):.0f}")
-        every = settings.checkpoint_every_steps
-        if checkpoint_dir is not None and every and state.step % every == 0 and not is_last:
-            rng_states = all_ranks_rng(context)
-            if context.is_main:
-                save_checkpoint(
-                    checkpoint_dir, model, optimizer, scheduler, state, rng_states, best_weights
-                )
-        overhead_s += time.perf_counter() - orchestration_start
+    try:
+        while state.step < settings.total_steps and not state.stopped_early:
+            step_start, step_cpu_start = time.perf_counter(), time.process_time()
+            loss, grad_norm, samples = train_step(
+                trained,
+                ddp,
+                optimizer,
+                scheduler,
+                source,
+                stream,
+                state,
+                settings,
+                precision,
+                device,
+            )
+            samples *= context.world_size
+            state.step += 1
+            state.samples_seen += samples
+            state.loss_sum += loss
+            state.loss_count += 1
+            run_samples += samples
+            step_seconds = time.perf_counter() - step_start
+            train_s += step_seconds
+            train_cpu_s += time.process_time() - step_cpu_start
+            step_metrics: dict[str, float] = {
+                "loss": loss,
+                "lr": float(scheduler.get_last_lr()[0]),
+                "grad_norm": grad_norm,
+                "samples_per_second": samples / max(step_seconds, 1e-9),
+            }
+            is_last = state.step >= settings.total_steps
+            if evaluate is not None and (
+                is_last
+                or (settings.eval_every_steps and state.step % settings.eval_every_steps == 0)
+            ):
+                scores = evaluate(model)
+                model.train()
+                step_metrics.update(scores)
+                new_best = track_best(model, state, scores, metric_name, settings)
+                best_weights = new_best if new_best is not None else best_weights
+            orchestration_start = time.perf_counter()
+            if on_metrics is not None and context.is_main:
+                on_metrics(state.step, dict(step_metrics))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{run_samples / max(train_s, 1e-9):.0f}")
+            every = settings.checkpoint_every_steps
+            if writer is not None and every and state.step % every == 0 and not is_last:
+                rng_states = all_ranks_rng(context)
+                if context.is_main:
+                    payload = checkpoint_payload(
+                        model, optimizer, scheduler, rng_states, best_weights
+                    )
+                    writer.submit(payload, state)
+            overhead_s += time.perf_counter() - orchestration_start
+    except BaseException:
+        # Let a checkpoint already being written land, so the crash loses as little as
+        # possible; the original error is the one worth reporting.
+        if writer is not None:
+            with suppress(TrainingError):
+                writer.wait()
+        raise
     bar.close()
+    if writer is not None:
+        wait_start = time.perf_counter()
+        writer.wait()
+        overhead_s += time.perf_counter() - wait_start
     if best_weights is not None:
         model.load_state_dict(best_weights)
     metrics = {
@@ -544,15 +642,21 @@ def run_loop(
 
 
 def track_best(
-    model: nn.Module, state: TrainState, value: float, settings: LoopSettings
+    model: nn.Module,
+    state: TrainState,
+    scores: dict[str, float],
+    metric_name: str,
+    settings: LoopSettings,
 ) -> dict[str, torch.Tensor] | None:
-    """Update the best metric and early-stopping counters.
+    """Update the best scores and early-stopping counters from one evaluation.
 
     Returns:
-        A CPU copy of the weights when ``value`` is a new best, else None.
+        A CPU copy of the weights when ``scores[metric_name]`` is a new best, else None.
     """
+    value = scores[metric_name]
     if state.best_metric is None or value > state.best_metric:
         state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+        state.best_scores = dict(scores)
         return {
             key: tensor.detach().to("cpu", copy=True) for key, tensor in model.state_dict().items()
         }

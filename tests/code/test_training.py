@@ -13,7 +13,7 @@ import torch
 
 from components import training
 from components.config import load_config
-from components.errors import ConfigError
+from components.errors import ConfigError, TrainingError
 from components.finetune import count_total_steps, run_finetuning
 from components.prepare import PreparedData
 from components.pretrain import (
@@ -24,6 +24,7 @@ from components.pretrain import (
     run_pretraining,
 )
 from components.training import (
+    CheckpointWriter,
     DistributedContext,
     TrainState,
     choose_precision,
@@ -32,6 +33,7 @@ from components.training import (
     list_checkpoints,
     load_latest_checkpoint,
     pad_batch,
+    checkpoint_payload,
     save_checkpoint,
 )
 from tests.conftest import PROJECT_ROOT
@@ -119,6 +121,42 @@ def test_checkpoint_round_trip_restores_rng_and_keeps_the_last_two(tmp_path: Pat
     training.restore_rng_state(payload["rng"][0])
     assert torch.equal(torch.rand(4), expected_draw)
     assert torch.equal(payload["model"]["weight"], model.weight.detach())
+
+
+def test_background_checkpoint_holds_the_state_at_submission(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = training.linear_schedule(optimizer, 1, 10)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    weight_at_submit = model.weight.detach().clone()
+    moment_at_submit = optimizer.state[model.weight]["exp_avg"].clone()
+    writer = CheckpointWriter(tmp_path)
+    state = TrainState(step=5, batch_in_epoch=5)
+    writer.submit(checkpoint_payload(model, optimizer, scheduler, [{}]), state)
+    state.step = 6  # the loop moves on while the write is in flight
+    for _ in range(3):
+        optimizer.step()  # changes weights and moments in place
+    writer.wait()
+    loaded = load_latest_checkpoint(tmp_path)
+    assert loaded is not None
+    payload, saved_state = loaded
+    assert saved_state.step == 5
+    assert torch.equal(payload["model"]["weight"], weight_at_submit)
+    assert not torch.equal(payload["model"]["weight"], model.weight.detach())
+    first_param = payload["optimizer"]["state"][0]
+    assert torch.equal(first_param["exp_avg"], moment_at_submit)
+    assert writer.written == [tmp_path / "step-00000005"]
+
+
+def test_failed_background_checkpoint_is_raised_on_the_next_wait(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the checkpoint folder should be", encoding="utf-8")
+    writer = CheckpointWriter(blocker)
+    writer.submit({"model": {}}, TrainState(step=1))
+    with pytest.raises(TrainingError, match="writing a checkpoint to .*not-a-folder failed"):
+        writer.wait()
+    writer.wait()  # the error is reported once
 
 
 def test_explicit_precision_is_kept_and_auto_avoids_emulated_bf16(

@@ -160,6 +160,17 @@ class TrainConfig(Section):
     )
     compile: bool = Field(False, description="Wrap the model in torch.compile.")
     length_grouped: bool = Field(True, description="Batch texts of similar length together.")
+    freeze_embeddings: bool = Field(
+        False,
+        description="Keep the token/position embeddings fixed: about half of a small BERT's "
+        "weights, so each step is cheaper and rare words keep their pretrained vectors.",
+    )
+    freeze_layers: int = Field(
+        0,
+        ge=0,
+        description="Keep the embeddings and the lowest N encoder layers fixed; the backward "
+        "pass then stops above them. 0 trains every layer.",
+    )
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = cores.")
 
 

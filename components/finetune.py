@@ -134,6 +134,46 @@ def check_finetune_inputs(config: RatchetConfig, data: PreparedData, init_model:
             )
 
 
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks of a Hugging Face encoder (BERT, RoBERTa, DistilBERT,
+    ELECTRA, ...), found by the attribute names those architectures use."""
+    base = getattr(model, "base_model", model)
+    for path in ("encoder.layer", "transformer.layer", "layers", "layer"):
+        found: Any = base
+        for name in path.split("."):
+            found = getattr(found, name, None)
+        if isinstance(found, nn.ModuleList):
+            return found
+    raise ConfigError(
+        f"train.freeze_layers: cannot find the encoder layers of {type(model).__name__}; "
+        "set train.freeze_layers to 0"
+    )
+
+
+def freeze_lower_weights(model: nn.Module, embeddings: bool, layers: int) -> int:
+    """Stop gradients into the embeddings and the lowest ``layers`` encoder blocks.
+
+    Returns:
+        The number of weights left trainable.
+    """
+    if embeddings or layers:
+        model.get_input_embeddings().requires_grad_(False)  # type: ignore[operator]
+        base = getattr(model, "base_model", model)
+        for name in ("embeddings", "embed_positions"):
+            module = getattr(base, name, None)
+            if isinstance(module, nn.Module):
+                module.requires_grad_(False)
+    if layers:
+        stack = encoder_layers(model)
+        if layers >= len(stack):
+            raise ConfigError(
+                f"train.freeze_layers is {layers}, but the model has only {len(stack)} layers"
+            )
+        for block in stack[:layers]:
+            block.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids with special tokens, truncated to ``max_length``, unpadded."""
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
@@ -271,6 +311,8 @@ def run_finetuning(
         id2label=dict(enumerate(data.labels)),
         label2id={name: index for index, name in enumerate(data.labels)},
     )
+    trainable = freeze_lower_weights(model, train_cfg.freeze_embeddings, train_cfg.freeze_layers)
+    logger.info("fine-tuning %d of %d weights", trainable, model.num_parameters())
     if context.enabled:
         # Same init everywhere (DDP also broadcasts rank 0's), different dropout per rank.
         torch.manual_seed(train_cfg.seed + context.rank)
@@ -311,7 +353,8 @@ def run_finetuning(
         on_metrics=on_metrics,
         context=context,
     )
-    final_scores = evaluate(model)
+    # The model now holds the best evaluated weights; their scores need no second pass.
+    final_scores = outcome.state.best_scores or evaluate(model)
     metrics = {
         **outcome.metrics,
         **final_scores,

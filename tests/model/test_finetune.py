@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from components.config import RatchetConfig, load_config
+from components.errors import ConfigError
 from components.finetune import encode_texts, evaluate_accuracy, run_finetuning
 from tests.conftest import PROJECT_ROOT
 from tests.model.train_worker import LABELS, sentiment_data
@@ -68,6 +69,37 @@ def test_fits_a_separable_data_set(tiny_bert_dir: Path, tmp_path: Path) -> None:
     assert "val_accuracy" in steps[15]
     assert steps[-1]["loss"] < steps[0]["loss"]
     assert not list((tmp_path / "checkpoints").glob("step-*"))  # finished runs clean up
+    # The reported scores are the best evaluation's, which the saved weights reproduce.
+    assert result.metrics["val_accuracy"] == result.metrics["best_val_accuracy"]
+    val_ids = encode_texts(tokenizer, data.validation["text"].tolist(), 32)
+    rescored = evaluate_accuracy(model, val_ids, data.validation["label"].tolist(), 64, 0)
+    assert rescored["val_accuracy"] == pytest.approx(result.metrics["val_accuracy"])
+
+
+def test_frozen_layers_keep_their_weights(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    config = tiny_settings(tiny_bert_dir, "train.max_steps=6", "train.freeze_layers=1")
+    result = run_finetuning(config, sentiment_data(64), str(tiny_bert_dir), tmp_path / "model")
+    before = load_file(tiny_bert_dir / "model.safetensors")
+    after = load_file(result.model_dir / "model.safetensors")
+
+    def weight(tensors: dict[str, torch.Tensor], suffix: str) -> torch.Tensor:
+        return next(value for key, value in tensors.items() if key.endswith(suffix))
+
+    for frozen in (
+        "embeddings.word_embeddings.weight",
+        "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.0.output.dense.weight",
+    ):
+        assert torch.equal(weight(before, frozen), weight(after, frozen)), frozen
+    trained = "encoder.layer.1.attention.self.query.weight"
+    assert not torch.equal(weight(before, trained), weight(after, trained))
+    model = AutoModelForSequenceClassification.from_pretrained(result.model_dir)
+    layers = model.config.num_hidden_layers
+    too_many = tiny_settings(tiny_bert_dir, f"train.freeze_layers={layers}")
+    with pytest.raises(ConfigError, match=f"freeze_layers is {layers}, but the model has only"):
+        run_finetuning(too_many, sentiment_data(64), str(tiny_bert_dir), tmp_path / "other")
 
 
 def start_worker(

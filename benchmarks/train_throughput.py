@@ -43,6 +43,7 @@ from components.config import load_config  # noqa: E402
 from components.finetune import encode_texts, evaluate_accuracy, run_finetuning  # noqa: E402
 from components.logs import progress_disabled, setup_logging  # noqa: E402
 from components.prepare import PreparedData  # noqa: E402
+from components.state import QUIET_ENVIRONMENT  # noqa: E402
 from components.training import cpu_has_native_bf16, length_grouped_batches  # noqa: E402
 
 SST2 = PROJECT_ROOT.parent / "shared" / "data" / "sst2"
@@ -200,8 +201,6 @@ def run_ratchet_orchestrated(
     data = PreparedData(train=train, validation=dev, test=dev, labels=LABELS)
     base = str(shipped_model_dir())
     os.environ.setdefault("PREFECT_HOME", str(workdir / "prefect"))
-    # The ephemeral API server starts slowly on a busy 2-core machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     import mlflow
     from prefect import flow, task
@@ -304,6 +303,8 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging(logging.WARNING)
     os.environ.setdefault("RATCHET_NO_PROGRESS", "1")
+    for name, value in QUIET_ENVIRONMENT.items():  # telemetry off, as in the flow
+        os.environ.setdefault(name, value)
     steps = args.steps or args.rows // args.batch_size
     a_steps = args.baseline_a_steps or steps
     train, dev = load_sst2(args.rows)

@@ -27,13 +27,13 @@ from components.training import (
     CheckpointWriter,
     DistributedContext,
     TrainState,
+    checkpoint_payload,
     choose_precision,
     length_grouped_batches,
     linear_lr_factor,
     list_checkpoints,
     load_latest_checkpoint,
     pad_batch,
-    checkpoint_payload,
     save_checkpoint,
 )
 from tests.conftest import PROJECT_ROOT

@@ -357,8 +357,8 @@ class CheckpointWriter:
     The payload is copied in memory first (a fraction of a second for a small BERT), and
     serialising plus fsyncing a few hundred MB, which takes seconds, overlaps the next
     steps. At most one write is in flight: a new checkpoint first waits for the previous
-    one, and ``close`` waits for the last. A kill mid-write leaves only a temporary folder;
-    the previous complete checkpoint still resumes exactly.
+    one, and ``wait`` blocks until the last one is on disk. A kill mid-write leaves only a
+    temporary folder; the previous complete checkpoint still resumes exactly.
     """
 
     def __init__(self, checkpoint_dir: Path) -> None:

@@ -110,7 +110,13 @@ def test_on_demand_deployment_runs_on_a_process_worker(
         )
     finally:
         worker.terminate()
-        worker.wait(timeout=30)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            # The worker's graceful shutdown can outlast 30 s on a busy machine; the run
+            # under test has finished by now either way.
+            worker.kill()
+            worker.wait()
 
     from mlflow import MlflowClient
 

@@ -657,9 +657,7 @@ def track_best(
     if state.best_metric is None or value > state.best_metric:
         state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
         state.best_scores = dict(scores)
-        return {
-            key: tensor.detach().to("cpu", copy=True) for key, tensor in model.state_dict().items()
-        }
+        return detached_copy(model.state_dict())
     state.evals_without_improvement += 1
     patience = settings.early_stopping_patience
     if patience is not None and state.evals_without_improvement >= patience:

@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/train_throughput.py               # 8,000 rows, batch 32, 1 epoch
     .venv/bin/python benchmarks/train_throughput.py --rows 2000 --baseline-a-steps 20
+    .venv/bin/python benchmarks/train_throughput.py --overhead-repeats 3 \
+        --variant train.freeze_embeddings=true --variant train.compile=true
 
 Same model (the shipped MiniLM), same SST-2 training slice, same batch size, same number
 of optimiser steps, same optimiser settings, one invocation:
@@ -12,7 +14,9 @@ of optimiser steps, same optimiser settings, one invocation:
   and ``bf16=True`` where the CPU has native bf16: the best plain-Trainer setup;
 * Ratchet's ``run_finetuning`` with its shipped defaults, twice: bare, and as the flow runs
   it (a Prefect task, per-step MLflow logging, checkpoints), so the orchestration
-  overhead is measured both by accounting and end to end.
+  overhead is measured both by accounting and end to end (``--overhead-repeats N``: the
+  median over N alternating pairs);
+* optionally more bare Ratchet runs with other settings (``--variant``).
 
 Prints samples/s of each, the two ratios, SST-2 validation accuracy after the same steps,
 the achieved FLOP/s as a fraction of this machine's measured matmul peak (bf16 and fp32),
@@ -26,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -152,7 +157,13 @@ def run_trainer_baseline(
     }
 
 
-def ratchet_config(steps: int, batch_size: int, max_length: int, checkpoint_every: int) -> Any:
+def ratchet_config(
+    steps: int,
+    batch_size: int,
+    max_length: int,
+    checkpoint_every: int,
+    extra_overrides: tuple[str, ...] = (),
+) -> Any:
     """The shipped params.yaml with the benchmark's shared settings."""
     return load_config(
         PROJECT_ROOT / "params.yaml",
@@ -169,20 +180,40 @@ def ratchet_config(steps: int, batch_size: int, max_length: int, checkpoint_ever
             "train.early_stopping_patience=null",
             "train.max_train_samples=null",
             f"train.checkpoint_every_steps={checkpoint_every}",
+            *extra_overrides,
         ],
     )
 
 
 def run_ratchet_bare(
-    train: pd.DataFrame, dev: pd.DataFrame, steps: int, batch_size: int, max_length: int
+    train: pd.DataFrame,
+    dev: pd.DataFrame,
+    steps: int,
+    batch_size: int,
+    max_length: int,
+    extra_overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """run_finetuning alone: no Prefect, no MLflow, no checkpoints (the overhead baseline)."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-ratchet-bare-"))
-    config = ratchet_config(steps, batch_size, max_length, checkpoint_every=steps)
+    config = ratchet_config(steps, batch_size, max_length, steps, extra_overrides)
     data = PreparedData(train=train, validation=dev, test=dev, labels=LABELS)
+    step_seconds: list[float] = []
+
+    def record_step(step: int, metrics: dict[str, float]) -> None:
+        step_seconds.append(batch_size / metrics["samples_per_second"])
+
     start = time.perf_counter()
-    result = run_finetuning(config, data, str(shipped_model_dir()), workdir / "model")
-    return {"result": result, "wall_seconds": time.perf_counter() - start}
+    result = run_finetuning(
+        config, data, str(shipped_model_dir()), workdir / "model", on_metrics=record_step
+    )
+    # The second half of the steps: past torch.compile's first compilations and
+    # recompilations for new sequence lengths, so compiled and eager compare steady states.
+    second_half = step_seconds[len(step_seconds) // 2 :]
+    return {
+        "result": result,
+        "wall_seconds": time.perf_counter() - start,
+        "steady_samples_per_second": batch_size * len(second_half) / sum(second_half),
+    }
 
 
 def run_ratchet_orchestrated(
@@ -250,6 +281,12 @@ def run_ratchet_orchestrated(
     }
 
 
+def loop_samples_per_second(metrics: dict[str, Any]) -> float:
+    """Samples per second of Ratchet's loop, steps and in-loop orchestration included
+    (evaluation excluded, as the Trainer's ``train_samples_per_second`` excludes it)."""
+    return metrics["samples_seen"] / (metrics["train_seconds"] + metrics["orchestration_seconds"])
+
+
 def padded_tokens_of_our_batches(
     train: pd.DataFrame, steps: int, batch_size: int, max_length: int
 ) -> tuple[float, float]:
@@ -299,6 +336,20 @@ def main() -> None:
         default=100,
         help="checkpoint interval of the orchestrated run (params.yaml ships 250)",
     )
+    parser.add_argument(
+        "--overhead-repeats",
+        type=int,
+        default=1,
+        help="(bare, orchestrated) pairs timed for the end-to-end overhead; median reported",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="also time a bare Ratchet run with these overrides, e.g. train.compile=true or "
+        "train.freeze_embeddings=true; repeatable",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     setup_logging(logging.WARNING)
@@ -321,15 +372,33 @@ def main() -> None:
     print(f"(b) Trainer dynamic+grouped: {runs['b']['samples_per_second']:.1f} samples/s")
     bare = run_ratchet_bare(train, dev, steps, args.batch_size, args.max_length)
     print(f"ratchet, bare: {bare['wall_seconds']:.1f} s")
+    variants: dict[str, dict[str, Any]] = {}
+    for variant in args.variant:
+        overrides = tuple(item.strip() for item in variant.split(",") if item.strip())
+        variants[variant] = run_ratchet_bare(
+            train, dev, steps, args.batch_size, args.max_length, overrides
+        )
+        print(f"ratchet, bare, {variant}: {variants[variant]['wall_seconds']:.1f} s")
     ours = run_ratchet_orchestrated(
         train, dev, steps, args.batch_size, args.max_length, args.checkpoint_every
     )
     result = ours["result"]
     metrics = result.metrics
-    loop_seconds = metrics["train_seconds"] + metrics["orchestration_seconds"]
-    ours_sps = metrics["samples_seen"] / loop_seconds
+    ours_sps = loop_samples_per_second(metrics)
     ours_cpu = metrics["samples_seen"] / metrics["train_cpu_seconds"]
     print(f"ratchet: {ours_sps:.1f} samples/s ({result.info['precision']})")
+    # More (bare, orchestrated) pairs, alternating, so that the end-to-end overhead is a
+    # median over pairs rather than one difference of two noisy wall times.
+    pairs = [(bare, ours)]
+    for _ in range(args.overhead_repeats - 1):
+        pairs.append(
+            (
+                run_ratchet_bare(train, dev, steps, args.batch_size, args.max_length),
+                run_ratchet_orchestrated(
+                    train, dev, steps, args.batch_size, args.max_length, args.checkpoint_every
+                ),
+            )
+        )
     runs["a"] = run_trainer_baseline("a", train, a_steps, args.batch_size, args.max_length, True)
     runs["a"]["accuracy"] = dev_accuracy(runs["a"].pop("model"), dev, args.max_length)
 
@@ -347,7 +416,8 @@ def main() -> None:
     )
     # The same work without Prefect, MLflow and checkpoints, timed in the same process:
     # catches costs the accounting misses, such as the checkpoint thread slowing steps.
-    end_to_end = ours["wall_seconds"] / bare["wall_seconds"] - 1
+    end_to_end_each = [pair[1]["wall_seconds"] / pair[0]["wall_seconds"] - 1 for pair in pairs]
+    end_to_end = statistics.median(end_to_end_each)
     figures = {
         "steps": steps,
         "baseline_a_steps": a_steps,
@@ -383,9 +453,26 @@ def main() -> None:
         "bare_wall_seconds": bare["wall_seconds"],
         "orchestrated_wall_seconds": ours["wall_seconds"],
         "end_to_end_overhead_fraction": end_to_end,
+        "end_to_end_overhead_fraction_each_pair": end_to_end_each,
         "bare_accuracy": bare["result"].metrics["val_accuracy"],
         "mlflow_store_creation_seconds": ours["store_creation_seconds"],
         "flow_startup_seconds": ours["flow_startup_seconds"],
+        "bare_steady_samples_per_second": bare["steady_samples_per_second"],
+    }
+    bare_sps = loop_samples_per_second(bare["result"].metrics)
+    figures["bare_samples_per_second"] = bare_sps
+    figures["variants"] = {
+        variant: {
+            "wall_seconds": run["wall_seconds"],
+            "samples_per_second": loop_samples_per_second(run["result"].metrics),
+            "steady_samples_per_second": run["steady_samples_per_second"],
+            "ratio_vs_a": loop_samples_per_second(run["result"].metrics)
+            / runs["a"]["samples_per_second"],
+            "ratio_vs_b": loop_samples_per_second(run["result"].metrics)
+            / runs["b"]["samples_per_second"],
+            "accuracy": run["result"].metrics["val_accuracy"],
+        }
+        for variant, run in variants.items()
     }
     print(json.dumps(figures, indent=2))
     print(
@@ -403,11 +490,21 @@ def main() -> None:
         f"{figures['orchestration_fraction']:.1%} of {metrics['train_seconds']:.1f} s training "
         f"(in loop {metrics['orchestration_seconds']:.2f} s, Prefect task "
         f"{ours['wrapper_seconds']:.2f} s, MLflow run {ours['mlflow_seconds']:.2f} s); "
-        f"end to end {ours['wall_seconds']:.1f} s vs {bare['wall_seconds']:.1f} s bare = "
-        f"{end_to_end:+.1%}\n"
+        f"end to end {ours['wall_seconds']:.1f} s vs {bare['wall_seconds']:.1f} s bare; "
+        f"median over {len(pairs)} pair(s) {end_to_end:+.1%} "
+        f"({', '.join(f'{each:+.1%}' for each in end_to_end_each)})\n"
         f"one-off    MLflow store creation {ours['store_creation_seconds']:.1f} s, "
         f"ephemeral Prefect start + flow run {ours['flow_startup_seconds']:.1f} s"
     )
+    for variant, row in figures["variants"].items():
+        print(
+            f"variant    {variant} (bare): {row['samples_per_second']:.1f} samples/s vs "
+            f"{bare_sps:.1f} bare default ({row['samples_per_second'] / bare_sps:.2f}x), "
+            f"{row['ratio_vs_a']:.1f}x vs (a), {row['ratio_vs_b']:.2f}x vs (b); second-half "
+            f"steady state {row['steady_samples_per_second']:.1f} vs "
+            f"{bare['steady_samples_per_second']:.1f}; accuracy {row['accuracy']:.4f} vs "
+            f"{figures['bare_accuracy']:.4f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
 

@@ -461,19 +461,17 @@ def main() -> None:
     }
     bare_sps = loop_samples_per_second(bare["result"].metrics)
     figures["bare_samples_per_second"] = bare_sps
-    figures["variants"] = {
-        variant: {
+    figures["variants"] = {}
+    for variant, run in variants.items():
+        variant_sps = loop_samples_per_second(run["result"].metrics)
+        figures["variants"][variant] = {
             "wall_seconds": run["wall_seconds"],
-            "samples_per_second": loop_samples_per_second(run["result"].metrics),
+            "samples_per_second": variant_sps,
             "steady_samples_per_second": run["steady_samples_per_second"],
-            "ratio_vs_a": loop_samples_per_second(run["result"].metrics)
-            / runs["a"]["samples_per_second"],
-            "ratio_vs_b": loop_samples_per_second(run["result"].metrics)
-            / runs["b"]["samples_per_second"],
+            "ratio_vs_a": variant_sps / runs["a"]["samples_per_second"],
+            "ratio_vs_b": variant_sps / runs["b"]["samples_per_second"],
             "accuracy": run["result"].metrics["val_accuracy"],
         }
-        for variant, run in variants.items()
-    }
     print(json.dumps(figures, indent=2))
     print(
         f"\nsamples/s  (a) {figures['baseline_a_samples_per_second']:.1f}   "

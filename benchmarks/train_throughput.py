@@ -193,7 +193,8 @@ def run_ratchet_bare(
     max_length: int,
     extra_overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """run_finetuning alone: no Prefect, no MLflow, no checkpoints (the overhead baseline)."""
+    """run_finetuning alone: no Prefect, no MLflow, no checkpoints (the overhead baseline),
+    with ``extra_overrides`` applied for a ``--variant``."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-ratchet-bare-"))
     config = ratchet_config(steps, batch_size, max_length, steps, extra_overrides)
     data = PreparedData(train=train, validation=dev, test=dev, labels=LABELS)

@@ -152,7 +152,16 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(
         3, ge=1, description="Stop after this many evaluations without improvement."
     )
-    checkpoint_every_steps: int = Field(100, ge=1, description="Checkpoint interval.")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="Checkpoint every N optimiser steps; null: by time only."
+    )
+    checkpoint_every_minutes: float | None = Field(
+        2.0,
+        gt=0,
+        description="Checkpoint when this much wall time has passed since the last one "
+        "(whichever of the two intervals comes first); bounds both the work a crash loses "
+        "and the time spent writing checkpoints, on CPU and GPU alike. Both null: none.",
+    )
     seed: int = Field(42, description="Seed for init, order and dropout.")
     deterministic: bool = Field(False, description="Bitwise-repeatable CPU runs (slower).")
     precision: Literal["auto", "fp32", "bf16"] = Field(

@@ -326,6 +326,7 @@ def run_finetuning(
         eval_every_steps=train_cfg.eval_every_steps,
         early_stopping_patience=train_cfg.early_stopping_patience,
         checkpoint_every_steps=train_cfg.checkpoint_every_steps,
+        checkpoint_every_minutes=train_cfg.checkpoint_every_minutes,
         seed=train_cfg.seed,
         precision=precision,
         compile=train_cfg.compile,

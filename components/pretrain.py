@@ -336,7 +336,7 @@ def run_pretraining(
     Args:
         config: ``pretrain.*`` drive the objective and optimiser; ``train.precision``,
             ``train.compile``, ``train.deterministic``, ``train.num_threads`` and
-            ``train.checkpoint_every_steps`` the runtime.
+            ``train.checkpoint_every_*`` the runtime.
         texts: unlabelled texts (training split plus extra corpora).
         output_dir: Hugging Face folder written here (rank 0 only under DDP).
         checkpoint_dir: checkpoints go here; a checkpoint already there is resumed.
@@ -387,6 +387,7 @@ def run_pretraining(
         weight_decay=settings.weight_decay,
         warmup_fraction=settings.warmup_fraction,
         checkpoint_every_steps=runtime.checkpoint_every_steps,
+        checkpoint_every_minutes=runtime.checkpoint_every_minutes,
         seed=settings.seed,
         precision=precision,
         compile=runtime.compile,

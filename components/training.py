@@ -391,6 +391,50 @@ class CheckpointWriter:
             raise TrainingError(f"writing a checkpoint to {self.checkpoint_dir} failed: {error}")
 
 
+class CheckpointSchedule:
+    """When to checkpoint: every N optimiser steps, after M minutes of wall time since the
+    last checkpoint, or both (whichever comes first).
+
+    A time interval bounds both the work a crash loses and the share of time spent
+    checkpointing on any hardware: a step count that suits a CPU checkpoints a GPU run
+    every few seconds. Under DDP every rank must checkpoint at the same step (the RNG
+    gather is a collective), so the main rank's clock decides and is broadcast.
+    """
+
+    def __init__(
+        self,
+        every_steps: int | None,
+        every_minutes: float | None,
+        context: DistributedContext | None = None,
+        device: torch.device | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.every_steps = every_steps
+        self.every_seconds = every_minutes * 60 if every_minutes is not None else None
+        self.context = context or DistributedContext()
+        self.device = device or torch.device("cpu")
+        self.clock = clock
+        self.last = clock()
+
+    def due(self, step: int) -> bool:
+        """Whether a checkpoint is due after optimiser step ``step`` (same on all ranks)."""
+        by_steps = self.every_steps is not None and step % self.every_steps == 0
+        if self.every_seconds is None:
+            return by_steps
+        by_time = self.clock() - self.last >= self.every_seconds
+        if self.context.enabled:
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(by_time)], device=self.device)
+            dist.broadcast(flag, src=0)
+            by_time = bool(flag.item())
+        return by_steps or by_time
+
+    def written(self) -> None:
+        """Restart the time interval (call when a checkpoint was submitted)."""
+        self.last = self.clock()
+
+
 def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary folders are ignored)."""
     if not checkpoint_dir.is_dir():
@@ -438,6 +482,7 @@ class LoopSettings:
     eval_every_steps: int | None = None
     early_stopping_patience: int | None = None
     checkpoint_every_steps: int | None = None
+    checkpoint_every_minutes: float | None = None
     seed: int = 42
     precision: str = "auto"
     compile: bool = False
@@ -555,6 +600,9 @@ def run_loop(
     )
     overhead_s, train_s, train_cpu_s, run_samples = 0.0, 0.0, 0.0, 0
     writer = CheckpointWriter(checkpoint_dir) if checkpoint_dir is not None else None
+    schedule = CheckpointSchedule(
+        settings.checkpoint_every_steps, settings.checkpoint_every_minutes, context, device
+    )
     model.train()
     try:
         while state.step < settings.total_steps and not state.stopped_early:
@@ -601,14 +649,14 @@ def run_loop(
                 on_metrics(state.step, dict(step_metrics))
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{run_samples / max(train_s, 1e-9):.0f}")
-            every = settings.checkpoint_every_steps
-            if writer is not None and every and state.step % every == 0 and not is_last:
+            if writer is not None and not is_last and schedule.due(state.step):
                 rng_states = all_ranks_rng(context)
                 if context.is_main:
                     payload = checkpoint_payload(
                         model, optimizer, scheduler, rng_states, best_weights
                     )
                     writer.submit(payload, state)
+                schedule.written()
             overhead_s += time.perf_counter() - orchestration_start
     except BaseException:
         # Let a checkpoint already being written land, so the crash loses as little as
@@ -633,6 +681,7 @@ def run_loop(
         "train_cpu_seconds": train_cpu_s,
         "train_samples_per_second": run_samples / max(train_s, 1e-9),
         "orchestration_seconds": overhead_s,
+        "checkpoints_written": float(len(writer.written) if writer is not None else 0),
         "best_step": float(state.best_step),
         "stopped_early": float(state.stopped_early),
     }

@@ -24,6 +24,7 @@ from components.pretrain import (
     run_pretraining,
 )
 from components.training import (
+    CheckpointSchedule,
     CheckpointWriter,
     DistributedContext,
     TrainState,
@@ -147,6 +148,36 @@ def test_background_checkpoint_holds_the_state_at_submission(tmp_path: Path) -> 
     first_param = payload["optimizer"]["state"][0]
     assert torch.equal(first_param["exp_avg"], moment_at_submit)
     assert writer.written == [tmp_path / "step-00000005"]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def due_steps(schedule: CheckpointSchedule, clock: FakeClock, seconds_per_step: float) -> list:
+    """The steps 1..10 after which ``schedule`` checkpoints, each step taking that long."""
+    due = []
+    for step in range(1, 11):
+        clock.now += seconds_per_step
+        if schedule.due(step):
+            due.append(step)
+            schedule.written()
+    return due
+
+
+def test_checkpoint_schedule_by_steps_by_time_or_whichever_comes_first() -> None:
+    clock = FakeClock()
+    assert due_steps(CheckpointSchedule(4, None, clock=clock), clock, 60) == [4, 8]
+    # 25 s steps: a minute has passed at steps 3, 6 and 9 (counting from each checkpoint).
+    assert due_steps(CheckpointSchedule(None, 1.0, clock=clock), clock, 25) == [3, 6, 9]
+    # Both: step 4 comes first, and restarts the clock; 1.5 minutes after it is step 8.
+    assert due_steps(CheckpointSchedule(4, 1.5, clock=clock), clock, 25) == [4, 8]
+    assert due_steps(CheckpointSchedule(100, 1.0, clock=clock), clock, 25) == [3, 6, 9]
+    assert due_steps(CheckpointSchedule(None, None, clock=clock), clock, 600) == []
 
 
 def test_failed_background_checkpoint_is_raised_on_the_next_wait(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def current_aliases(config: RatchetConfig) -> dict[str, str]:
 
 
 def test_floor_then_better_then_worse(
-    config: RatchetConfig, tiny_classifiers: dict[str, Path], reports: Callable
+    config: RatchetConfig, tiny_classifiers: dict[str, Path], reports: Callable, tmp_path: Path
 ) -> None:
     good, shuffled = reports("good"), reports("shuffled")
     assert good.accuracy >= 0.95 and shuffled.accuracy <= 0.7
@@ -138,7 +138,7 @@ def test_floor_then_better_then_worse(
     assert "## Promotion decision\n\n**REJECTED**" in rejected.description
     assert "| accuracy |" in rejected.description and "champion" in rejected.description
     decision_file = tracking.download_run_artifact(
-        registry.evaluation_run_id(rejected), "gate/decision-v3.json"
+        registry.evaluation_run_id(rejected), "gate/decision-v3.json", tmp_path
     )
     assert json.loads(decision_file.read_text())["outcome"] == "rejected"
 

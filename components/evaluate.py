@@ -57,6 +57,8 @@ class TextClassifier:
         """Load ``model_dir`` for inference; the window never exceeds the position table."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        import components.modeling  # noqa: F401  (registers the mean-pooling classifier)
+
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
         limits = [int(tokenizer.model_max_length or 512), 512]

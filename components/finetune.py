@@ -104,8 +104,8 @@ def check_finetune_inputs(config: RatchetConfig, data: PreparedData, init_model:
     """Fail before any compute on settings or data that cannot train.
 
     Raises:
-        ConfigError: no or one class in ``data.labels``, a batch size below 1, or an init
-            model folder that does not exist.
+        ConfigError: no or one class in ``data.labels``, a batch size below 1, an init
+            model folder that does not exist, or mean pooling asked of a non-BERT model.
         TrainingError: empty splits, or label ids outside the class list.
     """
     if len(data.labels) < 2:
@@ -123,6 +123,12 @@ def check_finetune_inputs(config: RatchetConfig, data: PreparedData, init_model:
             f"model.base / init model {init_model!r} is not a Hugging Face model folder "
             "(missing or without config.json)"
         )
+    if config.model.pooling == "mean":
+        from components.modeling import mean_pooling_problem
+
+        problem = mean_pooling_problem(init_model)
+        if problem:
+            raise ConfigError(problem)
     for name in ("train", "validation"):
         frame = data.split(name)
         if frame.empty:
@@ -271,7 +277,9 @@ def run_finetuning(
     Raises:
         ConfigError / TrainingError: bad settings or data, before any compute.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from components.modeling import classifier_from_pretrained
 
     check_finetune_inputs(config, data, init_model)
     train_cfg = config.train
@@ -305,8 +313,9 @@ def run_finetuning(
         train_cfg.grad_accum_steps,
         train_cfg.max_steps,
     )
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model = classifier_from_pretrained(
         init_model,
+        config.model.pooling,
         num_labels=len(data.labels),
         id2label=dict(enumerate(data.labels)),
         label2id={name: index for index, name in enumerate(data.labels)},

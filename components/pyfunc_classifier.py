@@ -18,6 +18,11 @@ class TextClassifierModel(PythonModel):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        try:  # registers the mean-pooling classifier with the Auto classes
+            import components.modeling  # noqa: F401
+        except ImportError:  # outside Ratchet: the copy logged beside the model (code_paths)
+            import modeling  # type: ignore[import-not-found]  # noqa: F401
+
         folder = context.artifacts["hf_model"]
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()

@@ -79,6 +79,8 @@ def load_classifier(
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    import components.modeling  # noqa: F401  (registers the mean-pooling classifier)
+
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
     labels = [model.config.id2label[index] for index in range(model.config.num_labels)]

@@ -115,19 +115,27 @@ def prepared_split(count: int, seed: int = 0) -> pd.DataFrame:
 
 
 def train_tiny_classifier(
-    base_dir: Path, output_dir: Path, shuffle_labels: bool = False, steps: int = 40
+    base_dir: Path,
+    output_dir: Path,
+    shuffle_labels: bool = False,
+    steps: int = 40,
+    pooling: str = "cls",
 ) -> Path:
     """A tiny BERT sequence classifier trained with a few plain AdamW steps (about a second).
 
-    With ``shuffle_labels`` the labels are permuted first, which makes a worse model.
+    With ``shuffle_labels`` the labels are permuted first, which makes a worse model;
+    ``pooling="mean"`` builds Ratchet's mean-pooling head instead of BERT's [CLS] pooler.
     """
     import torch
-    from transformers import AutoTokenizer, BertForSequenceClassification
+    from transformers import AutoTokenizer
+
+    from components.modeling import classifier_from_pretrained
 
     torch.manual_seed(0)
     labels = ["negative", "positive"]
-    model = BertForSequenceClassification.from_pretrained(
+    model = classifier_from_pretrained(
         str(base_dir),
+        pooling,
         num_labels=2,
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
@@ -163,3 +171,11 @@ def tiny_classifiers(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFacto
         "good": train_tiny_classifier(tiny_bert_dir, root / "good"),
         "shuffled": train_tiny_classifier(tiny_bert_dir, root / "shuffled", shuffle_labels=True),
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_mean_classifier(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like ``tiny_classifiers["good"]``, with the mean-pooling head (``model.pooling: mean``)."""
+    return train_tiny_classifier(
+        tiny_bert_dir, tmp_path_factory.mktemp("tiny-mean") / "good", pooling="mean"
+    )

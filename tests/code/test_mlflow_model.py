@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -60,3 +62,50 @@ def test_logged_model_predicts_and_holds_no_pickles(
         "negative",
         "positive",
     ]
+
+
+# Loads a logged model in a process that cannot import Ratchet's ``components`` package,
+# as a reviewer's notebook or another service would.
+LOAD_WITHOUT_RATCHET = """
+import sys
+import importlib.abc
+
+
+class NoRatchet(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "components" or name.startswith("components."):
+            raise ImportError("Ratchet is not installed here")
+        return None
+
+
+sys.meta_path.insert(0, NoRatchet())
+sys.path = [p for p in sys.path if p not in ("", ".")]
+import mlflow
+import pandas as pd
+
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+texts = ["the movie was superb 1", "the plot was awful 2"]
+print(",".join(model.predict(pd.DataFrame({"text": texts}))["label"]))
+"""
+
+
+@pytest.mark.slow
+def test_mean_pooling_model_loads_without_ratchet(
+    tiny_mean_classifier: Path, state_dir: Path, tmp_path: Path
+) -> None:
+    uri = f"sqlite:///{state_dir / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run():
+        info = log_classifier_model(tiny_mean_classifier)
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_WITHOUT_RATCHET, encoding="utf-8")
+    loaded = subprocess.run(
+        [sys.executable, str(script), uri, info.model_uri],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.strip().splitlines()[-1] == "positive,negative"

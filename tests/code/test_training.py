@@ -239,6 +239,14 @@ def test_bad_configs_fail_before_compute(tmp_path: Path) -> None:
     data = PreparedData(frame(4), frame(2), frame(2), labels=["negative", "positive"])
     with pytest.raises(ConfigError, match="missing-model.*not a Hugging Face model folder"):
         run_finetuning(config, data, str(tmp_path / "missing-model"), tmp_path / "out")
+    not_a_bert = tmp_path / "distilbert"
+    not_a_bert.mkdir()
+    (not_a_bert / "config.json").write_text('{"model_type": "distilbert"}', encoding="utf-8")
+    mean = load_config(PROJECT_ROOT / "params.yaml", overrides=["model.pooling=mean"])
+    with pytest.raises(ConfigError, match="pooling: mean needs a BERT.*'distilbert' model"):
+        run_finetuning(mean, data, str(not_a_bert), tmp_path / "out")
+    with pytest.raises(ConfigError, match="'model.pooling': Input should be 'cls' or 'mean'"):
+        load_config(PROJECT_ROOT / "params.yaml", overrides=["model.pooling=max"])
     with pytest.raises(ConfigError, match="'train.batch_size': Input should be greater"):
         load_config(PROJECT_ROOT / "params.yaml", overrides=["train.batch_size=0"])
     missing_base = load_config(

@@ -103,6 +103,37 @@ def test_frozen_layers_keep_their_weights(tiny_bert_dir: Path, tmp_path: Path) -
         run_finetuning(too_many, sentiment_data(64), str(tiny_bert_dir), tmp_path / "other")
 
 
+def test_mean_pooling_head_fits_and_reloads_through_the_auto_classes(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    from components.evaluate import TextClassifier
+
+    config = tiny_settings(
+        tiny_bert_dir,
+        "model.pooling=mean",
+        "train.lr=3e-3",
+        "train.epochs=6",
+        "train.max_steps=null",
+        "train.eval_every_steps=16",
+    )
+    data = sentiment_data(128)
+    result = run_finetuning(config, data, str(tiny_bert_dir), tmp_path / "model")
+    assert result.metrics["val_accuracy"] >= 0.9
+    loaded = TextClassifier.load(result.model_dir)  # as evaluation and the MLflow model do
+    model = loaded.model
+    assert type(model).__name__ == "MeanPoolingBertForSequenceClassification"
+    assert not any("pooler" in name for name in model.state_dict())
+    batch = loaded.tokenizer(["a good film", "bad"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+        hidden = model.bert(**batch).last_hidden_state
+    # The head is the classifier over the mean of the non-padding token states.
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = model.classifier((hidden * mask).sum(1) / mask.sum(1))
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert loaded.labels == LABELS
+
+
 def test_time_based_checkpoints_are_written_on_the_wall_clock(
     tiny_bert_dir: Path, tmp_path: Path
 ) -> None:

@@ -75,3 +75,14 @@ def test_version_tags_split_into_lineage_and_metrics() -> None:
     assert tagged_metrics(tags) == {"accuracy": 0.91}
     assert key_metrics(metrics) == {"accuracy": 0.9, "eval_macro_f1": 0.8}
     assert store_name("Ratchet SST2/v2") == "ratchet-sst2-v2"
+
+
+def test_mean_pooling_model_serves_and_ignores_padding(tiny_mean_classifier: Path) -> None:
+    classifier = load_classifier(tiny_mean_classifier)
+    assert type(classifier.model).__name__ == "MeanPoolingBertForSequenceClassification"
+    texts = ["the movie was superb 1", "the plot was awful 2 and " + "long " * 30]
+    together = predict_texts(classifier, texts)  # the short text is padded in this batch
+    alone = [predict_texts(classifier, [text])[0] for text in texts]
+    assert [row["label"] for row in together] == ["positive", "negative"]
+    for batched, single in zip(together, alone, strict=True):
+        assert batched["score"] == pytest.approx(single["score"], abs=1e-5)

@@ -83,9 +83,10 @@ AutoModelForSequenceClassification.register(
 )
 
 
-def mean_pooling_problem(init_model: str) -> str | None:
-    """Why ``model.pooling: mean`` cannot start from ``init_model``, or None if it can."""
-    found = AutoConfig.from_pretrained(init_model).model_type
+def mean_pooling_problem(init_model: str, model_type: str | None = None) -> str | None:
+    """Why ``model.pooling: mean`` cannot start from ``init_model``, or None if it can
+    (``model_type``: the model's, when the caller has already read its config)."""
+    found = model_type or AutoConfig.from_pretrained(init_model).model_type
     if found in ("bert", MEAN_POOLING_MODEL_TYPE):
         return None
     return (
@@ -111,10 +112,10 @@ def classifier_from_pretrained(
         raise ValueError(f"model.pooling must be one of {POOLINGS}, got {pooling!r}")
     if pooling == "cls":
         return AutoModelForSequenceClassification.from_pretrained(init_model, **config_kwargs)
-    problem = mean_pooling_problem(init_model)
+    settings = AutoConfig.from_pretrained(init_model).to_dict()
+    # The class's own model_type routes the Auto classes; the base's only gates the head.
+    problem = mean_pooling_problem(init_model, settings.pop("model_type", None))
     if problem:
         raise ValueError(problem)
-    settings = AutoConfig.from_pretrained(init_model).to_dict()
-    settings.pop("model_type", None)  # the class's own model_type routes the Auto classes
     config = MeanPoolingBertConfig.from_dict(settings, **config_kwargs)
     return MeanPoolingBertForSequenceClassification.from_pretrained(init_model, config=config)

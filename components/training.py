@@ -765,12 +765,21 @@ def clear_checkpoints(checkpoint_dir: Path) -> None:
         shutil.rmtree(found, ignore_errors=True)
 
 
+# When checkpoints are written does not change what a run computes: a crashed run still
+# resumes after these were changed (say, to checkpoint less often).
+CADENCE_KEYS = ("checkpoint_every_steps", "checkpoint_every_minutes")
+
+
 def run_key(config: Any, paths: Any) -> str:
     """Checkpoint folder key: the config sections and prepared data a run depends on.
     A changed setting or data set starts fresh instead of resuming a different run."""
     manifest = paths.prepared_dir / "manifest.json"
     data_stamp = manifest.read_bytes() if manifest.is_file() else b""
-    digest = hashlib.sha256(config.section_hash("data", "model", "pretrain", "train").encode())
+    dumped = config.model_dump(mode="json")
+    sections = {name: dumped[name] for name in ("data", "model", "pretrain", "train")}
+    for key in CADENCE_KEYS:
+        sections["train"].pop(key, None)
+    digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode())
     digest.update(data_stamp)
     return digest.hexdigest()[:12]
 

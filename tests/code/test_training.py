@@ -23,6 +23,7 @@ from components.pretrain import (
     read_corpus,
     run_pretraining,
 )
+from components.state import ProjectPaths
 from components.training import (
     CheckpointSchedule,
     CheckpointWriter,
@@ -178,6 +179,24 @@ def test_checkpoint_schedule_by_steps_by_time_or_whichever_comes_first() -> None
     assert due_steps(CheckpointSchedule(4, 1.5, clock=clock), clock, 25) == [4, 8]
     assert due_steps(CheckpointSchedule(100, 1.0, clock=clock), clock, 25) == [3, 6, 9]
     assert due_steps(CheckpointSchedule(None, None, clock=clock), clock, 600) == []
+
+
+def test_run_key_ignores_checkpoint_cadence_but_not_what_the_run_computes(
+    tmp_path: Path,
+) -> None:
+    paths = ProjectPaths(project_root=tmp_path, state_dir=tmp_path / "state")
+
+    def key(*overrides: str) -> str:
+        config = load_config(PROJECT_ROOT / "params.yaml", overrides=list(overrides))
+        return training.run_key(config, paths)
+
+    base = key()
+    assert key("train.checkpoint_every_minutes=30", "train.checkpoint_every_steps=7") == base
+    assert key("train.lr=1e-3") != base
+    assert key("model.pooling=mean") != base
+    paths.prepared_dir.mkdir(parents=True)
+    (paths.prepared_dir / "manifest.json").write_text('{"rows": 1}', encoding="utf-8")
+    assert key() != base  # other prepared data: a different run
 
 
 def test_failed_background_checkpoint_is_raised_on_the_next_wait(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -67,8 +68,18 @@ def main() -> None:
     finetune.run_loop = loop_saving_weights  # type: ignore[assignment]
 
     def maybe_kill(step: int, metrics: dict[str, float]) -> None:
-        if step == args.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if step != args.kill_at:
+            return
+        # Checkpoints land on a background thread. Wait (bounded) for the last one submitted
+        # before this step, so the test knows which checkpoint the resumed run starts from;
+        # the loop submits step N's checkpoint after this callback, hence step - 1.
+        every = config.train.checkpoint_every_steps
+        if every and step > every:
+            last = args.checkpoint_dir / f"step-{(step - 1) // every * every:08d}"
+            deadline = time.monotonic() + 60
+            while not last.is_dir() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     finetune.run_finetuning(
         config,

@@ -265,10 +265,16 @@ class RatchetConfig(Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
-    def section_hash(self, *sections: str) -> str:
-        """Short stable hash of the named sections (all when none), for cache keys."""
+    def section_hash(
+        self, *sections: str, leave_out: dict[str, Sequence[str]] | None = None
+    ) -> str:
+        """Short stable hash of the named sections (all when none), for cache keys;
+        ``leave_out`` maps a section to keys of it that do not count."""
         dumped = self.model_dump(mode="json")
         chosen = {name: dumped[name] for name in sections} if sections else dumped
+        for section, keys in (leave_out or {}).items():
+            for key in keys:
+                chosen[section].pop(key, None)
         payload = json.dumps(chosen, sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()[:16]
 

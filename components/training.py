@@ -775,11 +775,10 @@ def run_key(config: Any, paths: Any) -> str:
     A changed setting or data set starts fresh instead of resuming a different run."""
     manifest = paths.prepared_dir / "manifest.json"
     data_stamp = manifest.read_bytes() if manifest.is_file() else b""
-    dumped = config.model_dump(mode="json")
-    sections = {name: dumped[name] for name in ("data", "model", "pretrain", "train")}
-    for key in CADENCE_KEYS:
-        sections["train"].pop(key, None)
-    digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode())
+    sections = config.section_hash(
+        "data", "model", "pretrain", "train", leave_out={"train": CADENCE_KEYS}
+    )
+    digest = hashlib.sha256(sections.encode())
     digest.update(data_stamp)
     return digest.hexdigest()[:12]
 

@@ -154,6 +154,13 @@ class TrainConfig(Section):
     lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_fraction: float = Field(0.06, ge=0, lt=1, description="Share of steps warming up.")
+    layer_lr_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Layer-wise learning-rate decay: the head trains at train.lr, encoder "
+        "block i of L at lr * d**(L - i), the embeddings at lr * d**(L + 1). 1 disables it.",
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     eval_every_steps: int = Field(200, ge=1, description="Validation interval in steps.")
     early_stopping_patience: int | None = Field(

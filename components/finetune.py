@@ -140,9 +140,10 @@ def check_finetune_inputs(config: RatchetConfig, data: PreparedData, init_model:
             )
 
 
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
+def encoder_layers(model: nn.Module, setting: str = "train.freeze_layers") -> nn.ModuleList:
     """The stack of transformer blocks of a Hugging Face encoder (BERT, RoBERTa, DistilBERT,
-    ELECTRA, ...), found by the attribute names those architectures use."""
+    ELECTRA, ...), found by the attribute names those architectures use; ``setting`` is
+    the option named in the error when there is none."""
     base = getattr(model, "base_model", model)
     for path in ("encoder.layer", "transformer.layer", "layers", "layer"):
         found: Any = base
@@ -151,9 +152,40 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
         if isinstance(found, nn.ModuleList):
             return found
     raise ConfigError(
-        f"train.freeze_layers: cannot find the encoder layers of {type(model).__name__}; "
-        "set train.freeze_layers to 0"
+        f"{setting}: cannot find the encoder layers of {type(model).__name__}; "
+        f"leave {setting} at its default"
     )
+
+
+def embedding_modules(model: nn.Module) -> list[nn.Module]:
+    """The token (and position/type) embedding modules below the encoder blocks."""
+    modules: list[nn.Module] = [model.get_input_embeddings()]  # type: ignore[operator]
+    base = getattr(model, "base_model", model)
+    for name in ("embeddings", "embed_positions"):
+        module = getattr(base, name, None)
+        if isinstance(module, nn.Module):
+            modules.append(module)
+    return modules
+
+
+def layerwise_lr_scales(model: nn.Module, decay: float) -> dict[str, float]:
+    """Learning-rate multipliers by parameter name for layer-wise decay.
+
+    Everything above the encoder (pooler, classifier) keeps the full rate; block ``i`` of
+    ``L`` gets ``decay ** (L - i)`` and the embeddings ``decay ** (L + 1)``. The lower
+    layers hold general features that a task's labels should move less than the top.
+    """
+    blocks = encoder_layers(model, "train.layer_lr_decay")
+    depth: dict[int, int] = {}
+    for module in embedding_modules(model):
+        depth.update((id(parameter), 0) for parameter in module.parameters())
+    for index, block in enumerate(blocks):
+        depth.update((id(parameter), index + 1) for parameter in block.parameters())
+    top = len(blocks) + 1
+    return {
+        name: decay ** (top - depth.get(id(parameter), top))
+        for name, parameter in model.named_parameters()
+    }
 
 
 def freeze_lower_weights(model: nn.Module, embeddings: bool, layers: int) -> int:
@@ -163,12 +195,8 @@ def freeze_lower_weights(model: nn.Module, embeddings: bool, layers: int) -> int
         The number of weights left trainable.
     """
     if embeddings or layers:
-        model.get_input_embeddings().requires_grad_(False)  # type: ignore[operator]
-        base = getattr(model, "base_model", model)
-        for name in ("embeddings", "embed_positions"):
-            module = getattr(base, name, None)
-            if isinstance(module, nn.Module):
-                module.requires_grad_(False)
+        for module in embedding_modules(model):
+            module.requires_grad_(False)
     if layers:
         stack = encoder_layers(model)
         if layers >= len(stack):
@@ -322,6 +350,11 @@ def run_finetuning(
     )
     trainable = freeze_lower_weights(model, train_cfg.freeze_embeddings, train_cfg.freeze_layers)
     logger.info("fine-tuning %d of %d weights", trainable, model.num_parameters())
+    lr_scales = (
+        layerwise_lr_scales(model, train_cfg.layer_lr_decay)
+        if train_cfg.layer_lr_decay < 1
+        else None
+    )
     if context.enabled:
         # Same init everywhere (DDP also broadcasts rank 0's), different dropout per rank.
         torch.manual_seed(train_cfg.seed + context.rank)
@@ -362,6 +395,7 @@ def run_finetuning(
         checkpoint_dir=checkpoint_dir,
         on_metrics=on_metrics,
         context=context,
+        lr_scales=lr_scales,
     )
     # The model now holds the best evaluated weights; their scores need no second pass.
     final_scores = outcome.state.best_scores or evaluate(model)

@@ -23,7 +23,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -249,21 +249,36 @@ def linear_lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, device: torch.device
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    device: torch.device,
+    lr_scales: Mapping[str, float] | None = None,
 ) -> torch.optim.AdamW:
     """AdamW without decay on biases and LayerNorm weights (BERT recipe); fused kernel
-    where torch has one for the device."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    where torch has one for the device.
+
+    ``lr_scales`` multiplies the learning rate per parameter name (1 where absent), e.g.
+    layer-wise decay. Groups are ordered by falling rate, decayed before not decayed, so
+    the order (which a resumed optimiser state relies on) is fixed and group 0 carries
+    the peak rate.
+    """
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        (no_decay if parameter.ndim < 2 or "LayerNorm" in name else decay).append(parameter)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=lr, fused=device.type in ("cuda", "cpu"))
+        no_decay = parameter.ndim < 2 or "LayerNorm" in name
+        scale = lr_scales.get(name, 1.0) if lr_scales is not None else 1.0
+        groups.setdefault((scale, 0.0 if no_decay else weight_decay), []).append(parameter)
+    ordered = sorted(groups.items(), key=lambda item: (-item[0][0], -item[0][1]))
+    return torch.optim.AdamW(
+        [
+            {"params": params, "lr": lr * scale, "weight_decay": decay}
+            for (scale, decay), params in ordered
+        ],
+        lr=lr,
+        fused=device.type in ("cuda", "cpu"),
+    )
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -537,6 +552,7 @@ def run_loop(
     checkpoint_dir: Path | None = None,
     on_metrics: MetricsCallback | None = None,
     context: DistributedContext | None = None,
+    lr_scales: Mapping[str, float] | None = None,
 ) -> LoopResult:
     """Train ``model`` in place; resume from ``checkpoint_dir`` when it holds a checkpoint.
 
@@ -551,6 +567,7 @@ def run_loop(
         checkpoint_dir: where atomic checkpoints go; None disables checkpointing.
         on_metrics: per-step metrics callback (see ``MetricsCallback``); main rank only.
         context: the distributed context; None means a single process.
+        lr_scales: learning-rate multipliers by parameter name (see ``build_optimizer``).
 
     Returns:
         The final loop state and summary metrics; ``model`` holds the best evaluated
@@ -560,7 +577,7 @@ def run_loop(
     device = choose_device(context)
     precision = choose_precision(settings.precision, device)
     model.to(device)
-    optimizer = build_optimizer(model, settings.lr, settings.weight_decay, device)
+    optimizer = build_optimizer(model, settings.lr, settings.weight_decay, device, lr_scales)
     warmup = int(settings.warmup_fraction * settings.total_steps)
     scheduler = linear_schedule(optimizer, warmup, settings.total_steps)
     state, best_weights = TrainState(), None

@@ -50,9 +50,13 @@ def test_wrong_type_is_rejected_by_name() -> None:
         load_config(PARAMS, overrides=["train.lr=abc"])
 
 
-def test_out_of_range_value_is_rejected_by_name() -> None:
-    with pytest.raises(ConfigError, match=r"'train\.batch_size'"):
-        load_config(PARAMS, overrides=["train.batch_size=0"])
+@pytest.mark.parametrize(
+    "override", ["train.batch_size=0", "train.layer_lr_decay=0", "train.layer_lr_decay=1.5"]
+)
+def test_out_of_range_value_is_rejected_by_name(override: str) -> None:
+    key = override.split("=")[0].replace(".", r"\.")
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config(PARAMS, overrides=[override])
 
 
 def test_unknown_section_in_profile_file_is_rejected(tmp_path: Path) -> None:

@@ -14,7 +14,13 @@ from safetensors.torch import load_file
 
 from components.config import RatchetConfig, load_config
 from components.errors import ConfigError
-from components.finetune import encode_texts, evaluate_accuracy, run_finetuning
+from components.finetune import (
+    encode_texts,
+    evaluate_accuracy,
+    layerwise_lr_scales,
+    run_finetuning,
+)
+from components.training import build_optimizer
 from tests.conftest import PROJECT_ROOT
 from tests.model.train_worker import LABELS, sentiment_data
 
@@ -101,6 +107,51 @@ def test_frozen_layers_keep_their_weights(tiny_bert_dir: Path, tmp_path: Path) -
     too_many = tiny_settings(tiny_bert_dir, f"train.freeze_layers={layers}")
     with pytest.raises(ConfigError, match=f"freeze_layers is {layers}, but the model has only"):
         run_finetuning(too_many, sentiment_data(64), str(tiny_bert_dir), tmp_path / "other")
+
+
+def test_layerwise_lr_decay_sets_a_rate_per_depth(tiny_bert_dir: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
+    top = model.config.num_hidden_layers  # the head sits above the last of these blocks
+    scales = layerwise_lr_scales(model, 0.5)
+    assert scales["classifier.weight"] == scales["bert.pooler.dense.weight"] == 1.0
+    assert scales[f"bert.encoder.layer.{top - 1}.output.dense.weight"] == 0.5
+    assert scales["bert.encoder.layer.0.attention.self.query.bias"] == 0.5**top
+    assert scales["bert.embeddings.word_embeddings.weight"] == 0.5 ** (top + 1)
+    assert scales["bert.embeddings.LayerNorm.weight"] == 0.5 ** (top + 1)
+
+    optimizer = build_optimizer(model, 1e-3, 0.01, torch.device("cpu"), scales)
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    grouped = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(grouped) == sorted(names.values())  # every weight, once
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            name = names[id(parameter)]
+            assert group["lr"] == pytest.approx(1e-3 * scales[name]), name
+            assert group["weight_decay"] == (0.0 if parameter.ndim < 2 else 0.01), name
+    assert optimizer.param_groups[0]["lr"] == 1e-3  # the logged rate is the head's
+    plain = build_optimizer(model, 1e-3, 0.01, torch.device("cpu"))
+    assert [(g["lr"], g["weight_decay"]) for g in plain.param_groups] == [(1e-3, 0.01), (1e-3, 0.0)]
+
+
+def test_layerwise_lr_decay_slows_the_lower_layers(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    before = load_file(tiny_bert_dir / "model.safetensors")
+
+    def change(decay: float, layer: int) -> float:
+        config = tiny_settings(tiny_bert_dir, "train.max_steps=4", f"train.layer_lr_decay={decay}")
+        out = tmp_path / f"decay-{decay}"
+        after = load_file(
+            run_finetuning(config, sentiment_data(64), str(tiny_bert_dir), out).model_dir
+            / "model.safetensors"
+        )
+        suffix = f"encoder.layer.{layer}.attention.self.query.weight"
+        key = next(k for k in before if k.endswith(suffix))
+        return float((after[key] - before[key]).abs().mean())
+
+    # Adam steps are about lr in size, so the lowest block of two moves ~decay times as far.
+    assert change(0.01, 0) < 0.05 * change(0.01, 1)
+    assert change(1.0, 0) > 0.2 * change(1.0, 1)
 
 
 def test_mean_pooling_head_fits_and_reloads_through_the_auto_classes(

@@ -263,18 +263,18 @@ def build_optimizer(
     the order (which a resumed optimiser state relies on) is fixed and group 0 carries
     the peak rate.
     """
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         no_decay = parameter.ndim < 2 or "LayerNorm" in name
         scale = lr_scales.get(name, 1.0) if lr_scales is not None else 1.0
-        groups.setdefault((scale, 0.0 if no_decay else weight_decay), []).append(parameter)
-    ordered = sorted(groups.items(), key=lambda item: (-item[0][0], -item[0][1]))
+        groups.setdefault((scale, no_decay), []).append(parameter)
+    ordered = sorted(groups.items(), key=lambda item: (-item[0][0], item[0][1]))
     return torch.optim.AdamW(
         [
-            {"params": params, "lr": lr * scale, "weight_decay": decay}
-            for (scale, decay), params in ordered
+            {"params": params, "lr": lr * scale, "weight_decay": 0.0 if no_decay else weight_decay}
+            for (scale, no_decay), params in ordered
         ],
         lr=lr,
         fused=device.type in ("cuda", "cpu"),

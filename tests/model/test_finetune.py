@@ -133,6 +133,8 @@ def test_layerwise_lr_decay_sets_a_rate_per_depth(tiny_bert_dir: Path) -> None:
     assert optimizer.param_groups[0]["lr"] == 1e-3  # the logged rate is the head's
     plain = build_optimizer(model, 1e-3, 0.01, torch.device("cpu"))
     assert [(g["lr"], g["weight_decay"]) for g in plain.param_groups] == [(1e-3, 0.01), (1e-3, 0.0)]
+    # Same two groups without weight decay, so saved optimiser states keep their layout.
+    assert len(build_optimizer(model, 1e-3, 0.0, torch.device("cpu")).param_groups) == 2
 
 
 def test_layerwise_lr_decay_slows_the_lower_layers(tiny_bert_dir: Path, tmp_path: Path) -> None:

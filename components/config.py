@@ -166,6 +166,13 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(
         3, ge=1, description="Stop after this many evaluations without improvement."
     )
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="Which weights the run saves: best = those of the evaluation with the "
+        "highest validation accuracy; last = those of the final step (after early stopping, "
+        "the step it stopped at). Choose last when the validation split is unlike the data "
+        "that matters, e.g. SST-2's phrases against its sentence-level dev set.",
+    )
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="Checkpoint every N optimiser steps; null: by time only."
     )

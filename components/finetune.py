@@ -6,8 +6,9 @@ Hugging Face folder (safetensors + tokenizer) whose config carries ``id2label``.
 
 The loop itself lives in :mod:`components.training`: length-grouped batches with dynamic
 padding, gradient accumulation, linear warm-up/decay, AdamW with weight decay, clipping,
-early stopping on validation accuracy (the best weights are kept), bf16 autocast where it
-pays, and atomic checkpoints that resume exactly after a kill.
+early stopping on validation accuracy (``train.keep`` saves the best-validated weights or
+the last), bf16 autocast where it pays, and atomic checkpoints that resume exactly after a
+kill.
 """
 
 from __future__ import annotations
@@ -300,7 +301,7 @@ def run_finetuning(
             val_accuracy/val_loss when evaluated).
 
     Returns:
-        The output folder and metrics (validation accuracy of the saved, best weights).
+        The output folder and metrics (validation accuracy of the saved weights).
 
     Raises:
         ConfigError / TrainingError: bad settings or data, before any compute.
@@ -367,6 +368,7 @@ def run_finetuning(
         grad_accum_steps=train_cfg.grad_accum_steps,
         eval_every_steps=train_cfg.eval_every_steps,
         early_stopping_patience=train_cfg.early_stopping_patience,
+        keep=train_cfg.keep,
         checkpoint_every_steps=train_cfg.checkpoint_every_steps,
         checkpoint_every_minutes=train_cfg.checkpoint_every_minutes,
         seed=train_cfg.seed,
@@ -397,8 +399,12 @@ def run_finetuning(
         context=context,
         lr_scales=lr_scales,
     )
-    # The model now holds the best evaluated weights; their scores need no second pass.
-    final_scores = outcome.state.best_scores or evaluate(model)
+    # The model holds the weights ``keep`` chose, last evaluated at the best step or the
+    # last one; their scores need no second pass.
+    kept_scores = (
+        outcome.state.best_scores if settings.keep == "best" else outcome.state.last_scores
+    )
+    final_scores = kept_scores or evaluate(model)
     metrics = {
         **outcome.metrics,
         **final_scores,

@@ -293,6 +293,7 @@ class TrainState:
     best_metric: float | None = None
     best_step: int = 0
     best_scores: dict[str, float] = field(default_factory=dict)
+    last_scores: dict[str, float] = field(default_factory=dict)
     evals_without_improvement: int = 0
     stopped_early: bool = False
     loss_sum: float = 0.0
@@ -496,6 +497,7 @@ class LoopSettings:
     grad_accum_steps: int = 1
     eval_every_steps: int | None = None
     early_stopping_patience: int | None = None
+    keep: Literal["best", "last"] = "best"
     checkpoint_every_steps: int | None = None
     checkpoint_every_minutes: float | None = None
     seed: int = 42
@@ -506,7 +508,7 @@ class LoopSettings:
 
 @dataclass
 class LoopResult:
-    """What a finished loop hands back (the model holds the best weights)."""
+    """What a finished loop hands back (the model holds the weights ``keep`` chose)."""
 
     state: TrainState
     metrics: dict[str, float] = field(default_factory=dict)
@@ -562,8 +564,8 @@ def run_loop(
         settings: steps, optimiser, schedule, clipping, eval/checkpoint cadence.
         evaluate: scores the model on validation data; higher ``metric_name`` is better.
             It must not draw random numbers (run the model in eval mode).
-        metric_name: the key of ``evaluate``'s result used for early stopping and the best
-            model.
+        metric_name: the key of ``evaluate``'s result used for early stopping and, with
+            ``settings.keep == "best"``, for choosing the weights the run ends with.
         checkpoint_dir: where atomic checkpoints go; None disables checkpointing.
         on_metrics: per-step metrics callback (see ``MetricsCallback``); main rank only.
         context: the distributed context; None means a single process.
@@ -571,7 +573,8 @@ def run_loop(
 
     Returns:
         The final loop state and summary metrics; ``model`` holds the best evaluated
-        weights (the last ones when there is no evaluation).
+        weights with ``keep="best"`` (the last ones when there is no evaluation), and the
+        last step's with ``keep="last"``.
     """
     context = context or DistributedContext()
     device = choose_device(context)
@@ -659,8 +662,10 @@ def run_loop(
                 scores = evaluate(model)
                 model.train()
                 step_metrics.update(scores)
-                new_best = track_best(model, state, scores, metric_name, settings)
-                best_weights = new_best if new_best is not None else best_weights
+                state.last_scores = dict(scores)
+                improved = track_best(state, scores, metric_name, settings)
+                if improved and settings.keep == "best":
+                    best_weights = detached_copy(model.state_dict())
             orchestration_start = time.perf_counter()
             if on_metrics is not None and context.is_main:
                 on_metrics(state.step, dict(step_metrics))
@@ -708,28 +713,27 @@ def run_loop(
 
 
 def track_best(
-    model: nn.Module,
     state: TrainState,
     scores: dict[str, float],
     metric_name: str,
     settings: LoopSettings,
-) -> dict[str, torch.Tensor] | None:
+) -> bool:
     """Update the best scores and early-stopping counters from one evaluation.
 
     Returns:
-        A CPU copy of the weights when ``scores[metric_name]`` is a new best, else None.
+        Whether ``scores[metric_name]`` is a new best.
     """
     value = scores[metric_name]
     if state.best_metric is None or value > state.best_metric:
         state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
         state.best_scores = dict(scores)
-        return detached_copy(model.state_dict())
+        return True
     state.evals_without_improvement += 1
     patience = settings.early_stopping_patience
     if patience is not None and state.evals_without_improvement >= patience:
         state.stopped_early = True
         logger.info("early stopping at step %d (best at step %d)", state.step, state.best_step)
-    return None
+    return False
 
 
 def train_step(

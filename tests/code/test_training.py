@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ from components.training import (
     CheckpointSchedule,
     CheckpointWriter,
     DistributedContext,
+    LoopSettings,
     TrainState,
     checkpoint_payload,
     choose_precision,
@@ -36,6 +38,7 @@ from components.training import (
     list_checkpoints,
     load_latest_checkpoint,
     pad_batch,
+    run_loop,
     save_checkpoint,
 )
 from tests.conftest import PROJECT_ROOT
@@ -274,3 +277,66 @@ def test_bad_configs_fail_before_compute(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.base .* does not exist"):
         run_pretraining(missing_base, ["a text", "another text"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+class LinearRegression(torch.nn.Module):
+    """The smallest model with the Hugging Face contract the loop relies on (``.loss``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 1)
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor) -> SimpleNamespace:
+        predictions = self.linear(features).squeeze(-1)
+        return SimpleNamespace(loss=torch.nn.functional.mse_loss(predictions, targets))
+
+
+class TwoBatches:
+    features = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    targets = features @ torch.tensor([1.5, -2.0]) + 0.5
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        return [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+    def collate(self, indices: list[int], step: int) -> dict[str, torch.Tensor]:
+        return {"features": self.features[indices], "targets": self.targets[indices]}
+
+
+@pytest.mark.parametrize(
+    ("keep", "patience", "kept_eval", "steps"),
+    [
+        ("best", None, 0, 5),  # the first evaluation scored highest
+        ("last", None, 4, 5),
+        ("last", 2, 2, 3),  # stopped early at step 3: those weights, not step 1's
+    ],
+)
+def test_keep_chooses_the_best_validated_or_the_last_weights(
+    keep: str, patience: int | None, kept_eval: int, steps: int
+) -> None:
+    scripted = iter([0.9, 0.5, 0.6, 0.7, 0.8])  # validation scores of evaluations 0..4
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {"val_score": next(scripted)}
+
+    torch.manual_seed(0)
+    model = LinearRegression()
+    settings = LoopSettings(
+        total_steps=5,
+        lr=0.1,
+        weight_decay=0.0,
+        warmup_fraction=0.0,
+        eval_every_steps=1,
+        early_stopping_patience=patience,
+        keep=keep,  # type: ignore[arg-type]
+        checkpoint_every_minutes=None,
+    )
+    outcome = run_loop(model, TwoBatches(), settings, evaluate=evaluate, metric_name="val_score")
+
+    assert outcome.state.step == steps and len(snapshots) == steps
+    assert not torch.equal(snapshots[0]["linear.weight"], snapshots[-1]["linear.weight"])
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, snapshots[kept_eval][name]), name
+    assert outcome.state.best_step == 1 and outcome.state.best_scores == {"val_score": 0.9}
+    assert outcome.state.last_scores == {"val_score": [0.9, 0.5, 0.6, 0.7, 0.8][steps - 1]}

@@ -137,6 +137,43 @@ def test_layerwise_lr_decay_sets_a_rate_per_depth(tiny_bert_dir: Path) -> None:
     assert len(build_optimizer(model, 1e-3, 0.0, torch.device("cpu")).param_groups) == 2
 
 
+def test_keep_last_saves_and_reports_the_final_steps_weights(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    config = tiny_settings(
+        tiny_bert_dir,
+        "train.max_steps=8",
+        "train.eval_every_steps=2",
+        "train.early_stopping_patience=null",
+        "train.keep=last",
+    )
+    data = sentiment_data(128)
+    evaluations: list[dict[str, float]] = []
+    result = run_finetuning(
+        config,
+        data,
+        str(tiny_bert_dir),
+        tmp_path / "model",
+        on_metrics=lambda step, metrics: evaluations.extend(
+            [{**metrics, "step": step}] if "val_loss" in metrics else []
+        ),
+    )
+    assert [e["step"] for e in evaluations] == [2, 4, 6, 8]
+    # Validation loss moves at every step, so the last evaluation's differs from the
+    # best-accuracy one's (ties keep the earliest), which "best" would have saved.
+    assert result.metrics["best_step"] < 8
+    assert evaluations[-1]["val_loss"] != pytest.approx(evaluations[0]["val_loss"])
+    assert result.metrics["val_loss"] == evaluations[-1]["val_loss"]
+    assert result.metrics["val_accuracy"] == evaluations[-1]["val_accuracy"]
+    model = AutoModelForSequenceClassification.from_pretrained(result.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
+    val_ids = encode_texts(tokenizer, data.validation["text"].tolist(), 32)
+    rescored = evaluate_accuracy(model, val_ids, data.validation["label"].tolist(), 64, 0)
+    assert rescored["val_loss"] == pytest.approx(evaluations[-1]["val_loss"], rel=1e-5)
+
+
 def test_layerwise_lr_decay_slows_the_lower_layers(tiny_bert_dir: Path, tmp_path: Path) -> None:
     before = load_file(tiny_bert_dir / "model.safetensors")
 

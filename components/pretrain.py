@@ -324,6 +324,38 @@ def build_mlm_model(config: RatchetConfig, base: str, vocab_size: int) -> nn.Mod
     return model
 
 
+def restore_base_parts(model: nn.Module, base: str) -> list[str]:
+    """Put back the parts of ``base`` that the MLM model was built without, so that the
+    pretraining output carries every weight the base had.
+
+    ``BertForMaskedLM`` (like RoBERTa's) builds its encoder without the pooler, so a
+    fine-tune from the pretraining output would start BERT's [CLS] head from random
+    weights where a fine-tune from the base starts from the base's. Parts the base's
+    checkpoint does not hold (newly initialised on load) are not put back.
+
+    Returns:
+        The names of the parts put back (e.g. ``["pooler"]``).
+    """
+    from transformers import AutoModel
+
+    encoder = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if not isinstance(encoder, nn.Module):
+        return []
+    bare, loading = AutoModel.from_pretrained(base, output_loading_info=True)
+    newly_initialised = set(loading.get("missing_keys", ()))
+    restored = []
+    for name, part in bare.named_children():
+        weights = [f"{name}.{key}" for key in part.state_dict()]
+        if getattr(encoder, name, None) is not None or not weights:
+            continue
+        if any(key in newly_initialised for key in weights):
+            continue
+        device = next(encoder.parameters()).device
+        setattr(encoder, name, part.to(device))
+        restored.append(name)
+    return restored
+
+
 def run_pretraining(
     config: RatchetConfig,
     texts: Sequence[str],
@@ -406,6 +438,10 @@ def run_pretraining(
     )
     perplexity_after = masked_lm_perplexity(model, held_out, settings.batch_size, precision)
     if context.is_main:
+        if not settings.from_scratch:
+            restored = restore_base_parts(model, base)
+            if restored:
+                logger.info("kept the base model's %s in the output", ", ".join(restored))
         save_model_atomically(model, tokenizer, output_dir)
         if checkpoint_dir is not None:
             clear_checkpoints(checkpoint_dir)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from components.config import RatchetConfig, load_config
 from components.errors import ConfigError
@@ -48,6 +49,34 @@ def test_masked_lm_loss_drops_and_output_feeds_fine_tuning(
     assert (result.model_dir / "model.safetensors").is_file()
     classifier = AutoModelForSequenceClassification.from_pretrained(result.model_dir, num_labels=2)
     assert classifier.config.hidden_size == 32
+
+
+def test_output_keeps_the_base_pooler_that_the_mlm_model_leaves_out(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel
+
+    # A base saved as a bare encoder with a pooler, as sentence-transformers models are.
+    base = tmp_path / "base"
+    BertModel.from_pretrained(tiny_bert_dir).save_pretrained(base)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(base)
+    base_pooler = load_file(base / "model.safetensors")["pooler.dense.weight"]
+    texts = make_sentiment_rows(80, seed=3)["sentence"].tolist()
+
+    def pretrain(base_dir: Path, name: str) -> dict[str, torch.Tensor]:
+        config = tiny_settings(base_dir, "pretrain.max_steps=2")
+        result = run_pretraining(config, texts, tmp_path / name)
+        return load_file(result.model_dir / "model.safetensors")
+
+    saved = pretrain(base, "from-encoder")
+    assert torch.equal(saved["bert.pooler.dense.weight"], base_pooler)
+    classifier = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "from-encoder", num_labels=2
+    )
+    assert torch.equal(classifier.bert.pooler.dense.weight, base_pooler)
+    # A base without a pooler (saved from an MLM model) gets none made up.
+    assert not [key for key in pretrain(tiny_bert_dir, "from-mlm") if "pooler" in key]
 
 
 @pytest.mark.slow

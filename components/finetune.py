@@ -412,6 +412,10 @@ def run_finetuning(
         "val_examples": float(len(val_encoded)),
     }
     if context.is_main:
+        # Whatever loads the folder (evaluation, the gate's re-score, the MLflow model, the
+        # Bento) reads its token window from the tokenizer: make it the trained one, so
+        # serving truncates long texts where training and the gate did.
+        tokenizer.model_max_length = config.model.max_length
         save_model_atomically(model, tokenizer, output_dir)
         if checkpoint_dir is not None:
             clear_checkpoints(checkpoint_dir)

@@ -72,6 +72,8 @@ def test_fits_a_separable_data_set(tiny_bert_dir: Path, tmp_path: Path) -> None:
     assert result.metrics["val_accuracy"] >= 0.9
     assert model.config.id2label == dict(enumerate(LABELS))
     assert (result.model_dir / "model.safetensors").is_file()
+    # Loaders take the token window from the saved tokenizer: the trained one (smoke: 32).
+    assert tokenizer.model_max_length == config.model.max_length == 32
     assert {"loss", "lr", "grad_norm", "samples_per_second"} <= set(steps[0])
     assert "val_accuracy" in steps[15]
     assert steps[-1]["loss"] < steps[0]["loss"]

@@ -86,3 +86,22 @@ def test_mean_pooling_model_serves_and_ignores_padding(tiny_mean_classifier: Pat
     assert [row["label"] for row in together] == ["positive", "negative"]
     for batched, single in zip(together, alone, strict=True):
         assert batched["score"] == pytest.approx(single["score"], abs=1e-5)
+
+
+def test_window_comes_from_the_saved_tokenizer(tiny_classifier_dir: Path, tmp_path: Path) -> None:
+    """Fine-tuning saves its token window in the tokenizer; serving must truncate there."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "trained-at-16"
+    shutil.copytree(tiny_classifier_dir, folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.model_max_length = 16
+    tokenizer.save_pretrained(folder)
+
+    classifier = load_classifier(folder)
+    rows = predict_texts(classifier, ["word " * 10, "word " * 20])
+    assert classifier.max_length == 16
+    assert [row["truncated"] for row in rows] == [False, True]
+    assert load_classifier(folder, max_length=8).max_length == 8  # an explicit cap still wins

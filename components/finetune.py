@@ -251,16 +251,17 @@ def evaluate_accuracy(
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))[
         context.rank :: context.world_size
     ]
-    totals = torch.zeros(3, dtype=torch.float64)  # correct, loss sum, count
+    correct, loss_sum = 0.0, 0.0
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in pad_batch([encoded[i] for i in chunk], pad_id).items()}
         targets = torch.tensor([labels[i] for i in chunk], device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(**batch).logits.float()
-        totals[0] += (logits.argmax(-1) == targets).sum().item()
-        totals[1] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-        totals[2] += len(chunk)
+        correct += (logits.argmax(-1) == targets).sum().item()
+        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+    # On the model's device: NCCL reduces only CUDA tensors, gloo CPU ones.
+    totals = torch.tensor([correct, loss_sum, len(order)], dtype=torch.float64, device=device)
     if context.enabled:
         import torch.distributed as dist
 
@@ -425,7 +426,12 @@ def run_finetuning(
         final_scores["val_accuracy"],
         metrics["train_samples_per_second"],
     )
-    info = {"device": outcome.device, "precision": outcome.precision, "init_model": init_model}
+    info = {
+        "device": outcome.device,
+        "precision": outcome.precision,
+        "init_model": init_model,
+        "kept_weights": train_cfg.keep,  # best: of step best_step; last: of the last step
+    }
     return FinetuneResult(model_dir=output_dir, metrics=metrics, info=info)
 
 

@@ -298,6 +298,9 @@ class TrainState:
     stopped_early: bool = False
     loss_sum: float = 0.0
     loss_count: int = 0
+    # Processes that wrote it: the data position, the schedule's length and the RNG
+    # states are per rank, so a checkpoint resumes only with the same number.
+    world_size: int = 1
 
 
 def checkpoint_payload(
@@ -583,10 +586,17 @@ def run_loop(
     optimizer = build_optimizer(model, settings.lr, settings.weight_decay, device, lr_scales)
     warmup = int(settings.warmup_fraction * settings.total_steps)
     scheduler = linear_schedule(optimizer, warmup, settings.total_steps)
-    state, best_weights = TrainState(), None
+    state, best_weights = TrainState(world_size=context.world_size), None
     resumed = load_latest_checkpoint(checkpoint_dir)
     if resumed is not None:
         payload, state = resumed
+        if state.world_size != context.world_size:
+            raise TrainingError(
+                f"the checkpoint in {checkpoint_dir} was written by {state.world_size} "
+                f"process(es) and this run has {context.world_size}: resume with "
+                f"{state.world_size} (torchrun --nproc_per_node), or delete the folder to "
+                "start over"
+            )
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
@@ -627,6 +637,7 @@ def run_loop(
     try:
         while state.step < settings.total_steps and not state.stopped_early:
             step_start, step_cpu_start = time.perf_counter(), time.process_time()
+            step_lr = float(scheduler.get_last_lr()[0])  # the rate this step trains at
             loss, grad_norm, samples = train_step(
                 trained,
                 ddp,
@@ -650,7 +661,7 @@ def run_loop(
             train_cpu_s += time.process_time() - step_cpu_start
             step_metrics: dict[str, float] = {
                 "loss": loss,
-                "lr": float(scheduler.get_last_lr()[0]),
+                "lr": step_lr,
                 "grad_norm": grad_norm,
                 "samples_per_second": samples / max(step_seconds, 1e-9),
             }
@@ -664,6 +675,7 @@ def run_loop(
                 step_metrics.update(scores)
                 state.last_scores = dict(scores)
                 improved = track_best(state, scores, metric_name, settings)
+                # Every rank keeps a copy, so all ranks end with the same weights.
                 if improved and settings.keep == "best":
                     best_weights = detached_copy(model.state_dict())
             orchestration_start = time.perf_counter()
@@ -671,7 +683,8 @@ def run_loop(
                 on_metrics(state.step, dict(step_metrics))
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{run_samples / max(train_s, 1e-9):.0f}")
-            if writer is not None and not is_last and schedule.due(state.step):
+            finishing = is_last or state.stopped_early
+            if writer is not None and not finishing and schedule.due(state.step):
                 rng_states = all_ranks_rng(context)
                 if context.is_main:
                     payload = checkpoint_payload(

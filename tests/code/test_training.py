@@ -340,3 +340,23 @@ def test_keep_chooses_the_best_validated_or_the_last_weights(
         assert torch.equal(value, snapshots[kept_eval][name]), name
     assert outcome.state.best_step == 1 and outcome.state.best_scores == {"val_score": 0.9}
     assert outcome.state.last_scores == {"val_score": [0.9, 0.5, 0.6, 0.7, 0.8][steps - 1]}
+
+
+def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(
+    tmp_path: Path,
+) -> None:
+    model = LinearRegression()
+    optimizer = training.build_optimizer(model, 0.1, 0.0, torch.device("cpu"))
+    scheduler = training.linear_schedule(optimizer, 0, 5)
+    two_ranks = [training.capture_rng_state(), training.capture_rng_state()]
+    state = TrainState(step=2, batch_in_epoch=2, world_size=2)
+    save_checkpoint(tmp_path, model, optimizer, scheduler, state, two_ranks)
+    settings = LoopSettings(total_steps=5, lr=0.1, weight_decay=0.0, warmup_fraction=0.0)
+
+    with pytest.raises(TrainingError, match="written by 2 process.*this run has 1"):
+        run_loop(model, TwoBatches(), settings, checkpoint_dir=tmp_path)
+    # A checkpoint of this run's own size resumes where it stopped.
+    state.world_size = 1
+    save_checkpoint(tmp_path, model, optimizer, scheduler, state, two_ranks[:1])
+    resumed = run_loop(model, TwoBatches(), settings, checkpoint_dir=tmp_path)
+    assert resumed.metrics["steps"] == 5 and resumed.metrics["samples_seen"] == 3 * 4

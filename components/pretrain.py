@@ -324,36 +324,47 @@ def build_mlm_model(config: RatchetConfig, base: str, vocab_size: int) -> nn.Mod
     return model
 
 
-def restore_base_parts(model: nn.Module, base: str) -> list[str]:
-    """Put back the parts of ``base`` that the MLM model was built without, so that the
-    pretraining output carries every weight the base had.
+def base_parts_left_out(model: nn.Module, base: str) -> dict[str, nn.Module]:
+    """The parts of ``base`` that the MLM model was built without, as loaded from ``base``.
 
-    ``BertForMaskedLM`` (like RoBERTa's) builds its encoder without the pooler, so a
-    fine-tune from the pretraining output would start BERT's [CLS] head from random
-    weights where a fine-tune from the base starts from the base's. Parts the base's
-    checkpoint does not hold (newly initialised on load) are not put back.
-
-    Returns:
-        The names of the parts put back (e.g. ``["pooler"]``).
+    ``BertForMaskedLM`` builds its encoder without the pooler that BERT's [CLS]
+    classification head starts from, so without these a fine-tune from the pretraining
+    output would start that head from random weights where a fine-tune from the base
+    starts from the base's. Parts the base's checkpoint does not hold (newly initialised
+    on load) are left out. The base is loaded a second time only when the MLM model has
+    an empty slot (not for NSP's ``BertForPreTraining``, DistilBERT or ELECTRA).
     """
-    from transformers import AutoModel
+    from transformers import AutoConfig, AutoModel
 
     encoder = getattr(model, getattr(model, "base_model_prefix", ""), None)
     if not isinstance(encoder, nn.Module):
-        return []
+        return {}
+    with torch.device("meta"):  # the bare encoder's layout, without allocating weights
+        layout = AutoModel.from_config(AutoConfig.from_pretrained(base))
+    empty = {name for name, _ in layout.named_children()} - {
+        name for name, _ in encoder.named_children()
+    }
+    if not empty:
+        return {}
     bare, loading = AutoModel.from_pretrained(base, output_loading_info=True)
     newly_initialised = set(loading.get("missing_keys", ()))
-    restored = []
-    for name, part in bare.named_children():
-        weights = [f"{name}.{key}" for key in part.state_dict()]
-        if getattr(encoder, name, None) is not None or not weights:
-            continue
-        if any(key in newly_initialised for key in weights):
-            continue
-        device = next(encoder.parameters()).device
+    parts = {}
+    for name in sorted(empty):
+        part = getattr(bare, name, None)
+        weights = [f"{name}.{key}" for key in part.state_dict()] if part is not None else []
+        if part is not None and weights and not newly_initialised.intersection(weights):
+            parts[name] = part
+    return parts
+
+
+def attach_parts(model: nn.Module, parts: dict[str, nn.Module]) -> None:
+    """Put ``parts`` (from :func:`base_parts_left_out`) into the model's encoder, so that
+    ``save_pretrained`` writes them; done after training, which never uses them."""
+    prefix: str = getattr(model, "base_model_prefix", "")
+    encoder = getattr(model, prefix)
+    device = next(encoder.parameters()).device
+    for name, part in parts.items():
         setattr(encoder, name, part.to(device))
-        restored.append(name)
-    return restored
 
 
 def run_pretraining(
@@ -410,6 +421,8 @@ def run_pretraining(
     device = choose_device(context)
     precision = choose_precision(runtime.precision, device)
     model = build_mlm_model(config, base, len(tokenizer)).to(device)
+    # Loaded before training, so a base that cannot be read again fails before any compute.
+    kept_parts = {} if settings.from_scratch else base_parts_left_out(model, base)
     perplexity_before = masked_lm_perplexity(model, held_out, settings.batch_size, precision)
     if context.enabled:
         torch.manual_seed(settings.seed + context.rank)
@@ -438,10 +451,9 @@ def run_pretraining(
     )
     perplexity_after = masked_lm_perplexity(model, held_out, settings.batch_size, precision)
     if context.is_main:
-        if not settings.from_scratch:
-            restored = restore_base_parts(model, base)
-            if restored:
-                logger.info("kept the base model's %s in the output", ", ".join(restored))
+        if kept_parts:
+            attach_parts(model, kept_parts)
+            logger.info("kept the base model's %s in the output", ", ".join(kept_parts))
         save_model_atomically(model, tokenizer, output_dir)
         if checkpoint_dir is not None:
             clear_checkpoints(checkpoint_dir)

@@ -71,6 +71,9 @@ def test_output_keeps_the_base_pooler_that_the_mlm_model_leaves_out(
 
     saved = pretrain(base, "from-encoder")
     assert torch.equal(saved["bert.pooler.dense.weight"], base_pooler)
+    # Only the missing part came from the base: the encoder is the pretrained one.
+    query = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(saved[f"bert.{query}"], load_file(base / "model.safetensors")[query])
     classifier = AutoModelForSequenceClassification.from_pretrained(
         tmp_path / "from-encoder", num_labels=2
     )

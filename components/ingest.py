@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -342,28 +343,55 @@ def read_hf_dataset(source: str, data_cfg: DataConfig) -> RawDataset:
     return RawDataset(source=source, splits=splits)
 
 
-def snapshot_source(source: str, project_root: Path, raw_dir: Path) -> list[Path]:
-    """Copy the source's data files byte-for-byte into ``raw_dir`` (replaced whole).
+INCOMING_DIR_NAME = "incoming"  # data/incoming: a snapshot waiting for validation
 
-    ``hf:`` sources are written as one Parquet file per split instead.
+
+def stage_snapshot(source: str, project_root: Path, raw_dir: Path) -> Path:
+    """Copy the source's data files byte-for-byte into ``incoming/`` beside ``raw_dir``.
+
+    ``hf:`` sources are written as one Parquet file per split instead. ``raw_dir`` itself
+    is not touched: :func:`replace_folder` swaps the staged copy in once it is accepted. A
+    rejected copy stays in ``incoming/``, where validation errors point, until the next
+    snapshot replaces it.
+
+    Returns:
+        The staging folder.
+    """
+    staging = raw_dir.with_name(INCOMING_DIR_NAME)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        if source.startswith(HF_PREFIX):
+            for split, frame in load_hf_frames(source).items():
+                frame.to_parquet(staging / f"{split}.parquet", index=False)
+        else:
+            path = Path(source).expanduser()
+            path = path if path.is_absolute() else project_root / path
+            for file in locate_split_files(path).values():
+                shutil.copyfile(file, staging / file.name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Swap ``new`` into ``target`` with renames; the old folder is deleted last, so a
+    crash leaves either the old folder or the new one in place, never neither."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def snapshot_source(source: str, project_root: Path, raw_dir: Path) -> list[Path]:
+    """Snapshot the source into ``raw_dir`` (replaced whole).
 
     Returns:
         The files written, relative to ``raw_dir``.
     """
-    staging = raw_dir.with_name(f".{raw_dir.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    if source.startswith(HF_PREFIX):
-        for split, frame in load_hf_frames(source).items():
-            frame.to_parquet(staging / f"{split}.parquet", index=False)
-    else:
-        path = Path(source).expanduser()
-        path = path if path.is_absolute() else project_root / path
-        for file in locate_split_files(path).values():
-            shutil.copyfile(file, staging / file.name)
-    if raw_dir.exists():
-        shutil.rmtree(raw_dir)
-    staging.rename(raw_dir)
+    replace_folder(stage_snapshot(source, project_root, raw_dir), raw_dir)
     return sorted(p.relative_to(raw_dir) for p in raw_dir.iterdir())
 
 

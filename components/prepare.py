@@ -28,7 +28,13 @@ import pandas as pd
 
 from components.config import DataConfig
 from components.errors import DataError
-from components.ingest import RawDataset, class_names, label_mapping, read_dataset
+from components.ingest import (
+    RawDataset,
+    class_names,
+    label_mapping,
+    read_dataset,
+    replace_folder,
+)
 from components.state import ProjectPaths
 from components.validate import normalise_text, validate_dataset
 from components.versioning import file_md5
@@ -206,15 +212,6 @@ def write_prepared(prepared: PreparedData, out_dir: Path, source: str = "") -> d
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful swap
     return manifest
-
-
-def replace_folder(new: Path, target: Path) -> None:
-    """Swap ``new`` into ``target`` with renames; the old folder is deleted last."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def run_prepare(

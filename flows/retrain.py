@@ -120,16 +120,18 @@ def version_and_prepare_data(
     """Snapshot the source, validate the snapshot, prepare splits, record md5s, push.
 
     The same steps as the DVC stages ingest -> validate -> prepare, so dvc.lock reads the
-    same whichever ran them. A snapshot that fails validation is neither committed to DVC
-    nor pushed, and data/prepared is left as it was.
+    same whichever ran them. The snapshot is staged in data/incoming and enters data/raw
+    only once it passes validation; one that fails stays in data/incoming for inspection,
+    is neither committed to DVC nor pushed, and data/raw and data/prepared are left as
+    they were.
     """
     from components import tracking
 
     with tracking.stage_run("validate") as run:
-        timed_step(record, "ingest", lambda: tasks.ingest_data(config, paths))
+        snapshot = timed_step(record, "ingest", lambda: tasks.ingest_data(config, paths))
         report_path = paths.metrics_dir / "data_validation.json"
         summary = timed_step(
-            record, "validate", lambda: tasks.validate_data(config, paths, report_path)
+            record, "validate", lambda: tasks.validate_data(config, paths, snapshot, report_path)
         )
         tracking.log_dict(run.info.run_id, summary, "validation/summary.json")
         if paths.data_docs_dir.is_dir():

@@ -52,19 +52,27 @@ def retry_when_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(name="ingest")
-def ingest_data(config: RatchetConfig, paths: ProjectPaths) -> list[str]:
-    """Byte-for-byte snapshot of ``data.source`` into ``data/raw``."""
-    from components.ingest import run_ingest
+def ingest_data(config: RatchetConfig, paths: ProjectPaths) -> Path:
+    """Byte-for-byte snapshot of ``data.source`` into a staging folder beside ``data/raw``."""
+    from components.ingest import stage_snapshot
 
-    return [str(path) for path in run_ingest(config.data.source, paths)]
+    return stage_snapshot(config.data.source, paths.project_root, paths.raw_dir)
 
 
 @task(name="validate")
-def validate_data(config: RatchetConfig, paths: ProjectPaths, report_path: Path) -> dict[str, Any]:
-    """Great Expectations suite over the ``data/raw`` snapshot; raises ``DataValidationError``."""
+def validate_data(
+    config: RatchetConfig, paths: ProjectPaths, snapshot: Path, report_path: Path
+) -> dict[str, Any]:
+    """Great Expectations suite over the staged snapshot; raises ``DataValidationError``.
+
+    A snapshot that passes replaces ``data/raw``; one that fails stays in ``data/incoming``
+    (where the error's file and line numbers point), so ``data/raw`` only ever holds
+    validated data."""
+    from components.ingest import replace_folder
     from components.validate import run_validation
 
-    report = run_validation(RAW_SNAPSHOT, config.data, paths, report_path)
+    report = run_validation(str(snapshot), config.data, paths, report_path)
+    replace_folder(snapshot, paths.raw_dir)
     return report.to_dict()
 
 

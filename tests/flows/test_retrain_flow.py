@@ -97,11 +97,17 @@ def test_invalid_data_fails_at_validation_and_registers_nothing(
     write_tsv(bad / "dev.tsv", [("lovely", 1), ("awful", 0)])
     project = make_project(tmp_path / "project", bad)
 
-    with pytest.raises(DataValidationError, match="label"):
+    with pytest.raises(DataValidationError, match="label") as failure:
         run_flow(project, flow_overrides(tiny_bert_dir))
 
     assert registry_state() == ([], {})
     assert not (project / "data" / "prepared").exists()
+    # The rejected snapshot never became data/raw; it waits in data/incoming, where the
+    # error's file and line point.
+    assert not (project / "data" / "raw").exists()
+    rejected = project / "data" / "incoming" / "train.tsv"
+    assert rejected.read_bytes() == (bad / "train.tsv").read_bytes()
+    assert f"{rejected} line 42" in str(failure.value)
     steps = step_statuses(state_dir)
     assert [(step["name"], step["status"]) for step in steps] == [
         ("ingest", "done"),

@@ -101,7 +101,20 @@ def validation_frame(raw: RawDataset, data_cfg: DataConfig) -> pd.DataFrame:
         )
         counts = frame.groupby(["split", "class_name"])["line"].transform("size")
         frame["class_share"] = counts / frame.groupby("split")["line"].transform("size")
+        frame["classes_missing_from_split"] = frame["split"].map(
+            classes_missing_by_split(frame, names)
+        )
     return frame
+
+
+def classes_missing_by_split(frame: pd.DataFrame, names: list[str]) -> dict[str, str]:
+    """Per split, the declared classes it has no row of ("" when it has them all): a
+    class share check over rows cannot see a class that has no rows."""
+    missing = {}
+    for split, rows in frame.groupby("split")["class_name"]:
+        absent = [name for name in names if name not in set(rows.dropna())]
+        missing[str(split)] = f"split '{split}' has no {absent}" if absent else ""
+    return missing
 
 
 def is_utf8_encodable(text: Any) -> bool:
@@ -169,6 +182,11 @@ def build_suite(data_cfg: DataConfig, labels: list[str], allowed_labels: list[st
         ),
         exp.ExpectColumnUniqueValueCountToBeBetween(
             column="class_name", min_value=2, description="at least two classes"
+        ),
+        exp.ExpectColumnValuesToBeInSet(
+            column="classes_missing_from_split",
+            value_set=[""],
+            description="every class present in every split",
         ),
         exp.ExpectColumnMinToBeBetween(
             column="class_share",
@@ -319,7 +337,7 @@ def summarise_result(item: Any, frame: pd.DataFrame) -> dict[str, Any]:
         count, total = result["unexpected_count"], result.get("element_count", len(frame))
         check["observed"] = f"{count} of {total} rows ({result.get('unexpected_percent', 0):.1f}%)"
         check["unexpected_index"] = list(result.get("partial_unexpected_index_list") or [])
-        if column == "label" and count:
+        if column in ("label", "classes_missing_from_split") and count:
             values = sorted({str(v) for v in result.get("partial_unexpected_list") or []})
             check["observed"] += f", values {values[:10]}"
     elif "observed_value" in result:

@@ -60,6 +60,13 @@ def single_class(folder: Path) -> None:
     write_tsv(folder / "train.tsv", tsv_rows().assign(label=1))
 
 
+def held_out_split_without_a_class(folder: Path) -> None:
+    rows = tsv_rows(140)
+    write_tsv(folder / "train.tsv", rows.iloc[:100])
+    held_out = rows.iloc[100:]
+    write_tsv(folder / "test.tsv", held_out[held_out.label == 1])  # no negatives at all
+
+
 def forty_percent_duplicates(folder: Path) -> None:
     rows = tsv_rows(60)
     write_tsv(folder / "train.tsv", pd.concat([rows, rows.iloc[:40]]))
@@ -91,6 +98,10 @@ BAD_DATA: dict[str, tuple[Callable[[Path], None], str]] = {
     "whitespace-only": (whitespace_texts, "no empty or whitespace-only texts"),
     "labels outside set": (labels_outside_set, "values ['7']"),
     "single class": (single_class, "every class present"),
+    "test split lacks a class": (
+        held_out_split_without_a_class,
+        'values ["split \'test\' has no [\'negative\']"]',
+    ),
     "40% duplicates": (forty_percent_duplicates, "observed 40 of 100 rows (40.0%)"),
     "test repeats train": (held_out_repeats_train, "held-out texts also in train"),
     "invalid utf-8": (invalid_utf8, "invalid UTF-8 bytes b'\\xe9'"),
@@ -137,7 +148,7 @@ def test_good_data_passes_and_writes_data_docs_and_report(
         project, "validate", "--data", str(good_folder), "--report", str(report)
     )
     assert exit_code == 0, output
-    assert "validation passed: 13 expectations" in output
+    assert "validation passed: 14 expectations" in output
     assert "dev=30" in output and "train=120" in output
     summary = json.loads(report.read_text())
     assert summary["success"] is True and summary["failed"] == 0
@@ -172,7 +183,7 @@ def test_failure_lists_every_expectation_with_observed_values_and_rows(
     assert duplicates["observed"] == "20 of 120 rows (16.7%)"
     assert [e["line"] for e in duplicates["examples"]] == [102, 103, 104, 105, 106]
     message = str(caught.value)
-    assert message.startswith("data validation failed: 3 of 13 expectations failed")
+    assert message.startswith("data validation failed: 3 of 14 expectations failed")
     assert f"{tmp_path / 'train.tsv'} line 10: text='  ' label='0'" in message
 
 

@@ -297,7 +297,8 @@ def apply_gate(
     Order matters: read the champion, decide, record the decision on the challenger
     (tags ``gate.*`` and artifact ``gate/decision-v<N>.json``), and only then move
     ``champion`` (the old one becomes ``previous-champion``). Nothing before the move
-    changes an alias, so a crash leaves the champion untouched.
+    changes an alias, so a crash leaves the champion untouched; ``gate.state: done`` is
+    written last, so the retrain flow gates a version again until its gate has finished.
 
     Args:
         model_name: registered model name (``registry.model_name``).
@@ -335,6 +336,7 @@ def apply_gate(
     registry.record_decision(client, model_name, str(challenger_version), decision)
     if decision.promote:
         registry.move_champion(client, model_name, str(challenger_version))
+    registry.mark_gate_done(client, model_name, str(challenger_version))
     return decision
 
 
@@ -395,4 +397,5 @@ def promote_manually(
     )
     registry.record_decision(client, model_name, str(version), decision)
     registry.move_champion(client, model_name, str(version))
+    registry.mark_gate_done(client, model_name, str(version))
     return decision

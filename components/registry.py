@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"
+GATE_STATE = "gate.state"  # pending from registration until the gate's last write: done
+GATE_PENDING, GATE_DONE = "pending", "done"
 LINEAGE_CONFIG = "lineage/config.yaml"
 LINEAGE_TAGS = (
     "git_commit",
@@ -196,11 +198,41 @@ def register_challenger(
     tracking.log_text(eval_run_id, config.to_yaml(), LINEAGE_CONFIG)
     tags = lineage_tags(lineage, config, report, eval_run_id)
     tags.setdefault("parent_run_id", parent_of(client, eval_run_id))
-    number = str(mlflow.register_model(model_uri, model_name, tags=tags).version)
-    card = render_model_card(card_inputs(client, model_name, number, report, tags, config))
-    client.update_model_version(model_name, number, description=card)
-    client.set_registered_model_alias(model_name, CHALLENGER, number)
+    tags[GATE_STATE] = GATE_PENDING
+    # A retried call (say, after a server error on the alias) finishes the version its
+    # first attempt registered instead of registering a duplicate.
+    number = find_version_by_tag(model_name, "eval_run_id", eval_run_id, client) or str(
+        mlflow.register_model(model_uri, model_name, tags=tags).version
+    )
+    finish_registration(client, model_name, number, report, config)
     return get_version(client, model_name, number)
+
+
+def finish_registration(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    report: EvaluationReport,
+    config: RatchetConfig,
+) -> None:
+    """Write the model card and point ``challenger`` at ``version``; safe to repeat."""
+    tags = version_tags(client, model_name, version)
+    card = render_model_card(card_inputs(client, model_name, version, report, tags, config))
+    client.update_model_version(model_name, version, description=card)
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+
+
+def gate_pending(tags: Mapping[str, str]) -> bool:
+    """Whether a version was registered but its gate never finished (a crash or kill
+    between registering and the alias move). Versions registered before the
+    ``gate.state`` tag existed count as finished once they carry a decision."""
+    state = tags.get(GATE_STATE)
+    return state == GATE_PENDING if state is not None else "gate.decision" not in tags
+
+
+def mark_gate_done(client: MlflowClient, model_name: str, version: str) -> None:
+    """The gate's last write, after any alias move: until then a rerun gates it again."""
+    client.set_model_version_tag(model_name, version, GATE_STATE, GATE_DONE)
 
 
 def download_evaluation_file(

@@ -224,6 +224,25 @@ def existing_version_for(config: RatchetConfig, train_key: str) -> str | None:
     return find_version_by_tag(config.registry.model_name, "train_key", train_key)
 
 
+def gate_pending(config: RatchetConfig, version: str) -> bool:
+    """Whether ``version`` was registered by a run that stopped before its gate finished."""
+    from components import registry
+
+    tags = registry.version_tags(registry.make_client(), config.registry.model_name, version)
+    return registry.gate_pending(tags)
+
+
+def finish_pending_gate(config: RatchetConfig, record: RunRecord, version: str) -> Any:
+    """Finish a version's registration (card, ``challenger``) and run its gate on the
+    evaluation logged when it was registered."""
+    from components import registry
+
+    client, name = registry.make_client(), config.registry.model_name
+    report = registry.load_evaluation(client, name, version)
+    registry.finish_registration(client, name, version, report, config)
+    return timed_step(record, "gate", lambda: tasks.gate_challenger(config, version, report))
+
+
 def evaluate_register_and_gate(
     config: RatchetConfig,
     paths: ProjectPaths,
@@ -320,7 +339,7 @@ def retrain(
                 return record.summary
             model_dir, train_key = train_models(config, paths, record, md5s, force)
             existing = None if force else existing_version_for(config, train_key)
-            if existing is not None:
+            if existing is not None and not gate_pending(config, existing):
                 record.add_step("evaluate", "cached", 0.0, {"version": existing})
                 record.update_summary(
                     registered_version=existing,
@@ -328,11 +347,21 @@ def retrain(
                     reason=f"this exact model is already registered as version {existing}",
                 )
                 return record.summary
-            lineage = lineage_for(config, paths, md5s, train_key)
-            version, decision = evaluate_register_and_gate(
-                config, paths, record, model_dir, train_key, lineage
+            if existing is not None:
+                logger.warning(
+                    "version %s was registered but its gate never finished (the run that "
+                    "registered it stopped); finishing its registration and gate now",
+                    existing,
+                )
+                version, decision = existing, finish_pending_gate(config, record, existing)
+            else:
+                lineage = lineage_for(config, paths, md5s, train_key)
+                version, decision = evaluate_register_and_gate(
+                    config, paths, record, model_dir, train_key, lineage
+                )
+            record.update_summary(
+                registered_version=version, outcome=decision.outcome, reason=decision.reason
             )
-            record.update_summary(outcome=decision.outcome, reason=decision.reason)
             if decision.promote:
                 bento = timed_step(record, "build-bento", lambda: tasks.build_bento(config, paths))
                 record.update_summary(bento=bento)

@@ -182,6 +182,34 @@ def test_crash_before_alias_move_leaves_champion(
     with pytest.raises(RuntimeError, match="injected crash"):
         publish(config, tiny_classifiers["good"], reports("good"))
     assert current_aliases(config) == {"challenger": "2", "champion": "1"}
+    # The decision was recorded, but the gate is unfinished until the alias has moved.
+    tags = registry.version_tags(MlflowClient(), config.registry.model_name, "2")
+    assert tags["gate.decision"] == "promoted" and registry.gate_pending(tags)
+    assert not registry.gate_pending(
+        registry.version_tags(MlflowClient(), config.registry.model_name, "1")
+    )
+
+
+def test_a_repeated_registration_finishes_the_first_version(
+    config: RatchetConfig, tiny_classifiers: dict[str, Path], reports: Callable
+) -> None:
+    """A register task retried after a server error must not register a duplicate."""
+    name, report = config.registry.model_name, reports("good")
+    with tracking.parent_run(config, run_name="test-flow"), tracking.stage_run("evaluate") as run:
+        model_uri = log_classifier_model(tiny_classifiers["good"]).model_uri
+        first = registry.register_challenger(
+            name, model_uri, report, LINEAGE, config, run.info.run_id
+        )
+        again = registry.register_challenger(
+            name, model_uri, report, LINEAGE, config, run.info.run_id
+        )
+    client = MlflowClient()
+    assert str(first.version) == str(again.version) == "1"
+    assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert registry.gate_pending(registry.version_tags(client, name, "1"))
+    apply_gate(name, "1", report, config.gate)
+    assert not registry.gate_pending(registry.version_tags(client, name, "1"))
+    assert current_aliases(config) == {"challenger": "1", "champion": "1"}
 
 
 def test_champion_rescored_when_test_split_changed(

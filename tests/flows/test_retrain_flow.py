@@ -89,6 +89,34 @@ def test_first_run_promotes_and_builds_then_rerun_is_cached(
     assert registry_state()[0] == ["1"]
 
 
+def test_rerun_finishes_a_gate_that_a_crash_interrupted(
+    flow_project: Path, tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from components import registry
+
+    overrides = flow_overrides(tiny_bert_dir)
+    move_champion = registry.move_champion
+
+    def killed(*args: object) -> None:
+        raise RuntimeError("killed between the decision and the alias move")
+
+    monkeypatch.setattr(registry, "move_champion", killed)
+    with pytest.raises(RuntimeError, match="killed between"):
+        run_flow(flow_project, overrides)
+    assert registry_state() == (["1"], {"challenger": "1"})
+
+    monkeypatch.setattr(registry, "move_champion", move_champion)
+    summary = run_flow(flow_project, overrides)
+
+    # The rerun found version 1 ungated and finished it, rather than calling it unchanged.
+    assert summary["outcome"] == "promoted", summary
+    assert summary["registered_version"] == "1"
+    assert summary["bento"].startswith("ratchet-sst2")
+    assert registry_state() == (["1"], {"challenger": "1", "champion": "1"})
+    again = run_flow(flow_project, overrides)
+    assert again["outcome"] == "unchanged"
+
+
 def test_invalid_data_fails_at_validation_and_registers_nothing(
     state_dir: Path, tiny_bert_dir: Path, tmp_path: Path
 ) -> None:

@@ -20,6 +20,7 @@ A crash anywhere before that last step leaves ``champion`` where it was.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -319,20 +320,36 @@ def apply_gate(
     champion_pred = None
     rescored, note = False, ""
     champion_version = None if champion is None else str(champion.version)
-    if champion_version is not None and champion_version != str(challenger_version):
-        champion_pred, rescored, note = champion_predictions_on(
-            client, model_name, champion_version, report, batch_size, max_length
+    contender = champion_version is not None and champion_version != str(challenger_version)
+    champion_labels = json.loads(champion.tags.get("labels", "null")) if champion else None
+    if contender and champion_labels is not None and champion_labels != list(report.labels):
+        # Class ids mean different classes: no paired comparison is possible, and a task
+        # change is a reviewer's call (`ratchet registry promote N --force --reason ...`).
+        decision = replace(
+            compare_to_champion(report.y_true, report.predicted_ids, None, gate_cfg),
+            promote=False,
+            reason=f"its labels {list(report.labels)} differ from champion "
+            f"v{champion_version}'s {champion_labels}, so the two cannot be compared; a "
+            "reviewer may promote it with --force",
+            failed_conditions=["labels differ from the champion's"],
+            challenger_version=str(challenger_version),
+            champion_version=champion_version,
         )
-    decision = compare_to_champion(
-        report.y_true, report.predicted_ids, champion_pred, gate_cfg, report.behaviour
-    )
-    decision = replace(
-        decision,
-        challenger_version=str(challenger_version),
-        champion_version=champion_version if champion_pred is not None else None,
-        champion_rescored=rescored,
-        rescore_note=note,
-    )
+    else:
+        if contender and champion_version is not None:
+            champion_pred, rescored, note = champion_predictions_on(
+                client, model_name, champion_version, report, batch_size, max_length
+            )
+        decision = compare_to_champion(
+            report.y_true, report.predicted_ids, champion_pred, gate_cfg, report.behaviour
+        )
+        decision = replace(
+            decision,
+            challenger_version=str(challenger_version),
+            champion_version=champion_version if champion_pred is not None else None,
+            champion_rescored=rescored,
+            rescore_note=note,
+        )
     registry.record_decision(client, model_name, str(challenger_version), decision)
     if decision.promote:
         registry.move_champion(client, model_name, str(challenger_version))

@@ -190,6 +190,24 @@ def test_crash_before_alias_move_leaves_champion(
     )
 
 
+def test_a_challenger_with_other_labels_is_not_compared_but_rejected(
+    config: RatchetConfig, tiny_classifiers: dict[str, Path], reports: Callable
+) -> None:
+    from dataclasses import replace
+
+    publish(config, tiny_classifiers["good"], reports("good"))
+    # The same predictions, but class id 0 now means "positive": a different task.
+    swapped = replace(reports("good"), labels=["positive", "negative"])
+    version, decision = publish(config, tiny_classifiers["good"], swapped)
+
+    assert not decision.promote
+    assert "labels ['positive', 'negative'] differ from champion v1's" in decision.reason
+    assert decision.failed_conditions == ["labels differ from the champion's"]
+    assert current_aliases(config) == {"challenger": "2", "champion": "1"}
+    tags = registry.version_tags(MlflowClient(), config.registry.model_name, version)
+    assert tags["gate.decision"] == "rejected" and not registry.gate_pending(tags)
+
+
 def test_a_repeated_registration_finishes_the_first_version(
     config: RatchetConfig, tiny_classifiers: dict[str, Path], reports: Callable
 ) -> None:

@@ -172,6 +172,9 @@ def read_delimited(path: Path, text: str, delimiter: str, max_rows: int | None) 
     )
     try:
         header = next(reader)
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise DataError(f"{path} line 1: the header repeats column(s) {repeated}")
         rows: list[list[str]] = []
         lines: list[int] = []
         for row in reader:

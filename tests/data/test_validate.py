@@ -90,6 +90,10 @@ def ragged_csv(folder: Path) -> None:
         handle.write("one,too,many\n")
 
 
+def repeated_header(folder: Path) -> None:
+    (folder / "train.csv").write_text("sentence,label,label\ngood film,1,0\nbad film,0,1\n")
+
+
 BAD_DATA: dict[str, tuple[Callable[[Path], None], str]] = {
     "empty file": (empty_file, "train.tsv is empty"),
     "missing text column": (missing_text_column, "no column 'sentence'; columns are"),
@@ -106,6 +110,7 @@ BAD_DATA: dict[str, tuple[Callable[[Path], None], str]] = {
     "test repeats train": (held_out_repeats_train, "held-out texts also in train"),
     "invalid utf-8": (invalid_utf8, "invalid UTF-8 bytes b'\\xe9'"),
     "ragged csv": (ragged_csv, "3 fields where the header has 2 (ragged row)"),
+    "repeated header": (repeated_header, "line 1: the header repeats column(s) ['label']"),
 }
 
 

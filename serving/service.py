@@ -56,7 +56,16 @@ args = bentoml.use_arguments(ServeArgs)
 
 # Limits live in the types, so the OpenAPI spec states them and BentoML answers 400
 # naming the offending field (e.g. ``texts.3``) before any code here runs.
-Text = Annotated[str, Field(max_length=args.max_chars, description="One text to classify.")]
+# A blank text has nothing to classify (training data refuses them too): 400, not a guess.
+Text = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=args.max_chars,
+        pattern=r"\S",
+        description="One text to classify (not blank).",
+    ),
+]
 Texts = Annotated[
     list[Text],
     Field(min_length=1, max_length=args.max_texts, examples=[EXAMPLE_INPUT["texts"]]),

@@ -169,6 +169,8 @@ BAD_REQUESTS = {
     "texts not a list": (b'{"texts": "just a string"}', 400, "texts"),
     "text not a string": (b'{"texts": [1, 2]}', 400, "texts"),
     "empty list": (b'{"texts": []}', 400, "texts"),
+    "empty text": (b'{"texts": ["fine", ""]}', 400, "texts"),
+    "blank text": (b'{"texts": [" \\t\\n "]}', 400, "texts"),
     "too many texts": (json.dumps({"texts": ["ok"] * 65}).encode(), 400, "texts"),
     "text over max_chars": (json.dumps({"texts": ["x" * 10_001]}).encode(), 400, "texts"),
     "1 MB text": (json.dumps({"texts": ["x" * 1_000_000]}).encode(), 413, "larger than"),

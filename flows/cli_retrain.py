@@ -130,7 +130,7 @@ def register(app: typer.Typer) -> None:
             summary = run_retrain(params, [DEMO_PROFILE], set_)
             console.print(Panel(summary_table(summary), title="retrain summary"))
             console.print(f"retrain finished in {time.perf_counter() - started:.0f} s")
-            smoke_test_serving(params, set_)
+            smoke_test_serving(params, [DEMO_PROFILE], set_)
 
         run_command(demo)
 
@@ -178,14 +178,19 @@ def wait_until_ready(base_url: str, timeout_seconds: float, headers: dict[str, s
     raise RatchetError(f"the server at {base_url} was not ready after {timeout_seconds:.0f} s")
 
 
-def smoke_test_serving(params: Path, set_: list[str] | None) -> None:
-    """Start `ratchet serve` briefly, classify two sentences, print the curl to use."""
+def smoke_test_serving(params: Path, profiles: list[Path], set_: list[str] | None) -> None:
+    """Start `ratchet serve` briefly, classify two sentences, print the curl to use.
+
+    The server gets the same profiles and overrides as the run, so it binds the host and
+    port polled here (``--set serving.port=3100`` moves both)."""
     from flows.cli import console, load_settings
 
-    config, _ = load_settings(params, None, set_)
+    config, _ = load_settings(params, profiles, set_)
     port = config.serving.port
+    settings = [f"--config={profile}" for profile in profiles]
+    settings += [f"--set={override}" for override in set_ or []]
     server = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--params", str(params)],
+        [sys.executable, "-m", "flows.cli", "serve", "--params", str(params), *settings],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -266,14 +266,31 @@ def start_worker(
 
 
 @pytest.mark.slow
-def test_kill_and_resume_matches_an_uninterrupted_run(tiny_bert_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "evaluation",
+    [
+        [],  # evaluated at the end only: the final weights are the last step's
+        # Evaluated at steps 3, 6, 9, 12 and the best kept: the best weights so far must
+        # travel in the checkpoint at step 8 for the resumed run to end on the same ones.
+        ["--set", "train.eval_every_steps=3", "--set", "train.early_stopping_patience=null"],
+    ],
+    ids=["last-step", "best-of-four-evaluations"],
+)
+def test_kill_and_resume_matches_an_uninterrupted_run(
+    tiny_bert_dir: Path, tmp_path: Path, evaluation: list[str]
+) -> None:
     checkpoints = tmp_path / "checkpoints"
-    straight_run = start_worker(tiny_bert_dir, tmp_path / "straight", tmp_path / "other")
-    killed = start_worker(tiny_bert_dir, tmp_path / "resumed", checkpoints, "--kill-at", "10")
+    straight_run = start_worker(
+        tiny_bert_dir, tmp_path / "straight", tmp_path / "other", *evaluation
+    )
+    killed = start_worker(
+        tiny_bert_dir, tmp_path / "resumed", checkpoints, "--kill-at", "10", *evaluation
+    )
     assert killed.wait(timeout=300) == -9  # SIGKILL after step 10, checkpoint at 8
     assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000004", "step-00000008"]
     assert not (tmp_path / "resumed" / "model").exists()
-    assert start_worker(tiny_bert_dir, tmp_path / "resumed", checkpoints).wait(timeout=300) == 0
+    resumed_run = start_worker(tiny_bert_dir, tmp_path / "resumed", checkpoints, *evaluation)
+    assert resumed_run.wait(timeout=300) == 0
     assert straight_run.wait(timeout=300) == 0
     resumed = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
     straight = load_file(tmp_path / "straight" / "model" / "model.safetensors")

@@ -384,7 +384,6 @@ def promote_manually(
     registry.get_version(client, model_name, version)
     if registry.aliases(client, model_name).get(registry.CHAMPION) == str(version):
         raise RegistryError(f"{model_name} v{version} is already the champion")
-    registry.record_actor(client, model_name, str(version), "promotion", by, reason)
     if not force:
         report = registry.load_evaluation(client, model_name, version)
         decision = apply_gate(
@@ -396,9 +395,13 @@ def promote_manually(
             max_length=max_length,
             client=client,
         )
+        # Who asked and why, under a name that says whether it happened.
+        action = "promotion" if decision.promote else "promotion_attempt"
+        registry.record_actor(client, model_name, str(version), action, by, reason)
         if not decision.promote:
             raise GateRejected(f"{model_name} v{version} {decision.reason}")
         return decision
+    registry.record_actor(client, model_name, str(version), "promotion", by, reason)
     tags = registry.version_tags(client, model_name, version)
     champion = registry.aliases(client, model_name).get(registry.CHAMPION)
     decision = GateDecision(

@@ -253,6 +253,8 @@ def test_manual_promotion_goes_through_the_gate(
     with pytest.raises(GateRejected, match="v2 rejected: accuracy"):
         promote_manually(name, "2", config.gate, reason="try it", by="bob")
     assert current_aliases(config)["champion"] == "1"
+    tags = MlflowClient().get_model_version(name, "2").tags
+    assert tags["promotion_attempt.by"] == "bob" and "promotion.by" not in tags
     with pytest.raises(RegistryError, match="needs a reason"):
         promote_manually(name, "2", config.gate, reason=" ")
 

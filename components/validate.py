@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -418,7 +418,11 @@ def format_failures(report: ValidationReport) -> str:
 
 
 def run_validation(
-    source: str, data_cfg: DataConfig, paths: ProjectPaths, report_path: Path | None = None
+    source: str,
+    data_cfg: DataConfig,
+    paths: ProjectPaths,
+    report_path: Path | None = None,
+    recorded_source: str | None = None,
 ) -> ValidationReport:
     """Read ``source``, validate it, render Data Docs into the state folder.
 
@@ -427,6 +431,8 @@ def run_validation(
         data_cfg: the ``data`` section.
         paths: project paths; Data Docs go to ``paths.data_docs_dir``.
         report_path: where to write the JSON summary of a passing run (the DVC metric).
+        recorded_source: the source named in the summary, when the data is validated
+            somewhere else first (the flow validates ``data/incoming`` as ``data/raw``).
 
     Raises:
         DataError: the source cannot be read.
@@ -434,6 +440,8 @@ def run_validation(
     """
     raw = read_dataset(source, data_cfg, paths.project_root)
     report = validate_dataset(raw, data_cfg, paths.data_docs_dir)
+    if recorded_source is not None:
+        report = replace(report, source=recorded_source)
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")

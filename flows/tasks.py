@@ -71,7 +71,9 @@ def validate_data(
     from components.ingest import replace_folder
     from components.validate import run_validation
 
-    report = run_validation(str(snapshot), config.data, paths, report_path)
+    # The summary names data/raw, as the DVC stage's does, so dvc.lock reads the same
+    # whichever of the two validated the snapshot.
+    report = run_validation(str(snapshot), config.data, paths, report_path, RAW_SNAPSHOT)
     replace_folder(snapshot, paths.raw_dir)
     return report.to_dict()
 

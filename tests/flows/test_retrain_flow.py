@@ -68,6 +68,10 @@ def test_first_run_promotes_and_builds_then_rerun_is_cached(
         out for out in lock["stages"]["prepare"]["outs"] if out["path"] == "data/prepared"
     )
     assert prepared["md5"] == summary["prepared_data_md5"]
+    # The snapshot was validated in data/incoming, but the report (a DVC metric) names
+    # data/raw, as `dvc repro` writes it: no machine-specific path in a committed file.
+    report = json.loads((flow_project / "metrics" / "data_validation.json").read_text())
+    assert report["source"] == "data/raw"
     assert any((state_dir / "dvc-remote").rglob("*")), "nothing was pushed to the DVC remote"
     reports = list((state_dir / "reports").glob("*.md"))
     assert reports and "completed" in reports[0].read_text()

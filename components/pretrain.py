@@ -336,7 +336,7 @@ def base_parts_left_out(model: nn.Module, base: str) -> dict[str, nn.Module]:
     """
     from transformers import AutoConfig, AutoModel
 
-    encoder = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    encoder = getattr(model, "base_model", None)  # Hugging Face's own encoder lookup
     if not isinstance(encoder, nn.Module):
         return {}
     with torch.device("meta"):  # the bare encoder's layout, without allocating weights
@@ -349,10 +349,10 @@ def base_parts_left_out(model: nn.Module, base: str) -> dict[str, nn.Module]:
     bare, loading = AutoModel.from_pretrained(base, output_loading_info=True)
     newly_initialised = set(loading.get("missing_keys", ()))
     parts = {}
-    for name in sorted(empty):
-        part = getattr(bare, name, None)
-        weights = [f"{name}.{key}" for key in part.state_dict()] if part is not None else []
-        if part is not None and weights and not newly_initialised.intersection(weights):
+    for name in sorted(empty):  # children of the layout, so the bare model has them
+        part = getattr(bare, name)
+        weights = [f"{name}.{key}" for key in part.state_dict()]
+        if weights and not newly_initialised.intersection(weights):
             parts[name] = part
     return parts
 
@@ -360,8 +360,7 @@ def base_parts_left_out(model: nn.Module, base: str) -> dict[str, nn.Module]:
 def attach_parts(model: nn.Module, parts: dict[str, nn.Module]) -> None:
     """Put ``parts`` (from :func:`base_parts_left_out`) into the model's encoder, so that
     ``save_pretrained`` writes them; done after training, which never uses them."""
-    prefix: str = getattr(model, "base_model_prefix", "")
-    encoder = getattr(model, prefix)
+    encoder: nn.Module = getattr(model, "base_model", model)
     device = next(encoder.parameters()).device
     for name, part in parts.items():
         setattr(encoder, name, part.to(device))

@@ -112,7 +112,8 @@ def classes_missing_by_split(frame: pd.DataFrame, names: list[str]) -> dict[str,
     class share check over rows cannot see a class that has no rows."""
     missing = {}
     for split, rows in frame.groupby("split")["class_name"]:
-        absent = [name for name in names if name not in set(rows.dropna())]
+        present = set(rows.dropna())
+        absent = [name for name in names if name not in present]
         missing[str(split)] = f"split '{split}' has no {absent}" if absent else ""
     return missing
 

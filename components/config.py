@@ -184,6 +184,13 @@ class TrainConfig(Section):
         "and the time spent writing checkpoints, on CPU and GPU alike. Both null: none.",
     )
     seed: int = Field(42, description="Seed for init, order and dropout.")
+    soup_seeds: list[int] = Field(
+        default_factory=list,
+        description="Extra seeds: fine-tune once more per seed from the same start model "
+        "(another head init, data order and dropout) and save the uniform average of all "
+        "the runs' weights, a 'model soup' (Wortsman et al., 2022). Each seed costs one "
+        "more fine-tune; the saved model costs the same to serve. [] trains once.",
+    )
     deterministic: bool = Field(False, description="Bitwise-repeatable CPU runs (slower).")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16."
@@ -202,6 +209,16 @@ class TrainConfig(Section):
         "pass then stops above them. 0 trains every layer.",
     )
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = cores.")
+
+    @model_validator(mode="after")
+    def _soup_seeds_distinct(self) -> TrainConfig:
+        seeds = [self.seed, *self.soup_seeds]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(
+                f"train.soup_seeds {self.soup_seeds} repeats a seed (train.seed is {self.seed}): "
+                "a repeated seed trains the same model twice"
+            )
+        return self
 
 
 class EvalConfig(Section):

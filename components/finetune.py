@@ -13,6 +13,7 @@ kill.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -292,6 +293,9 @@ def run_finetuning(
 ) -> FinetuneResult:
     """Fine-tune ``init_model`` on ``data.train``, select on ``data.validation``, save.
 
+    With ``train.soup_seeds`` set, fine-tunes once per seed and saves the average of the
+    runs' weights (see :func:`run_soup_finetuning`).
+
     Args:
         config: ``train.*`` and ``model.max_length`` are used.
         data: prepared splits; ``data.labels`` become ``id2label``.
@@ -307,6 +311,20 @@ def run_finetuning(
     Raises:
         ConfigError / TrainingError: bad settings or data, before any compute.
     """
+    if config.train.soup_seeds:
+        return run_soup_finetuning(config, data, init_model, output_dir, checkpoint_dir, on_metrics)
+    return finetune_once(config, data, init_model, output_dir, checkpoint_dir, on_metrics)
+
+
+def finetune_once(
+    config: RatchetConfig,
+    data: PreparedData,
+    init_model: str,
+    output_dir: Path,
+    checkpoint_dir: Path | None = None,
+    on_metrics: MetricsCallback | None = None,
+) -> FinetuneResult:
+    """One fine-tuning run with ``train.seed`` (``train.soup_seeds`` is not read)."""
     from transformers import AutoTokenizer
 
     from components.modeling import classifier_from_pretrained
@@ -433,6 +451,141 @@ def run_finetuning(
         "kept_weights": train_cfg.keep,  # best: of step best_step; last: of the last step
     }
     return FinetuneResult(model_dir=output_dir, metrics=metrics, info=info)
+
+
+# Counts and durations that add up over a soup's members.
+SUMMED_METRICS = (
+    "steps",
+    "samples_seen",
+    "train_seconds",
+    "train_cpu_seconds",
+    "orchestration_seconds",
+    "checkpoints_written",
+)
+
+
+def run_soup_finetuning(
+    config: RatchetConfig,
+    data: PreparedData,
+    init_model: str,
+    output_dir: Path,
+    checkpoint_dir: Path | None = None,
+    on_metrics: MetricsCallback | None = None,
+) -> FinetuneResult:
+    """Fine-tune once per seed (``train.seed``, then ``train.soup_seeds``) from the same
+    ``init_model`` and save the uniform average of the runs' weights.
+
+    Each member is a whole run with its own seed: its checkpoints go to ``seed-<n>/`` and,
+    once finished, its model to ``seed-<n>-model/`` under ``checkpoint_dir``, where it stays
+    until the soup is written. A rerun after a crash therefore retrains only the members
+    that had not finished, each from its last checkpoint.
+
+    Returns:
+        The soup's folder; ``val_accuracy``/``val_loss`` are the soup's own on the primary
+        seed's validation rows, ``seed_<n>_val_accuracy`` each member's, and the step,
+        sample and time counts are summed over the members.
+    """
+    from components.soup import average_model_folders
+
+    check_finetune_inputs(config, data, init_model)
+    context = init_distributed()
+    seeds = [config.train.seed, *config.train.soup_seeds]
+    workdir = checkpoint_dir or output_dir.parent / f".{output_dir.name}.soup"
+    members: list[FinetuneResult] = []
+    for seed in seeds:
+        member_config = config.model_copy(
+            update={"train": config.train.model_copy(update={"seed": seed, "soup_seeds": []})}
+        )
+        member_dir, record = workdir / f"seed-{seed}-model", workdir / f"seed-{seed}.json"
+        finished = load_member_record(record, member_dir)
+        if context.enabled:
+            # Rank 0's view decides, so every rank trains the same members.
+            finished = broadcast_from_main(finished)
+        if finished is not None:
+            logger.info("soup member seed %d already fine-tuned; reusing it", seed)
+            members.append(finished)
+            continue
+        logger.info("soup member %d of %d: seed %d", len(members) + 1, len(seeds), seed)
+        result = finetune_once(
+            member_config, data, init_model, member_dir, workdir / f"seed-{seed}", on_metrics
+        )
+        if context.is_main:
+            write_metrics(record, result.metrics, result.info)
+        members.append(result)
+    metrics = soup_metrics(seeds, members)
+    if context.is_main:
+        average_model_folders([member.model_dir for member in members], output_dir)
+        metrics.update(score_saved_model(config, data, output_dir))
+        # The members live only until the soup is written (a rerun reuses the soup).
+        for seed in seeds:
+            shutil.rmtree(workdir / f"seed-{seed}-model", ignore_errors=True)
+            shutil.rmtree(workdir / f"seed-{seed}", ignore_errors=True)
+            (workdir / f"seed-{seed}.json").unlink(missing_ok=True)
+        if checkpoint_dir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    logger.info(
+        "model soup of %d fine-tunes: val_accuracy %.4f (members: %s)",
+        len(seeds),
+        metrics.get("val_accuracy", float("nan")),
+        ", ".join(f"{m.metrics['val_accuracy']:.4f}" for m in members),
+    )
+    info = {**members[0].info, "soup_seeds": ",".join(str(seed) for seed in seeds)}
+    return FinetuneResult(model_dir=output_dir, metrics=metrics, info=info)
+
+
+def load_member_record(record: Path, member_dir: Path) -> FinetuneResult | None:
+    """A finished soup member: its metrics file and its model folder both exist."""
+    if not (record.is_file() and (member_dir / "config.json").is_file()):
+        return None
+    saved = json.loads(record.read_text())  # write_metrics' layout: the metrics + "info"
+    info = saved.pop("info")
+    return FinetuneResult(model_dir=member_dir, metrics=saved, info=info)
+
+
+def broadcast_from_main(value: Any) -> Any:
+    import torch.distributed as dist
+
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def soup_metrics(seeds: Sequence[int], members: Sequence[FinetuneResult]) -> dict[str, float]:
+    """Summed counts and times, the members' mean training loss and each member's score."""
+    metrics = {name: sum(m.metrics.get(name, 0.0) for m in members) for name in SUMMED_METRICS}
+    metrics["train_samples_per_second"] = metrics["samples_seen"] / max(
+        metrics["train_seconds"], 1e-9
+    )
+    metrics["train_loss"] = sum(m.metrics["train_loss"] for m in members) / len(members)
+    metrics["train_examples"] = members[0].metrics["train_examples"]
+    metrics["val_examples"] = members[0].metrics["val_examples"]
+    metrics["soup_members"] = float(len(members))
+    for seed, member in zip(seeds, members, strict=True):
+        metrics[f"seed_{seed}_val_accuracy"] = member.metrics["val_accuracy"]
+    return metrics
+
+
+def score_saved_model(
+    config: RatchetConfig, data: PreparedData, model_dir: Path
+) -> dict[str, float]:
+    """Validation accuracy and loss of a saved classifier, on the validation rows that
+    the run with ``train.seed`` scored."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import components.modeling  # noqa: F401  (registers the mean-pooling classifier)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = select_rows(data.validation, config.train.max_eval_samples, config.train.seed)
+    device = choose_device()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
+    return evaluate_accuracy(
+        model,
+        encode_texts(tokenizer, rows["text"].tolist(), config.model.max_length),
+        rows["label"].astype(int).tolist(),
+        config.eval.batch_size,
+        tokenizer.pad_token_id,
+        choose_precision(config.train.precision, device),
+    )
 
 
 def default_init_model(config: RatchetConfig, paths: ProjectPaths) -> str:

@@ -281,6 +281,14 @@ class TrackingConfig(Section):
     dvc_remote_url: str | None = Field(
         None, description="DVC remote (e.g. s3://bucket/path); null uses the state folder."
     )
+    cache_max_age_days: float | None = Field(
+        14,
+        ge=0,
+        description="Step caches in the state folder (model folders in artifacts/, "
+        "checkpoints/, evaluations/) that no run has written or reused for this many days "
+        "are deleted when a retrain starts; registered models and Bentos are never touched. "
+        "null keeps every cache.",
+    )
 
 
 class RatchetConfig(Section):

@@ -12,6 +12,8 @@ Nothing here runs at import; the CLI and the flows call :func:`configure_environ
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +99,15 @@ class ProjectPaths:
         return self.state_dir / "checkpoints"
 
     @property
+    def artifacts_dir(self) -> Path:
+        """Step outputs by cache key (model folders): reused by reruns, never the record."""
+        return self.state_dir / "artifacts"
+
+    @property
+    def evaluations_dir(self) -> Path:
+        return self.state_dir / "evaluations"
+
+    @property
     def reports_dir(self) -> Path:
         return self.state_dir / "reports"
 
@@ -144,3 +155,48 @@ def configure_environment(config: RatchetConfig, paths: ProjectPaths) -> dict[st
             os.environ[name] = value
             applied[name] = value
     return applied
+
+
+TRASH_PREFIX = ".trash-"
+
+
+def last_touched(folder: Path) -> float:
+    """The newest modification time of a folder and its direct entries (a checkpoint
+    folder gains entries while its run trains)."""
+    times = [folder.stat().st_mtime]
+    times.extend(entry.stat().st_mtime for entry in folder.iterdir() if not entry.is_symlink())
+    return max(times)
+
+
+def prune_step_caches(
+    paths: ProjectPaths, max_age_days: float, now: float | None = None
+) -> list[Path]:
+    """Delete the step caches (``artifacts/``, ``checkpoints/`` and ``evaluations/`` keyed
+    folders) that nothing has written or reused for ``max_age_days``.
+
+    They only save recomputation: registered models live in the MLflow store and Bentos in
+    BentoML's, and a flow whose cached folder is gone recomputes it. Without pruning,
+    nightly retraining on new data adds a model folder a night, and checkpoints of runs
+    that crashed and were never rerun stay for ever. Each folder is renamed away before
+    it is deleted, so a crash mid-delete cannot leave a half-deleted cache that looks whole.
+
+    Returns:
+        The deleted folders.
+    """
+    cutoff = (time.time() if now is None else now) - max_age_days * 86_400
+    removed: list[Path] = []
+    for root in (paths.artifacts_dir, paths.checkpoints_dir, paths.evaluations_dir):
+        if not root.is_dir():
+            continue
+        for folder in sorted(root.iterdir()):
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            if folder.name.startswith(TRASH_PREFIX):  # a delete that a crash interrupted
+                shutil.rmtree(folder, ignore_errors=True)
+            elif last_touched(folder) < cutoff:
+                trash = folder.with_name(TRASH_PREFIX + folder.name)
+                shutil.rmtree(trash, ignore_errors=True)
+                os.replace(folder, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+                removed.append(folder)
+    return removed

@@ -29,7 +29,7 @@ from prefect.context import FlowRunContext
 from components.base_model import model_fingerprint, resolve_base_model
 from components.config import RatchetConfig, load_config
 from components.errors import ConfigError
-from components.state import ProjectPaths, configure_environment
+from components.state import ProjectPaths, configure_environment, prune_step_caches
 from flows import tasks
 from flows.keys import code_version, step_key
 from flows.run_record import RunRecord, render_report
@@ -157,7 +157,7 @@ def train_models(
 
     base = resolve_base_model(config.model.base, paths.project_root)
     code = code_version()
-    artifacts = paths.state_dir / "artifacts"
+    artifacts = paths.artifacts_dir
     init_model, init_key = base, step_key("base", model_fingerprint(base))
     if config.pretrain.enabled:
         key = step_key(
@@ -213,6 +213,9 @@ def run_cached(
     state = task.with_options(refresh_cache=fresh)(**arguments, return_state=True)
     result: dict[str, Any] = state.result()
     status = "cached" if state.name == "Cached" else "done"
+    # The folder's age is its last use: cache pruning spares the caches runs keep reusing.
+    if Path(result["model_dir"]).is_dir():
+        os.utime(result["model_dir"])
     record.add_step(name, status, time.perf_counter() - started, {"model_dir": result["model_dir"]})
     return result
 
@@ -254,7 +257,7 @@ def evaluate_register_and_gate(
     from components import tracking
 
     with tracking.stage_run("evaluate") as run:
-        eval_dir = paths.state_dir / "evaluations" / train_key
+        eval_dir = paths.evaluations_dir / train_key
         report: Any = timed_step(
             record,
             "evaluate",
@@ -326,6 +329,15 @@ def retrain(
     from components import tracking
 
     with retrain_slot(config, paths):
+        if config.tracking.cache_max_age_days is not None:
+            pruned = prune_step_caches(paths, config.tracking.cache_max_age_days)
+            if pruned:
+                logger.info(
+                    "deleted %d step caches unused for %g days: %s",
+                    len(pruned),
+                    config.tracking.cache_max_age_days,
+                    ", ".join(folder.name for folder in pruned),
+                )
         tracking.setup_tracking(config, paths)
         with tracking.parent_run(
             config, f"retrain-{flow_run_name}", {"prefect.flow_run_id": flow_run_id}

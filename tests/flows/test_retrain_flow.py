@@ -7,6 +7,8 @@ temporary API costs seconds per start).
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,8 +78,22 @@ def test_first_run_promotes_and_builds_then_rerun_is_cached(
     reports = list((state_dir / "reports").glob("*.md"))
     assert reports and "completed" in reports[0].read_text()
 
+    # Step caches: reused ones count as used today; one untouched for 30 days goes.
+    day = 86_400.0
+    model_folders = sorted((state_dir / "artifacts").iterdir())
+    assert [folder.name.split("-")[0] for folder in model_folders] == ["pretrain", "train"]
+    for folder in model_folders:
+        os.utime(folder, (time.time() - day, time.time() - day))
+    orphan = state_dir / "checkpoints" / "train-of-a-run-that-crashed"
+    (orphan / "step-00000004").mkdir(parents=True)
+    for stale in (orphan / "step-00000004", orphan):
+        os.utime(stale, (time.time() - 30 * day, time.time() - 30 * day))
+    started = time.time()
     again = run_flow(flow_project, overrides)
 
+    assert not orphan.exists()
+    assert sorted((state_dir / "artifacts").iterdir()) == model_folders
+    assert all(folder.stat().st_mtime >= started - 1 for folder in model_folders)
     assert again["outcome"] == "unchanged"
     assert again["registered_version"] == "1"
     assert registry_state()[0] == ["1"], "a rerun with nothing changed registered a new version"

@@ -257,7 +257,13 @@ class ServingConfig(Section):
     alias: str = Field("champion", description="Registry alias a Bento is built from.")
     max_texts: int = Field(64, ge=1, description="Most texts in one request.")
     max_chars: int = Field(10_000, ge=1, description="Longest text accepted, in characters.")
-    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
+    max_body_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        description="Largest request body (413 above it). The default holds max_texts texts "
+        "of max_chars ASCII characters; JSON spends 2-6 bytes on a non-ASCII character, so "
+        "raise it for long non-Latin texts.",
+    )
     max_batch_size: int = Field(64, ge=1, description="Adaptive batching: most texts a batch.")
     max_latency_ms: int = Field(
         10_000, ge=1, description="Adaptive batching: a request queued longer gets 503."

@@ -323,8 +323,14 @@ def finetune_once(
     output_dir: Path,
     checkpoint_dir: Path | None = None,
     on_metrics: MetricsCallback | None = None,
+    rows_seed: int | None = None,
 ) -> FinetuneResult:
-    """One fine-tuning run with ``train.seed`` (``train.soup_seeds`` is not read)."""
+    """One fine-tuning run with ``train.seed`` (``train.soup_seeds`` is not read).
+
+    ``rows_seed`` (default ``train.seed``) picks the training and validation rows when
+    ``train.max_train_samples`` / ``max_eval_samples`` cap them, so that a soup's members
+    differ in their seed alone and are scored on the same rows.
+    """
     from transformers import AutoTokenizer
 
     from components.modeling import classifier_from_pretrained
@@ -336,10 +342,11 @@ def finetune_once(
         torch.set_num_threads(train_cfg.num_threads)
     seed_everything(train_cfg.seed, train_cfg.deterministic)
     tokenizer = AutoTokenizer.from_pretrained(init_model)
-    train_rows = select_rows(data.train, train_cfg.max_train_samples, train_cfg.seed)
+    rows_seed = train_cfg.seed if rows_seed is None else rows_seed
+    train_rows = select_rows(data.train, train_cfg.max_train_samples, rows_seed)
     max_length = config.model.max_length
     train_encoded = encode_texts(tokenizer, train_rows["text"].tolist(), max_length)
-    val_rows = select_rows(data.validation, train_cfg.max_eval_samples, train_cfg.seed)
+    val_rows = select_rows(data.validation, train_cfg.max_eval_samples, rows_seed)
     val_encoded = encode_texts(tokenizer, val_rows["text"].tolist(), max_length)
     val_labels = val_rows["label"].astype(int).tolist()
     device = choose_device(context)
@@ -475,14 +482,15 @@ def run_soup_finetuning(
     """Fine-tune once per seed (``train.seed``, then ``train.soup_seeds``) from the same
     ``init_model`` and save the uniform average of the runs' weights.
 
-    Each member is a whole run with its own seed: its checkpoints go to ``seed-<n>/`` and,
-    once finished, its model to ``seed-<n>-model/`` under ``checkpoint_dir``, where it stays
-    until the soup is written. A rerun after a crash therefore retrains only the members
+    Each member is a whole run with its own seed, on the same rows when
+    ``train.max_train_samples`` or ``max_eval_samples`` pick a subset. Its checkpoints go to
+    ``seed-<n>/`` and, once finished, its model to ``seed-<n>-model/`` under
+    ``checkpoint_dir``, where it stays until the soup is written. A rerun after a crash therefore retrains only the members
     that had not finished, each from its last checkpoint.
 
     Returns:
-        The soup's folder; ``val_accuracy``/``val_loss`` are the soup's own on the primary
-        seed's validation rows, ``seed_<n>_val_accuracy`` each member's, and the step,
+        The soup's folder; ``val_accuracy``/``val_loss`` are the soup's own,
+        ``seed_<n>_val_accuracy`` each member's (on the same rows), and the step,
         sample and time counts are summed over the members.
     """
     from components.soup import average_model_folders
@@ -507,7 +515,13 @@ def run_soup_finetuning(
             continue
         logger.info("soup member %d of %d: seed %d", len(members) + 1, len(seeds), seed)
         result = finetune_once(
-            member_config, data, init_model, member_dir, workdir / f"seed-{seed}", on_metrics
+            member_config,
+            data,
+            init_model,
+            member_dir,
+            workdir / f"seed-{seed}",
+            on_metrics,
+            rows_seed=config.train.seed,
         )
         if context.is_main:
             write_metrics(record, result.metrics, result.info)

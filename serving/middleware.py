@@ -144,7 +144,8 @@ class RequestBodyMiddleware:
         await send_json_error(
             send,
             413,
-            f"request body is larger than {self.max_body_bytes} bytes",
+            f"request body is larger than {self.max_body_bytes} bytes "
+            "(serving.max_body_bytes); send fewer or shorter texts per request",
             "body",
             connection="close",
         )

@@ -85,11 +85,11 @@ def test_a_rerun_after_a_crash_retrains_only_the_unfinished_members(
     trained: list[int] = []
     original = finetune.finetune_once
 
-    def crash_on_seed_7(member_config: RatchetConfig, *args: object) -> object:
+    def crash_on_seed_7(member_config: RatchetConfig, *args: object, **kwargs: object) -> object:
         trained.append(member_config.train.seed)
         if member_config.train.seed == 7:
             raise RuntimeError("killed")
-        return original(member_config, *args)  # type: ignore[arg-type]
+        return original(member_config, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(finetune, "finetune_once", crash_on_seed_7)
     checkpoints = tmp_path / "checkpoints"
@@ -99,9 +99,9 @@ def test_a_rerun_after_a_crash_retrains_only_the_unfinished_members(
     saved = json.loads((checkpoints / "seed-42.json").read_text())
     assert (checkpoints / "seed-42-model" / "model.safetensors").is_file()
 
-    def record_seed(member_config: RatchetConfig, *args: object) -> object:
+    def record_seed(member_config: RatchetConfig, *args: object, **kwargs: object) -> object:
         trained.append(member_config.train.seed)
-        return original(member_config, *args)  # type: ignore[arg-type]
+        return original(member_config, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(finetune, "finetune_once", record_seed)
     result = run_finetuning(config, data, str(tiny_bert_dir), tmp_path / "soup", checkpoints)
@@ -142,3 +142,26 @@ def test_a_soup_seed_equal_to_the_run_seed_is_refused(tiny_bert_dir: Path) -> No
         tiny_settings(tiny_bert_dir, "train.soup_seeds=[42]")
     with pytest.raises(ConfigError, match="repeats a seed"):
         tiny_settings(tiny_bert_dir, "train.soup_seeds=[3, 3]")
+
+
+def test_members_train_and_validate_on_the_primary_seeds_rows(
+    tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = soup_settings(
+        tiny_bert_dir,
+        "train.soup_seeds=[7]",
+        "train.max_train_samples=48",
+        "train.max_eval_samples=20",
+    )
+    picks: list[tuple[int | None, int]] = []
+    original = finetune.select_rows
+
+    def record_pick(frame: object, max_samples: int | None, seed: int) -> object:
+        picks.append((max_samples, seed))
+        return original(frame, max_samples, seed)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(finetune, "select_rows", record_pick)
+    run_finetuning(config, sentiment_data(64), str(tiny_bert_dir), tmp_path / "soup")
+    # Both members' training and validation rows, and the soup's scoring rows.
+    assert sorted(set(picks)) == [(20, 42), (48, 42)]
+    assert len(picks) == 5

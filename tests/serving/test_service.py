@@ -173,7 +173,11 @@ BAD_REQUESTS = {
     "blank text": (b'{"texts": [" \\t\\n "]}', 400, "texts"),
     "too many texts": (json.dumps({"texts": ["ok"] * 65}).encode(), 400, "texts"),
     "text over max_chars": (json.dumps({"texts": ["x" * 10_001]}).encode(), 400, "texts"),
-    "1 MB text": (json.dumps({"texts": ["x" * 1_000_000]}).encode(), 413, "larger than"),
+    "1 MB text": (
+        json.dumps({"texts": ["x" * 1_000_000]}).encode(),
+        413,
+        "(serving.max_body_bytes)",
+    ),
     "non-UTF-8 body": (b'{"texts": ["caf\xe9 \xff"]}', 400, "UTF-8"),
     "JSON array body": (b'["hi"]', 400, "object"),
 }

@@ -261,8 +261,8 @@ class ServingConfig(Section):
         1_000_000,
         ge=1024,
         description="Largest request body (413 above it). The default holds max_texts texts "
-        "of max_chars ASCII characters; JSON spends 2-6 bytes on a non-ASCII character, so "
-        "raise it for long non-Latin texts.",
+        "of max_chars plain ASCII characters; JSON spends up to 6 bytes on an escaped or "
+        "non-ASCII character (12 on an emoji), so raise it for long non-Latin texts.",
     )
     max_batch_size: int = Field(64, ge=1, description="Adaptive batching: most texts a batch.")
     max_latency_ms: int = Field(
@@ -297,6 +297,10 @@ class TrackingConfig(Section):
     )
 
 
+# Settings for the state folder's upkeep, not for what a run builds.
+UPKEEP_KEYS: dict[str, Sequence[str]] = {"tracking": ["cache_max_age_days"]}
+
+
 class RatchetConfig(Section):
     """The whole configuration, one section per pipeline stage."""
 
@@ -309,6 +313,11 @@ class RatchetConfig(Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def build_hash(self) -> str:
+        """Hash of the whole config less the keys that cannot change what a run builds
+        (the ``config_hash`` tag: a nightly run skips when it equals the champion's)."""
+        return self.section_hash(leave_out=UPKEEP_KEYS)
 
     def section_hash(
         self, *sections: str, leave_out: dict[str, Sequence[str]] | None = None

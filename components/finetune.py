@@ -18,8 +18,10 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from components.base_model import resolve_base_model
 from components.config import RatchetConfig
 from components.errors import ConfigError, TrainingError
 from components.prepare import PreparedData, load_prepared
+from components.soup import average_model_folders
 from components.state import ProjectPaths
 from components.training import (
     DistributedContext,
@@ -323,13 +326,18 @@ def finetune_once(
     output_dir: Path,
     checkpoint_dir: Path | None = None,
     on_metrics: MetricsCallback | None = None,
-    rows_seed: int | None = None,
+    start_seed: int | None = None,
+    on_saved: Callable[[FinetuneResult], None] | None = None,
 ) -> FinetuneResult:
     """One fine-tuning run with ``train.seed`` (``train.soup_seeds`` is not read).
 
-    ``rows_seed`` (default ``train.seed``) picks the training and validation rows when
-    ``train.max_train_samples`` / ``max_eval_samples`` cap them, so that a soup's members
-    differ in their seed alone and are scored on the same rows.
+    Args:
+        start_seed: seed of what a soup's members share (default ``train.seed``): the
+            rows picked when ``train.max_train_samples`` / ``max_eval_samples`` cap them,
+            and the initial weights of the new classification head. Members then differ
+            in data order and dropout alone, and their heads' units line up for averaging.
+        on_saved: called with the result once the model folder is in place, before the
+            checkpoints are cleared (a soup records its finished member there).
     """
     from transformers import AutoTokenizer
 
@@ -342,11 +350,11 @@ def finetune_once(
         torch.set_num_threads(train_cfg.num_threads)
     seed_everything(train_cfg.seed, train_cfg.deterministic)
     tokenizer = AutoTokenizer.from_pretrained(init_model)
-    rows_seed = train_cfg.seed if rows_seed is None else rows_seed
-    train_rows = select_rows(data.train, train_cfg.max_train_samples, rows_seed)
+    start_seed = train_cfg.seed if start_seed is None else start_seed
+    train_rows = select_rows(data.train, train_cfg.max_train_samples, start_seed)
     max_length = config.model.max_length
     train_encoded = encode_texts(tokenizer, train_rows["text"].tolist(), max_length)
-    val_rows = select_rows(data.validation, train_cfg.max_eval_samples, rows_seed)
+    val_rows = select_rows(data.validation, train_cfg.max_eval_samples, start_seed)
     val_encoded = encode_texts(tokenizer, val_rows["text"].tolist(), max_length)
     val_labels = val_rows["label"].astype(int).tolist()
     device = choose_device(context)
@@ -368,6 +376,8 @@ def finetune_once(
         train_cfg.grad_accum_steps,
         train_cfg.max_steps,
     )
+    if start_seed != train_cfg.seed:
+        torch.manual_seed(start_seed)
     model = classifier_from_pretrained(
         init_model,
         config.model.pooling,
@@ -382,8 +392,9 @@ def finetune_once(
         if train_cfg.layer_lr_decay < 1
         else None
     )
-    if context.enabled:
-        # Same init everywhere (DDP also broadcasts rank 0's), different dropout per rank.
+    if context.enabled or start_seed != train_cfg.seed:
+        # Same init everywhere (DDP also broadcasts rank 0's), different dropout per rank
+        # and per soup member.
         torch.manual_seed(train_cfg.seed + context.rank)
     settings = LoopSettings(
         total_steps=total_steps,
@@ -437,12 +448,21 @@ def finetune_once(
         "train_examples": float(len(train_encoded)),
         "val_examples": float(len(val_encoded)),
     }
+    info = {
+        "device": outcome.device,
+        "precision": outcome.precision,
+        "init_model": init_model,
+        "kept_weights": train_cfg.keep,  # best: of step best_step; last: of the last step
+    }
+    result = FinetuneResult(model_dir=output_dir, metrics=metrics, info=info)
     if context.is_main:
         # Whatever loads the folder (evaluation, the gate's re-score, the MLflow model, the
         # Bento) reads its token window from the tokenizer: make it the trained one, so
         # serving truncates long texts where training and the gate did.
         tokenizer.model_max_length = config.model.max_length
         save_model_atomically(model, tokenizer, output_dir)
+        if on_saved is not None:
+            on_saved(result)
         if checkpoint_dir is not None:
             clear_checkpoints(checkpoint_dir)
     logger.info(
@@ -451,13 +471,7 @@ def finetune_once(
         final_scores["val_accuracy"],
         metrics["train_samples_per_second"],
     )
-    info = {
-        "device": outcome.device,
-        "precision": outcome.precision,
-        "init_model": init_model,
-        "kept_weights": train_cfg.keep,  # best: of step best_step; last: of the last step
-    }
-    return FinetuneResult(model_dir=output_dir, metrics=metrics, info=info)
+    return result
 
 
 # Counts and durations that add up over a soup's members.
@@ -482,30 +496,72 @@ def run_soup_finetuning(
     """Fine-tune once per seed (``train.seed``, then ``train.soup_seeds``) from the same
     ``init_model`` and save the uniform average of the runs' weights.
 
-    Each member is a whole run with its own seed, on the same rows when
-    ``train.max_train_samples`` or ``max_eval_samples`` pick a subset. Its checkpoints go to
-    ``seed-<n>/`` and, once finished, its model to ``seed-<n>-model/`` under
-    ``checkpoint_dir``, where it stays until the soup is written. A rerun after a crash therefore retrains only the members
-    that had not finished, each from its last checkpoint.
+    The members share their start: the init model, the new head's initial weights and,
+    when ``train.max_train_samples`` or ``max_eval_samples`` pick a subset, the rows; they
+    differ in data order and dropout. Each member checkpoints into ``seed-<n>/`` under
+    ``checkpoint_dir`` and, once finished, keeps its model in ``seed-<n>-model/`` with its
+    metrics in ``seed-<n>.json`` until the soup is written. A rerun after a crash therefore
+    retrains only the unfinished members, each from its last checkpoint; without a
+    ``checkpoint_dir`` the members live in a temporary folder and nothing resumes.
 
     Returns:
         The soup's folder; ``val_accuracy``/``val_loss`` are the soup's own,
         ``seed_<n>_val_accuracy`` each member's (on the same rows), and the step,
         sample and time counts are summed over the members.
     """
-    from components.soup import average_model_folders
-
     check_finetune_inputs(config, data, init_model)
+    if checkpoint_dir is None:
+        with tempfile.TemporaryDirectory(prefix="ratchet-soup-") as scratch:
+            return run_soup_finetuning(
+                config, data, init_model, output_dir, Path(scratch), on_metrics
+            )
     context = init_distributed()
     seeds = [config.train.seed, *config.train.soup_seeds]
-    workdir = checkpoint_dir or output_dir.parent / f".{output_dir.name}.soup"
+    done = checkpoint_dir / "soup.json"
+    finished_soup = load_recorded_result(done, output_dir)
+    if finished_soup is None:
+        members = train_soup_members(config, data, init_model, checkpoint_dir, on_metrics)
+        metrics = soup_metrics(seeds, members)
+        info = {**members[0].info, "soup_seeds": ",".join(str(seed) for seed in seeds)}
+        if context.is_main:
+            average_model_folders([member.model_dir for member in members], output_dir)
+            metrics.update(score_saved_model(config, data, output_dir))
+            # From here a rerun reuses the soup, so a kill during the clean-up below
+            # never sends members back to training.
+            write_metrics(done, metrics, info)
+        finished_soup = FinetuneResult(model_dir=output_dir, metrics=metrics, info=info)
+    if context.enabled:
+        finished_soup = broadcast_from_main(finished_soup)  # every rank reports the soup
+    if context.is_main:
+        for seed in seeds:
+            shutil.rmtree(checkpoint_dir / f"seed-{seed}-model", ignore_errors=True)
+            shutil.rmtree(checkpoint_dir / f"seed-{seed}", ignore_errors=True)
+            (checkpoint_dir / f"seed-{seed}.json").unlink(missing_ok=True)
+        done.unlink(missing_ok=True)
+    member_scores = [finished_soup.metrics[f"seed_{seed}_val_accuracy"] for seed in seeds]
+    logger.info(
+        "model soup of %d fine-tunes: val_accuracy %.4f (members: %s)",
+        len(seeds),
+        finished_soup.metrics["val_accuracy"],
+        ", ".join(f"{score:.4f}" for score in member_scores),
+    )
+    return finished_soup
+
+
+def train_soup_members(
+    config: RatchetConfig,
+    data: PreparedData,
+    init_model: str,
+    workdir: Path,
+    on_metrics: MetricsCallback | None,
+) -> list[FinetuneResult]:
+    """Fine-tune (or reuse, when a record says it finished) one member per seed."""
+    context = init_distributed()
+    seeds = [config.train.seed, *config.train.soup_seeds]
     members: list[FinetuneResult] = []
     for seed in seeds:
-        member_config = config.model_copy(
-            update={"train": config.train.model_copy(update={"seed": seed, "soup_seeds": []})}
-        )
         member_dir, record = workdir / f"seed-{seed}-model", workdir / f"seed-{seed}.json"
-        finished = load_member_record(record, member_dir)
+        finished = load_recorded_result(record, member_dir)
         if context.enabled:
             # Rank 0's view decides, so every rank trains the same members.
             finished = broadcast_from_main(finished)
@@ -514,46 +570,43 @@ def run_soup_finetuning(
             members.append(finished)
             continue
         logger.info("soup member %d of %d: seed %d", len(members) + 1, len(seeds), seed)
-        result = finetune_once(
-            member_config,
-            data,
-            init_model,
-            member_dir,
-            workdir / f"seed-{seed}",
-            on_metrics,
-            rows_seed=config.train.seed,
+        member_config = config.model_copy(
+            update={"train": config.train.model_copy(update={"seed": seed, "soup_seeds": []})}
         )
-        if context.is_main:
-            write_metrics(record, result.metrics, result.info)
-        members.append(result)
-    metrics = soup_metrics(seeds, members)
-    if context.is_main:
-        average_model_folders([member.model_dir for member in members], output_dir)
-        metrics.update(score_saved_model(config, data, output_dir))
-        # The members live only until the soup is written (a rerun reuses the soup).
-        for seed in seeds:
-            shutil.rmtree(workdir / f"seed-{seed}-model", ignore_errors=True)
-            shutil.rmtree(workdir / f"seed-{seed}", ignore_errors=True)
-            (workdir / f"seed-{seed}.json").unlink(missing_ok=True)
-        if checkpoint_dir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    logger.info(
-        "model soup of %d fine-tunes: val_accuracy %.4f (members: %s)",
-        len(seeds),
-        metrics.get("val_accuracy", float("nan")),
-        ", ".join(f"{m.metrics['val_accuracy']:.4f}" for m in members),
-    )
-    info = {**members[0].info, "soup_seeds": ",".join(str(seed) for seed in seeds)}
-    return FinetuneResult(model_dir=output_dir, metrics=metrics, info=info)
+        members.append(
+            finetune_once(
+                member_config,
+                data,
+                init_model,
+                member_dir,
+                workdir / f"seed-{seed}",
+                offset_steps(on_metrics, sum(m.metrics["steps"] for m in members)),
+                start_seed=config.train.seed,
+                on_saved=partial(record_result, record),
+            )
+        )
+    return members
 
 
-def load_member_record(record: Path, member_dir: Path) -> FinetuneResult | None:
-    """A finished soup member: its metrics file and its model folder both exist."""
-    if not (record.is_file() and (member_dir / "config.json").is_file()):
+def record_result(record: Path, result: FinetuneResult) -> None:
+    write_metrics(record, result.metrics, result.info)
+
+
+def offset_steps(on_metrics: MetricsCallback | None, offset: float) -> MetricsCallback | None:
+    """A member's per-step metrics numbered after the previous members' steps, so the
+    members' curves follow each other in one MLflow run instead of overlapping."""
+    if on_metrics is None or not offset:
+        return on_metrics
+    return lambda step, metrics: on_metrics(step + int(offset), metrics)
+
+
+def load_recorded_result(record: Path, model_dir: Path) -> FinetuneResult | None:
+    """A finished run's result: its metrics file and its model folder both exist."""
+    if not (record.is_file() and (model_dir / "config.json").is_file()):
         return None
     saved = json.loads(record.read_text())  # write_metrics' layout: the metrics + "info"
     info = saved.pop("info")
-    return FinetuneResult(model_dir=member_dir, metrics=saved, info=info)
+    return FinetuneResult(model_dir=model_dir, metrics=saved, info=info)
 
 
 def broadcast_from_main(value: Any) -> Any:
@@ -583,7 +636,7 @@ def score_saved_model(
     config: RatchetConfig, data: PreparedData, model_dir: Path
 ) -> dict[str, float]:
     """Validation accuracy and loss of a saved classifier, on the validation rows that
-    the run with ``train.seed`` scored."""
+    the run with ``train.seed`` scored (a soup's members scored the same ones)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import components.modeling  # noqa: F401  (registers the mean-pooling classifier)

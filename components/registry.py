@@ -121,7 +121,7 @@ def lineage_tags(
 ) -> dict[str, str]:
     """Tags recorded on a version: lineage, config hash, test split, labels, key metrics."""
     tags = {key: str(value) for key, value in lineage.items() if value is not None}
-    tags.setdefault("config_hash", config.section_hash())
+    tags.setdefault("config_hash", config.build_hash())
     tags["test_split_md5"] = report.test_split_md5
     tags["eval_run_id"] = eval_run_id
     tags["labels"] = json.dumps(report.labels)

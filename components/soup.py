@@ -58,28 +58,35 @@ def check_soup_members(member_dirs: Sequence[Path]) -> list[str]:
     return names
 
 
-def average_tensors(tensors: Sequence[torch.Tensor], name: str) -> torch.Tensor:
-    """The mean of floating-point tensors (summed in fp32), or the shared value of integer
-    buffers such as position ids, which must agree."""
-    first = tensors[0]
-    if any(tensor.shape != first.shape for tensor in tensors):
-        raise TrainingError(f"cannot average {name}: shapes {[tuple(t.shape) for t in tensors]}")
-    if not first.is_floating_point():
-        if any(not torch.equal(tensor, first) for tensor in tensors[1:]):
+def add_member_weights(
+    totals: dict[str, torch.Tensor], first: dict[str, torch.Tensor], member: dict[str, torch.Tensor]
+) -> None:
+    """Add one member's floating-point weights into the fp32 ``totals``; integer buffers
+    such as position ids must equal the first member's."""
+    if set(member) != set(first):
+        raise TrainingError(
+            f"cannot average: weight names differ ({sorted(set(member) ^ set(first))[:5]})"
+        )
+    for name, value in member.items():
+        reference = first[name]
+        if value.shape != reference.shape:
+            raise TrainingError(
+                f"cannot average {name}: shapes {tuple(reference.shape)} and {tuple(value.shape)}"
+            )
+        if reference.is_floating_point():
+            totals[name] += value.float()
+        elif not torch.equal(value, reference):
             raise TrainingError(f"cannot average {name}: its non-float values differ")
-        return first
-    total = torch.zeros_like(first, dtype=torch.float32)
-    for tensor in tensors:
-        total += tensor.float()
-    return (total / len(tensors)).to(first.dtype)
 
 
 def average_model_folders(member_dirs: Sequence[Path], output_dir: Path) -> Path:
     """Write the uniform average of ``member_dirs``' weights as a Hugging Face folder.
 
-    The config and tokenizer are the first member's (they are the same in all). The
-    folder is assembled beside ``output_dir`` and swapped into place, so a crash leaves
-    either the old folder or the whole new one.
+    The config and tokenizer are the first member's (they are the same in all). Weights
+    are summed in fp32 one member at a time, so memory holds two models, not all of them.
+    The folder is assembled beside ``output_dir`` and renamed into place, so a crash
+    leaves the previous folder (or, in the instant between the two, none), never a
+    half-written one.
 
     Raises:
         TrainingError: the members cannot be averaged (see :func:`check_soup_members`).
@@ -91,11 +98,20 @@ def average_model_folders(member_dirs: Sequence[Path], output_dir: Path) -> Path
     shutil.copytree(member_dirs[0], partial, ignore=shutil.ignore_patterns(f"*{WEIGHT_SUFFIX}"))
     try:
         for file_name in names:
-            states = [load_file(member / file_name) for member in member_dirs]
-            keys = set(states[0])
-            if any(set(state) != keys for state in states[1:]):
-                raise TrainingError(f"cannot average {file_name}: the weight names differ")
-            averaged = {key: average_tensors([s[key] for s in states], key) for key in keys}
+            first = load_file(member_dirs[0] / file_name)
+            totals = {
+                name: value.to(torch.float32, copy=True)
+                for name, value in first.items()
+                if value.is_floating_point()
+            }
+            for member in member_dirs[1:]:
+                add_member_weights(totals, first, load_file(member / file_name))
+            averaged = {
+                name: (totals[name] / len(member_dirs)).to(value.dtype)
+                if value.is_floating_point()
+                else value
+                for name, value in first.items()
+            }
             # Hugging Face loaders expect the "format" metadata that save_pretrained writes.
             save_file(averaged, partial / file_name, metadata={"format": "pt"})
     except BaseException:

@@ -11,6 +11,7 @@ Nothing here runs at import; the CLI and the flows call :func:`configure_environ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -164,7 +165,9 @@ def last_touched(folder: Path) -> float:
     """The newest modification time of a folder and its direct entries (a checkpoint
     folder gains entries while its run trains)."""
     times = [folder.stat().st_mtime]
-    times.extend(entry.stat().st_mtime for entry in folder.iterdir() if not entry.is_symlink())
+    for entry in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a running job replaced it
+            times.append(entry.lstat().st_mtime)
     return max(times)
 
 
@@ -172,7 +175,8 @@ def prune_step_caches(
     paths: ProjectPaths, max_age_days: float, now: float | None = None
 ) -> list[Path]:
     """Delete the step caches (``artifacts/``, ``checkpoints/`` and ``evaluations/`` keyed
-    folders) that nothing has written or reused for ``max_age_days``.
+    folders) that nothing has written or reused for ``max_age_days``. The retrain flow
+    calls this at the end of a run, after dating the caches it used.
 
     They only save recomputation: registered models live in the MLflow store and Bentos in
     BentoML's, and a flow whose cached folder is gone recomputes it. Without pruning,
@@ -193,10 +197,14 @@ def prune_step_caches(
                 continue
             if folder.name.startswith(TRASH_PREFIX):  # a delete that a crash interrupted
                 shutil.rmtree(folder, ignore_errors=True)
-            elif last_touched(folder) < cutoff:
-                trash = folder.with_name(TRASH_PREFIX + folder.name)
-                shutil.rmtree(trash, ignore_errors=True)
-                os.replace(folder, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-                removed.append(folder)
+                continue
+            # Another process (a DVC stage, another registry's retrain) may be writing
+            # or removing its own caches meanwhile: what vanished is skipped.
+            with contextlib.suppress(FileNotFoundError):
+                if last_touched(folder) < cutoff:
+                    trash = folder.with_name(TRASH_PREFIX + folder.name)
+                    shutil.rmtree(trash, ignore_errors=True)
+                    os.replace(folder, trash)
+                    shutil.rmtree(trash, ignore_errors=True)
+                    removed.append(folder)
     return removed

@@ -103,7 +103,7 @@ def log_config(config: RatchetConfig, run_id: str) -> None:
     for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
         client.log_batch(run_id, params=items[start : start + MAX_PARAMS_PER_BATCH])
     client.log_text(run_id, config.to_yaml(), "config/config.yaml")
-    client.set_tag(run_id, "config_hash", config.section_hash())
+    client.set_tag(run_id, "config_hash", config.build_hash())
 
 
 def system_facts() -> dict[str, str]:

@@ -29,7 +29,7 @@ from prefect.context import FlowRunContext
 from components.base_model import model_fingerprint, resolve_base_model
 from components.config import RatchetConfig, load_config
 from components.errors import ConfigError
-from components.state import ProjectPaths, configure_environment, prune_step_caches
+from components.state import ProjectPaths, configure_environment
 from flows import tasks
 from flows.keys import code_version, step_key
 from flows.run_record import RunRecord, render_report
@@ -156,17 +156,11 @@ def train_models(
     from components import tracking
 
     base = resolve_base_model(config.model.base, paths.project_root)
-    code = code_version()
     artifacts = paths.artifacts_dir
-    init_model, init_key = base, step_key("base", model_fingerprint(base))
-    if config.pretrain.enabled:
-        key = step_key(
-            "pretrain",
-            md5s["prepared_data_md5"],
-            config.section_hash("pretrain", "model"),
-            init_key,
-            code,
-        )
+    keys = training_keys(config, paths, md5s)
+    init_model = base
+    if "pretrain" in keys:
+        key = keys["pretrain"]
         with tracking.stage_run("pretrain", {"ratchet.cache_key": key}) as run:
             pretrained = run_cached(
                 tasks.pretrain_model,
@@ -180,12 +174,10 @@ def train_models(
                 output_dir=artifacts / key,
                 run_id=run.info.run_id,
             )
-        init_model, init_key = pretrained["model_dir"], key
+        init_model = pretrained["model_dir"]
     else:
         record.add_step("pretrain", "skipped", 0.0)
-    key = step_key(
-        "train", md5s["prepared_data_md5"], config.section_hash("train", "model"), init_key, code
-    )
+    key = keys["train"]
     with tracking.stage_run("train", {"ratchet.cache_key": key}) as run:
         finetuned = run_cached(
             tasks.finetune_model,
@@ -204,6 +196,53 @@ def train_models(
     return finetuned["model_dir"], key
 
 
+def training_keys(
+    config: RatchetConfig, paths: ProjectPaths, md5s: dict[str, Any]
+) -> dict[str, str]:
+    """The cache keys of the training steps this config runs (``pretrain`` when enabled,
+    ``train``): each hashes the prepared data, the config sections the step reads, the
+    upstream model's key and the code version."""
+    base = resolve_base_model(config.model.base, paths.project_root)
+    code = code_version()
+    keys: dict[str, str] = {}
+    upstream = step_key("base", model_fingerprint(base))
+    if config.pretrain.enabled:
+        keys["pretrain"] = upstream = step_key(
+            "pretrain",
+            md5s["prepared_data_md5"],
+            config.section_hash("pretrain", "model"),
+            upstream,
+            code,
+        )
+    keys["train"] = step_key(
+        "train", md5s["prepared_data_md5"], config.section_hash("train", "model"), upstream, code
+    )
+    return keys
+
+
+def mark_caches_used(paths: ProjectPaths, keys: dict[str, str]) -> None:
+    """Date the step caches of ``keys`` as used now, so pruning spares them."""
+    for key in keys.values():
+        if (paths.artifacts_dir / key).is_dir():
+            os.utime(paths.artifacts_dir / key)
+
+
+def prune_caches(config: RatchetConfig, paths: ProjectPaths) -> None:
+    from components.state import prune_step_caches
+
+    max_age = config.tracking.cache_max_age_days
+    if max_age is None:
+        return
+    pruned = prune_step_caches(paths, max_age)
+    if pruned:
+        get_run_logger().info(
+            "deleted %d step caches unused for %g days: %s",
+            len(pruned),
+            max_age,
+            ", ".join(folder.name for folder in pruned),
+        )
+
+
 def run_cached(
     task: Any, record: RunRecord, name: str, force: bool, model_dir: Path, **arguments: Any
 ) -> dict[str, Any]:
@@ -213,9 +252,8 @@ def run_cached(
     state = task.with_options(refresh_cache=fresh)(**arguments, return_state=True)
     result: dict[str, Any] = state.result()
     status = "cached" if state.name == "Cached" else "done"
-    # The folder's age is its last use: cache pruning spares the caches runs keep reusing.
     if Path(result["model_dir"]).is_dir():
-        os.utime(result["model_dir"])
+        os.utime(result["model_dir"])  # the folder's age is its last use
     record.add_step(name, status, time.perf_counter() - started, {"model_dir": result["model_dir"]})
     return result
 
@@ -325,58 +363,66 @@ def retrain(
     flow_run_id, flow_run_name = current_flow_run()
     record = RunRecord(flow_run_id, flow_run_name, paths.reports_dir / f"{flow_run_name}.json")
     record.save()
-    logger = get_run_logger()
+    with retrain_slot(config, paths):
+        summary = retrain_in_slot(config, paths, record, force, skip_if_unchanged)
+        # After the run, whose own caches are dated now: only others can be stale.
+        prune_caches(config, paths)
+    return summary
+
+
+def retrain_in_slot(
+    config: RatchetConfig,
+    paths: ProjectPaths,
+    record: RunRecord,
+    force: bool,
+    skip_if_unchanged: bool,
+) -> dict[str, Any]:
+    """The retrain flow's body, run while holding the registry's retrain slot."""
     from components import tracking
 
-    with retrain_slot(config, paths):
-        if config.tracking.cache_max_age_days is not None:
-            pruned = prune_step_caches(paths, config.tracking.cache_max_age_days)
-            if pruned:
-                logger.info(
-                    "deleted %d step caches unused for %g days: %s",
-                    len(pruned),
-                    config.tracking.cache_max_age_days,
-                    ", ".join(folder.name for folder in pruned),
-                )
-        tracking.setup_tracking(config, paths)
-        with tracking.parent_run(
-            config, f"retrain-{flow_run_name}", {"prefect.flow_run_id": flow_run_id}
-        ) as parent:
-            record.mlflow_run_id = parent.info.run_id
-            record.save()
-            md5s = version_and_prepare_data(config, paths, record)
-            if skip_if_unchanged and champion_is_current(config, md5s):
-                record.update_summary(outcome="skipped", reason="data, config and code unchanged")
-                logger.info("nothing changed since the champion was built: skipping")
-                return record.summary
-            model_dir, train_key = train_models(config, paths, record, md5s, force)
-            existing = None if force else existing_version_for(config, train_key)
-            if existing is not None and not gate_pending(config, existing):
-                record.add_step("evaluate", "cached", 0.0, {"version": existing})
-                record.update_summary(
-                    registered_version=existing,
-                    outcome="unchanged",
-                    reason=f"this exact model is already registered as version {existing}",
-                )
-                return record.summary
-            if existing is not None:
-                logger.warning(
-                    "version %s was registered but its gate never finished (the run that "
-                    "registered it stopped); finishing its registration and gate now",
-                    existing,
-                )
-                version, decision = existing, finish_pending_gate(config, record, existing)
-            else:
-                lineage = lineage_for(config, paths, md5s, train_key)
-                version, decision = evaluate_register_and_gate(
-                    config, paths, record, model_dir, train_key, lineage
-                )
+    logger = get_run_logger()
+    flow_run_id, flow_run_name = record.flow_run_id, record.flow_run_name
+    tracking.setup_tracking(config, paths)
+    with tracking.parent_run(
+        config, f"retrain-{flow_run_name}", {"prefect.flow_run_id": flow_run_id}
+    ) as parent:
+        record.mlflow_run_id = parent.info.run_id
+        record.save()
+        md5s = version_and_prepare_data(config, paths, record)
+        if skip_if_unchanged and champion_is_current(config, md5s):
+            # The champion's caches are still the current ones: keep them from pruning.
+            mark_caches_used(paths, training_keys(config, paths, md5s))
+            record.update_summary(outcome="skipped", reason="data, config and code unchanged")
+            logger.info("nothing changed since the champion was built: skipping")
+            return record.summary
+        model_dir, train_key = train_models(config, paths, record, md5s, force)
+        existing = None if force else existing_version_for(config, train_key)
+        if existing is not None and not gate_pending(config, existing):
+            record.add_step("evaluate", "cached", 0.0, {"version": existing})
             record.update_summary(
-                registered_version=version, outcome=decision.outcome, reason=decision.reason
+                registered_version=existing,
+                outcome="unchanged",
+                reason=f"this exact model is already registered as version {existing}",
             )
-            if decision.promote:
-                bento = timed_step(record, "build-bento", lambda: tasks.build_bento(config, paths))
-                record.update_summary(bento=bento)
+            return record.summary
+        if existing is not None:
+            logger.warning(
+                "version %s was registered but its gate never finished (the run that "
+                "registered it stopped); finishing its registration and gate now",
+                existing,
+            )
+            version, decision = existing, finish_pending_gate(config, record, existing)
+        else:
+            lineage = lineage_for(config, paths, md5s, train_key)
+            version, decision = evaluate_register_and_gate(
+                config, paths, record, model_dir, train_key, lineage
+            )
+        record.update_summary(
+            registered_version=version, outcome=decision.outcome, reason=decision.reason
+        )
+        if decision.promote:
+            bento = timed_step(record, "build-bento", lambda: tasks.build_bento(config, paths))
+            record.update_summary(bento=bento)
     return record.summary
 
 
@@ -387,7 +433,7 @@ def champion_is_current(config: RatchetConfig, md5s: dict[str, Any]) -> bool:
     tags = champion_tags(config.registry.model_name)
     return bool(tags) and (
         tags.get("prepared_data_md5") == md5s.get("prepared_data_md5")
-        and tags.get("config_hash") == config.section_hash()
+        and tags.get("config_hash") == config.build_hash()
         and tags.get("code_version") == code_version()
     )
 

@@ -103,3 +103,12 @@ def test_section_hash_changes_only_with_its_section() -> None:
     assert base.section_hash("data") == changed_train.section_hash("data")
     assert base.section_hash("train") != changed_train.section_hash("train")
     assert base.section_hash() != changed_train.section_hash()
+
+
+def test_build_hash_ignores_state_upkeep_but_not_training() -> None:
+    base = load_config(PARAMS)
+    keep_longer = load_config(PARAMS, overrides=["tracking.cache_max_age_days=90"])
+    other_lr = load_config(PARAMS, overrides=["train.lr=1e-3"])
+    assert base.build_hash() == keep_longer.build_hash()  # a nightly run still skips
+    assert base.section_hash() != keep_longer.section_hash()
+    assert base.build_hash() != other_lr.build_hash()

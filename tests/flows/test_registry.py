@@ -133,7 +133,7 @@ def test_floor_then_better_then_worse(
     assert rejected.tags["gate.reason"] == decision.reason
     assert rejected.tags["git_commit"] == "0123abcd"
     assert rejected.tags["prepared_data_md5"] == "bbbb.dir"
-    assert rejected.tags["config_hash"] == config.section_hash()
+    assert rejected.tags["config_hash"] == config.build_hash()
     assert rejected.tags["parent_run_id"]
     assert "## Promotion decision\n\n**REJECTED**" in rejected.description
     assert "| accuracy |" in rejected.description and "champion" in rejected.description

@@ -102,11 +102,16 @@ def test_first_run_promotes_and_builds_then_rerun_is_cached(
     assert statuses["train"] == "cached"
 
     # The nightly deployment: same data md5, config and code as the champion -> a fast skip.
+    # It trains nothing, yet the champion's caches count as used: pruning keeps them.
+    for folder in model_folders:
+        os.utime(folder, (time.time() - 13.9 * day, time.time() - 13.9 * day))
+    started = time.time()
     nightly = run_flow(flow_project, overrides, skip_if_unchanged=True)
 
     assert nightly["outcome"] == "skipped"
     assert "train" not in {step["name"] for step in step_statuses(state_dir)}
     assert registry_state()[0] == ["1"]
+    assert all(folder.stat().st_mtime >= started - 1 for folder in model_folders)
 
 
 def test_rerun_finishes_a_gate_that_a_crash_interrupted(

@@ -302,8 +302,11 @@ def test_kill_and_resume_matches_an_uninterrupted_run(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "soup", [[], ["--set", "train.soup_seeds=[7]"]], ids=["one-run", "soup-of-two"]
+)
 def test_two_process_gloo_ddp_ends_with_identical_weights(
-    tiny_bert_dir: Path, tmp_path: Path
+    tiny_bert_dir: Path, tmp_path: Path, soup: list[str]
 ) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [
@@ -311,7 +314,7 @@ def test_two_process_gloo_ddp_ends_with_identical_weights(
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29517",
+        "29518" if soup else "29517",
         str(WORKER),
         str(tiny_bert_dir),
         str(tmp_path),
@@ -323,6 +326,7 @@ def test_two_process_gloo_ddp_ends_with_identical_weights(
         # Time-based checkpoints after every step: rank 0's clock decides for both ranks.
         "--set",
         "train.checkpoint_every_minutes=1e-9",
+        *soup,
     ]
     env = {**os.environ, "RATCHET_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(command, env=env, cwd=PROJECT_ROOT, check=True, timeout=300)
@@ -331,3 +335,7 @@ def test_two_process_gloo_ddp_ends_with_identical_weights(
     assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
+    # Every rank reports the saved model's scores (a soup's are rank 0's, shared).
+    reported = [json.loads((tmp_path / f"metrics-rank{r}.json").read_text()) for r in (0, 1)]
+    assert reported[0]["val_accuracy"] == reported[1]["val_accuracy"]
+    assert reported[0].get("soup_members") == (2 if soup else None)

@@ -32,12 +32,14 @@ def test_soup_weights_are_the_mean_of_the_runs_with_each_seed(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     data = sentiment_data(64)
+    # The members: runs with their own seed, started like the seed-42 run (head init, rows).
     singles = {
-        seed: run_finetuning(
+        seed: finetune.finetune_once(
             soup_settings(tiny_bert_dir, f"train.seed={seed}"),
             data,
             str(tiny_bert_dir),
             tmp_path / f"single-{seed}",
+            start_seed=42,
         )
         for seed in (42, 7)
     }
@@ -77,37 +79,102 @@ def test_soup_weights_are_the_mean_of_the_runs_with_each_seed(
 
 
 @pytest.mark.slow
-def test_a_rerun_after_a_crash_retrains_only_the_unfinished_members(
+def test_reruns_after_crashes_never_retrain_a_finished_member(
     tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = soup_settings(tiny_bert_dir, "train.soup_seeds=[7]")
     data = sentiment_data(64)
+    checkpoints, output = tmp_path / "checkpoints", tmp_path / "soup"
     trained: list[int] = []
-    original = finetune.finetune_once
+    averaged: list[Path] = []
+    crash_at: set[str] = {"member 7"}
+    train_member, average, score = (
+        finetune.finetune_once,
+        finetune.average_model_folders,
+        finetune.score_saved_model,
+    )
 
-    def crash_on_seed_7(member_config: RatchetConfig, *args: object, **kwargs: object) -> object:
-        trained.append(member_config.train.seed)
-        if member_config.train.seed == 7:
+    def train_or_crash(member: RatchetConfig, *args: object, **kwargs: object) -> object:
+        trained.append(member.train.seed)
+        if f"member {member.train.seed}" in crash_at:
             raise RuntimeError("killed")
-        return original(member_config, *args, **kwargs)  # type: ignore[arg-type]
+        return train_member(member, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(finetune, "finetune_once", crash_on_seed_7)
-    checkpoints = tmp_path / "checkpoints"
-    with pytest.raises(RuntimeError, match="killed"):
-        run_finetuning(config, data, str(tiny_bert_dir), tmp_path / "soup", checkpoints)
-    assert not (tmp_path / "soup").exists()
-    saved = json.loads((checkpoints / "seed-42.json").read_text())
+    def average_and_record(members: list[Path], target: Path) -> Path:
+        averaged.append(target)
+        return average(members, target)
+
+    def score_or_crash(*args: object) -> dict[str, float]:
+        if "scoring" in crash_at:
+            raise RuntimeError("killed")
+        return score(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(finetune, "finetune_once", train_or_crash)
+    monkeypatch.setattr(finetune, "average_model_folders", average_and_record)
+    monkeypatch.setattr(finetune, "score_saved_model", score_or_crash)
+
+    def rerun_crashing_at(*points: str) -> None:
+        crash_at.clear()
+        crash_at.update(points)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_finetuning(config, data, str(tiny_bert_dir), output, checkpoints)
+
+    # 1. Killed while the second member trains: the first is on disk with its record.
+    rerun_crashing_at("member 7")
+    assert not output.exists()
+    first_member = json.loads((checkpoints / "seed-42.json").read_text())
     assert (checkpoints / "seed-42-model" / "model.safetensors").is_file()
+    # 2. Killed after the soup was averaged, before it was scored and recorded.
+    rerun_crashing_at("scoring")
+    assert trained == [42, 7, 7]  # only the unfinished member trained again
+    assert averaged == [output]
+    # 3. Killed while cleaning up after the soup was recorded.
+    real_rmtree = finetune.shutil.rmtree
 
-    def record_seed(member_config: RatchetConfig, *args: object, **kwargs: object) -> object:
-        trained.append(member_config.train.seed)
-        return original(member_config, *args, **kwargs)  # type: ignore[arg-type]
+    def rmtree_once(path: Path, *args: object, **kwargs: object) -> None:
+        real_rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
+        if Path(path).parent == checkpoints:  # the first member folder cleaned up
+            monkeypatch.setattr(finetune.shutil, "rmtree", real_rmtree)
+            raise RuntimeError("killed")
 
-    monkeypatch.setattr(finetune, "finetune_once", record_seed)
-    result = run_finetuning(config, data, str(tiny_bert_dir), tmp_path / "soup", checkpoints)
-    assert trained == [42, 7, 7]  # the finished seed-42 member was reused
-    assert result.metrics["seed_42_val_accuracy"] == saved["val_accuracy"]
+    crash_at.clear()
+    monkeypatch.setattr(finetune.shutil, "rmtree", rmtree_once)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_finetuning(config, data, str(tiny_bert_dir), output, checkpoints)
+    assert (checkpoints / "soup.json").is_file()
+    assert trained == [42, 7, 7] and len(averaged) == 2  # members reused, soup re-averaged
+    # 4. The last rerun reuses the recorded soup: no training, no averaging.
+    result = run_finetuning(config, data, str(tiny_bert_dir), output, checkpoints)
+    assert trained == [42, 7, 7] and len(averaged) == 2
+    assert result.metrics["seed_42_val_accuracy"] == first_member["val_accuracy"]
+    assert result.metrics["soup_members"] == 2
     assert (result.model_dir / "model.safetensors").is_file()
+    assert list(checkpoints.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_members_start_from_the_same_head(
+    tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import components.modeling
+
+    heads: list[torch.Tensor] = []
+    build = components.modeling.classifier_from_pretrained
+
+    def record_head(*args: object, **kwargs: object) -> object:
+        model = build(*args, **kwargs)  # type: ignore[arg-type]
+        heads.append(model.classifier.weight.detach().clone())
+        return model
+
+    monkeypatch.setattr(components.modeling, "classifier_from_pretrained", record_head)
+    data = sentiment_data(64)
+    config = soup_settings(tiny_bert_dir, "train.soup_seeds=[7]", "train.max_steps=1")
+    run_finetuning(config, data, str(tiny_bert_dir), tmp_path / "soup")
+    single = soup_settings(tiny_bert_dir, "train.seed=7", "train.max_steps=1")
+    run_finetuning(single, data, str(tiny_bert_dir), tmp_path / "single")
+    soup_heads, single_head = heads[:2], heads[2]
+    assert torch.equal(soup_heads[0], soup_heads[1])
+    assert not torch.equal(soup_heads[1], single_head)  # seed 7 alone starts elsewhere
 
 
 def test_models_that_do_not_line_up_are_refused(tiny_bert_dir: Path, tmp_path: Path) -> None:

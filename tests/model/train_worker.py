@@ -10,6 +10,7 @@ Each rank also saves its final weights to ``OUT_DIR/weights-rank<R>.pt``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -81,7 +82,7 @@ def main() -> None:
                 time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    finetune.run_finetuning(
+    result = finetune.run_finetuning(
         config,
         sentiment_data(),
         args.tiny_bert,
@@ -89,6 +90,7 @@ def main() -> None:
         args.checkpoint_dir,
         maybe_kill,
     )
+    (args.out_dir / f"metrics-rank{rank}.json").write_text(json.dumps(result.metrics))
 
 
 if __name__ == "__main__":

@@ -196,6 +196,12 @@ class TrainConfig(Section):
         "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16."
     )
     compile: bool = Field(False, description="Wrap the model in torch.compile.")
+    cpu_speedups: bool = Field(
+        True,
+        description="On CPU (without compile): dropout masks from packed 16-bit random "
+        "numbers and a sparse word-embedding gradient until the optimiser step; the same "
+        "maths, about 10-15% faster on small BERTs. Applies to pretraining too.",
+    )
     length_grouped: bool = Field(True, description="Batch texts of similar length together.")
     freeze_embeddings: bool = Field(
         False,

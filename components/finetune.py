@@ -411,6 +411,7 @@ def finetune_once(
         seed=train_cfg.seed,
         precision=precision,
         compile=train_cfg.compile,
+        cpu_speedups=train_cfg.cpu_speedups,
         description="fine-tune",
     )
 

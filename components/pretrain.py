@@ -435,6 +435,7 @@ def run_pretraining(
         seed=settings.seed,
         precision=precision,
         compile=runtime.compile,
+        cpu_speedups=runtime.cpu_speedups,
         description="pretrain",
     )
     objective = (

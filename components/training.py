@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from components.cpu_speedups import AppliedSpeedups, SparseEmbeddingGradient, apply_cpu_speedups
 from components.errors import TrainingError
 from components.logs import progress_disabled
 
@@ -506,6 +507,7 @@ class LoopSettings:
     seed: int = 42
     precision: str = "auto"
     compile: bool = False
+    cpu_speedups: bool = True
     description: str = "train"
 
 
@@ -633,6 +635,11 @@ def run_loop(
     schedule = CheckpointSchedule(
         settings.checkpoint_every_steps, settings.checkpoint_every_minutes, context, device
     )
+    speedups = (
+        apply_cpu_speedups(model, sparse_embedding=not context.enabled)
+        if settings.cpu_speedups and device.type == "cpu" and not settings.compile
+        else AppliedSpeedups()
+    )
     model.train()
     try:
         while state.step < settings.total_steps and not state.stopped_early:
@@ -649,6 +656,7 @@ def run_loop(
                 settings,
                 precision,
                 device,
+                speedups.embedding_gradient,
             )
             samples *= context.world_size
             state.step += 1
@@ -700,6 +708,8 @@ def run_loop(
             with suppress(TrainingError):
                 writer.wait()
         raise
+    finally:
+        speedups.undo()
     bar.close()
     if writer is not None:
         wait_start = time.perf_counter()
@@ -760,8 +770,12 @@ def train_step(
     settings: LoopSettings,
     precision: Precision,
     device: torch.device,
+    embedding_gradient: SparseEmbeddingGradient | None = None,
 ) -> tuple[float, float, int]:
     """One optimiser step over ``grad_accum_steps`` micro-batches, gradients clipped.
+
+    ``embedding_gradient``, when given, clips and densifies the sparse word-embedding
+    gradient (see ``components.cpu_speedups``).
 
     Returns:
         (mean loss, gradient norm before clipping, examples processed on this rank).
@@ -786,11 +800,18 @@ def train_step(
         raise TrainingError(
             f"loss became {total_loss} at step {state.step}: lower the learning rate"
         )
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+    if embedding_gradient is not None:
+        grad_norm = embedding_gradient.clip_and_densify(model, settings.max_grad_norm)
+    else:
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+        )
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return total_loss, float(grad_norm), samples
+    if embedding_gradient is not None:
+        embedding_gradient.clear()
+    return total_loss, grad_norm, samples
 
 
 def clear_checkpoints(checkpoint_dir: Path) -> None:

@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/train_throughput.py               # 8,000 rows, batch 32, 1 epoch
     .venv/bin/python benchmarks/train_throughput.py --rows 2000 --baseline-a-steps 20
-    .venv/bin/python benchmarks/train_throughput.py --overhead-repeats 3 \
-        --variant train.freeze_embeddings=true --variant train.compile=true
+    .venv/bin/python benchmarks/train_throughput.py --rounds 3 --baseline-a-steps 60 \
+        --variant train.cpu_speedups=false --variant train.freeze_embeddings=true
 
 Same model (the shipped MiniLM), same SST-2 training slice, same batch size, same number
 of optimiser steps, same optimiser settings, one invocation:
@@ -14,9 +14,13 @@ of optimiser steps, same optimiser settings, one invocation:
   and ``bf16=True`` where the CPU has native bf16: the best plain-Trainer setup;
 * Ratchet's ``run_finetuning`` with its shipped defaults, twice: bare, and as the flow runs
   it (a Prefect task, per-step MLflow logging, checkpoints), so the orchestration
-  overhead is measured both by accounting and end to end (``--overhead-repeats N``: the
-  median over N alternating pairs);
-* optionally more bare Ratchet runs with other settings (``--variant``).
+  overhead is measured both by accounting and end to end;
+* optionally more bare Ratchet runs with other settings (``--variant``), e.g.
+  ``train.cpu_speedups=false`` for the loop without its CPU shortcuts.
+
+``--rounds N`` runs (b), Ratchet bare, the variants and Ratchet orchestrated in turn N
+times and reports medians of the per-round ratios: this VM's speed drifts by tens of
+percent over minutes, and a ratio of two runs far apart in time measures the drift.
 
 Prints samples/s of each, the two ratios, SST-2 validation accuracy after the same steps,
 the achieved FLOP/s as a fraction of this machine's measured matmul peak (bf16 and fp32),
@@ -348,10 +352,12 @@ def main() -> None:
         "cadence (params.yaml: every 2 minutes of wall time)",
     )
     parser.add_argument(
-        "--overhead-repeats",
+        "--rounds",
         type=int,
         default=1,
-        help="(bare, orchestrated) pairs timed for the end-to-end overhead; median reported",
+        help="rounds of (b), Ratchet bare, the variants and Ratchet orchestrated, run in "
+        "turn; ratios and the end-to-end overhead are medians over rounds, so a drift in "
+        "the machine's speed reaches both sides of each ratio",
     )
     parser.add_argument(
         "--variant",
@@ -377,42 +383,72 @@ def main() -> None:
     )
     print(f"data: {args.rows} SST-2 train rows, batch {args.batch_size}, {steps} steps")
 
-    runs: dict[str, dict[str, Any]] = {}
-    runs["b"] = run_trainer_baseline("b", train, steps, args.batch_size, args.max_length, False)
-    runs["b"]["accuracy"] = dev_accuracy(runs["b"].pop("model"), dev, args.max_length)
-    print(f"(b) Trainer dynamic+grouped: {runs['b']['samples_per_second']:.1f} samples/s")
-    bare = run_ratchet_bare(train, dev, steps, args.batch_size, args.max_length)
-    print(f"ratchet, bare: {bare['wall_seconds']:.1f} s")
-    variants: dict[str, dict[str, Any]] = {}
-    for variant in args.variant:
-        overrides = tuple(item.strip() for item in variant.split(",") if item.strip())
-        variants[variant] = run_ratchet_bare(
-            train, dev, steps, args.batch_size, args.max_length, overrides
+    rounds: list[dict[str, Any]] = []
+    baseline_b_accuracy = 0.0
+    for index in range(args.rounds):
+        b_run = run_trainer_baseline("b", train, steps, args.batch_size, args.max_length, False)
+        b_model = b_run.pop("model")
+        if index == 0:
+            baseline_b_accuracy = dev_accuracy(b_model, dev, args.max_length)
+        del b_model
+        bare_run = run_ratchet_bare(train, dev, steps, args.batch_size, args.max_length)
+        variant_runs = {
+            variant: run_ratchet_bare(
+                train,
+                dev,
+                steps,
+                args.batch_size,
+                args.max_length,
+                tuple(item.strip() for item in variant.split(",") if item.strip()),
+            )
+            for variant in args.variant
+        }
+        ours_run = run_ratchet_orchestrated(
+            train, dev, steps, args.batch_size, args.max_length, args.checkpoint_every
         )
-        print(f"ratchet, bare, {variant}: {variants[variant]['wall_seconds']:.1f} s")
-    ours = run_ratchet_orchestrated(
-        train, dev, steps, args.batch_size, args.max_length, args.checkpoint_every
-    )
+        rounds.append({"b": b_run, "bare": bare_run, "variants": variant_runs, "ours": ours_run})
+        print(
+            f"round {index + 1}: (b) {b_run['samples_per_second']:.1f}, ratchet bare "
+            f"{loop_samples_per_second(bare_run['result'].metrics):.1f}, orchestrated "
+            f"{loop_samples_per_second(ours_run['result'].metrics):.1f} samples/s"
+            + "".join(
+                f", {variant} {loop_samples_per_second(run['result'].metrics):.1f}"
+                for variant, run in variant_runs.items()
+            )
+        )
+    # Accounting details come from the first round; rates and ratios are medians.
+    bare, ours = rounds[0]["bare"], rounds[0]["ours"]
     result = ours["result"]
     metrics = result.metrics
-    ours_sps = loop_samples_per_second(metrics)
-    ours_cpu = metrics["samples_seen"] / metrics["train_cpu_seconds"]
+
+    def median_rate(pick: Any) -> float:
+        return statistics.median(pick(each) for each in rounds)
+
+    def rate(run: dict[str, Any]) -> float:
+        return loop_samples_per_second(run["result"].metrics)
+
+    ours_sps = median_rate(lambda each: rate(each["ours"]))
+    bare_sps = median_rate(lambda each: rate(each["bare"]))
+    ours_cpu = median_rate(
+        lambda each: (
+            each["ours"]["result"].metrics["samples_seen"]
+            / each["ours"]["result"].metrics["train_cpu_seconds"]
+        )
+    )
+    runs: dict[str, dict[str, Any]] = {
+        "b": {
+            "samples_per_second": median_rate(lambda each: each["b"]["samples_per_second"]),
+            "samples_per_cpu_second": median_rate(lambda each: each["b"]["samples_per_cpu_second"]),
+            "accuracy": baseline_b_accuracy,
+            "bf16": rounds[0]["b"]["bf16"],
+        }
+    }
+    ratio_b_each = [rate(each["ours"]) / each["b"]["samples_per_second"] for each in rounds]
     print(
         f"ratchet: {ours_sps:.1f} samples/s ({result.info['precision']}), "
         f"{metrics['checkpoints_written']:.0f} checkpoints written"
     )
-    # More (bare, orchestrated) pairs, alternating, so that the end-to-end overhead is a
-    # median over pairs rather than one difference of two noisy wall times.
-    pairs = [(bare, ours)]
-    for _ in range(args.overhead_repeats - 1):
-        pairs.append(
-            (
-                run_ratchet_bare(train, dev, steps, args.batch_size, args.max_length),
-                run_ratchet_orchestrated(
-                    train, dev, steps, args.batch_size, args.max_length, args.checkpoint_every
-                ),
-            )
-        )
+    pairs = [(each["bare"], each["ours"]) for each in rounds]
     runs["a"] = run_trainer_baseline("a", train, a_steps, args.batch_size, args.max_length, True)
     runs["a"]["accuracy"] = dev_accuracy(runs["a"].pop("model"), dev, args.max_length)
 
@@ -439,7 +475,9 @@ def main() -> None:
         "baseline_b_samples_per_second": runs["b"]["samples_per_second"],
         "ratchet_samples_per_second": ours_sps,
         "ratio_vs_a": ours_sps / runs["a"]["samples_per_second"],
-        "ratio_vs_b": ours_sps / runs["b"]["samples_per_second"],
+        "ratio_vs_b": statistics.median(ratio_b_each),
+        "ratio_vs_b_each_round": ratio_b_each,
+        "rounds": args.rounds,
         "baseline_a_samples_per_cpu_second": runs["a"]["samples_per_cpu_second"],
         "baseline_b_samples_per_cpu_second": runs["b"]["samples_per_cpu_second"],
         "ratchet_samples_per_cpu_second": ours_cpu,
@@ -476,18 +514,23 @@ def main() -> None:
         "flow_startup_seconds": ours["flow_startup_seconds"],
         "bare_steady_samples_per_second": bare["steady_samples_per_second"],
     }
-    bare_sps = loop_samples_per_second(bare["result"].metrics)
     figures["bare_samples_per_second"] = bare_sps
     figures["variants"] = {}
-    for variant, run in variants.items():
-        variant_sps = loop_samples_per_second(run["result"].metrics)
+    for variant in args.variant:
+        variant_sps = median_rate(lambda each, v=variant: rate(each["variants"][v]))
         figures["variants"][variant] = {
-            "wall_seconds": run["wall_seconds"],
             "samples_per_second": variant_sps,
-            "steady_samples_per_second": run["steady_samples_per_second"],
+            "ratio_vs_bare_each_round": [
+                rate(each["variants"][variant]) / rate(each["bare"]) for each in rounds
+            ],
+            "steady_samples_per_second": median_rate(
+                lambda each, v=variant: each["variants"][v]["steady_samples_per_second"]
+            ),
             "ratio_vs_a": variant_sps / runs["a"]["samples_per_second"],
-            "ratio_vs_b": variant_sps / runs["b"]["samples_per_second"],
-            "accuracy": run["result"].metrics["val_accuracy"],
+            "ratio_vs_b": statistics.median(
+                rate(each["variants"][variant]) / each["b"]["samples_per_second"] for each in rounds
+            ),
+            "accuracy": rounds[0]["variants"][variant]["result"].metrics["val_accuracy"],
         }
     print(json.dumps(figures, indent=2))
     print(
@@ -495,7 +538,11 @@ def main() -> None:
         f"(b) {figures['baseline_b_samples_per_second']:.1f}   "
         f"ratchet {ours_sps:.1f}\n"
         f"ratio      vs (a) {figures['ratio_vs_a']:.1f}x   vs (b) {figures['ratio_vs_b']:.2f}x"
-        f"   (per CPU-second: {figures['cpu_ratio_vs_a']:.1f}x, {figures['cpu_ratio_vs_b']:.2f}x)\n"
+        f" (median of {args.rounds} round(s): "
+        f"{', '.join(f'{each:.2f}x' for each in ratio_b_each)})"
+        f"   (per CPU-second: {figures['cpu_ratio_vs_a']:.1f}x, {figures['cpu_ratio_vs_b']:.2f}x)"
+        f"; bare loop {bare_sps:.1f} samples/s, "
+        f"{bare_sps / figures['baseline_b_samples_per_second']:.2f}x (b)\n"
         f"accuracy   (a) {figures['baseline_a_accuracy']:.4f} ({a_steps} steps)   "
         f"(b) {figures['baseline_b_accuracy']:.4f}   ratchet {figures['ratchet_accuracy']:.4f}\n"
         f"FLOP/s     {achieved / 1e9:.1f} GFLOP/s = {figures['fraction_of_bf16_peak']:.1%} of "
@@ -515,7 +562,9 @@ def main() -> None:
     for variant, row in figures["variants"].items():
         print(
             f"variant    {variant} (bare): {row['samples_per_second']:.1f} samples/s vs "
-            f"{bare_sps:.1f} bare default ({row['samples_per_second'] / bare_sps:.2f}x), "
+            f"{bare_sps:.1f} bare default "
+            f"({statistics.median(row['ratio_vs_bare_each_round']):.2f}x, rounds: "
+            f"{', '.join(f'{each:.2f}x' for each in row['ratio_vs_bare_each_round'])}), "
             f"{row['ratio_vs_a']:.1f}x vs (a), {row['ratio_vs_b']:.2f}x vs (b); second-half "
             f"steady state {row['steady_samples_per_second']:.1f} vs "
             f"{bare['steady_samples_per_second']:.1f}; accuracy {row['accuracy']:.4f} vs "

@@ -199,8 +199,8 @@ class TrainConfig(Section):
     cpu_speedups: bool = Field(
         True,
         description="On CPU (without compile): dropout masks from packed 16-bit random "
-        "numbers and a sparse word-embedding gradient until the optimiser step; the same "
-        "maths, about 10-15% faster on small BERTs. Applies to pretraining too.",
+        "numbers, and a sparse word-embedding gradient until the optimiser step; the same "
+        "maths. Measured on 2 cores with MiniLM: fine-tuning 1.09x, pretraining 1.07x.",
     )
     length_grouped: bool = Field(True, description="Batch texts of similar length together.")
     freeze_embeddings: bool = Field(

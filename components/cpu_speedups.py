@@ -8,9 +8,12 @@ MiniLM fine-tuning step (``benchmarks/train_throughput.py`` measures them):
   taken from 16-bit slices of full-range 64-bit random words, a quarter of the draws.
 * The word-embedding gradient is a dense 30k-row table that is allocated (page faults
   included), zero-filled, clipped and freed every step, although a batch touches a few
-  hundred rows: about 8% of the step. ``SparseEmbeddingGradient`` keeps it sparse
+  hundred rows: about 8% of a fine-tuning step. ``SparseEmbeddingGradient`` keeps it sparse
   through backward and clipping, then writes the touched rows into a persistent dense
   buffer whose other rows stay zero, so the optimiser sees the same dense gradient.
+  A table tied to a masked-LM decoder also gets the decoder's dense gradient; autograd
+  then adds the sparse lookup gradient into it in place, which saves a full-table
+  zero-fill and addition per step (pretraining about 7% faster).
 
 ``apply_cpu_speedups`` applies both to a model for the length of a training loop, and
 its result undoes them afterwards (``train.cpu_speedups: false`` turns them off).
@@ -98,17 +101,19 @@ class SparseEmbeddingGradient:
 
     def __init__(self, embedding: nn.Embedding) -> None:
         self.embedding = embedding
-        self.dense = torch.zeros_like(embedding.weight)
+        self._dense: torch.Tensor | None = None  # allocated when a sparse gradient needs it
         self.rows: torch.Tensor | None = None
         self._was_sparse = embedding.sparse
         embedding.sparse = True
 
     @classmethod
     def for_model(cls, model: nn.Module) -> SparseEmbeddingGradient | None:
-        """For ``model``'s input word embedding when it is trained, on CPU and not shared.
+        """For ``model``'s input word embedding when it is trained on CPU.
 
-        A table tied to an output layer (masked-LM heads) gets a dense gradient from that
-        layer anyway, so it is left alone.
+        A table tied to an output layer (masked-LM heads) also gets that layer's dense
+        gradient, which autograd adds the sparse one into in place: the full-table
+        zero-fill and addition of a dense embedding gradient are saved there too, and the
+        gradient reaches clipping dense.
         """
         embedding = input_word_embedding(model)
         if embedding is None or embedding.max_norm is not None:
@@ -116,12 +121,7 @@ class SparseEmbeddingGradient:
         weight = embedding.weight
         if not weight.requires_grad or weight.device.type != "cpu":
             return None
-        uses = sum(
-            1
-            for _, parameter in model.named_parameters(remove_duplicate=False)
-            if parameter is weight
-        )
-        return cls(embedding) if uses == 1 else None
+        return cls(embedding)
 
     def clip_and_densify(self, model: nn.Module, max_norm: float) -> float:
         """Clip all of ``model``'s gradients to ``max_norm`` as ``clip_grad_norm_`` does,
@@ -145,6 +145,13 @@ class SparseEmbeddingGradient:
         weight.grad = self.dense
         return float(total)
 
+    @property
+    def dense(self) -> torch.Tensor:
+        """The persistent dense gradient buffer; all zero between steps."""
+        if self._dense is None:
+            self._dense = torch.zeros_like(self.embedding.weight)
+        return self._dense
+
     def clear(self) -> None:
         """Zero the rows the last step wrote (call after the optimiser step)."""
         if self.rows is not None:
@@ -153,7 +160,7 @@ class SparseEmbeddingGradient:
 
     def detach(self) -> None:
         self.clear()
-        if self.embedding.weight.grad is self.dense:
+        if self._dense is not None and self.embedding.weight.grad is self._dense:
             self.embedding.weight.grad = None
         self.embedding.sparse = self._was_sparse
 

@@ -377,7 +377,8 @@ def run_pretraining(
 
     Args:
         config: ``pretrain.*`` drive the objective and optimiser; ``train.precision``,
-            ``train.compile``, ``train.deterministic``, ``train.num_threads`` and
+            ``train.compile``, ``train.cpu_speedups``, ``train.deterministic``,
+            ``train.num_threads`` and
             ``train.checkpoint_every_*`` the runtime.
         texts: unlabelled texts (training split plus extra corpora).
         output_dir: Hugging Face folder written here (rank 0 only under DDP).

@@ -86,18 +86,38 @@ def test_dropouts_are_swapped_and_put_back(tiny_bert_dir: Path) -> None:
     assert not any(isinstance(m, PackedMaskDropout) for m in model.modules())
 
 
-def test_only_an_untied_trained_word_embedding_gets_a_sparse_gradient(
-    tiny_bert_dir: Path,
-) -> None:
+def test_only_a_trained_word_embedding_gets_a_sparse_gradient(tiny_bert_dir: Path) -> None:
     model = tiny_classifier(tiny_bert_dir)
     helper = SparseEmbeddingGradient.for_model(model)
     assert helper is not None and helper.embedding is model.bert.embeddings.word_embeddings
     helper.detach()
     assert not model.bert.embeddings.word_embeddings.sparse
-    # A masked-LM head shares the table with its decoder, which needs it dense.
-    assert SparseEmbeddingGradient.for_model(BertForMaskedLM.from_pretrained(tiny_bert_dir)) is None
     model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
     assert SparseEmbeddingGradient.for_model(model) is None
+
+
+def test_a_table_tied_to_the_mlm_decoder_gets_the_dense_gradient_it_had(
+    tiny_bert_dir: Path,
+) -> None:
+    """The decoder's dense gradient and the lookup's sparse one add up to the same sum."""
+    torch.manual_seed(0)
+    dense_model = BertForMaskedLM.from_pretrained(tiny_bert_dir).eval()
+    sparse_model = copy.deepcopy(dense_model)
+    helper = SparseEmbeddingGradient.for_model(sparse_model)
+    assert helper is not None and sparse_model.bert.embeddings.word_embeddings.sparse
+    batch = token_batches(tiny_bert_dir, 1)[0]
+    batch["labels"] = batch["input_ids"].clone()
+    norms = []
+    for model in (dense_model, sparse_model):
+        model(**batch).loss.backward()
+    dense_weight = dense_model.bert.embeddings.word_embeddings.weight
+    sparse_weight = sparse_model.bert.embeddings.word_embeddings.weight
+    assert sparse_weight.grad is not None and not sparse_weight.grad.is_sparse
+    assert torch.allclose(sparse_weight.grad, dense_weight.grad, atol=1e-7, rtol=1e-5)
+    norms.append(float(torch.nn.utils.clip_grad_norm_(dense_model.parameters(), 0.1)))
+    norms.append(helper.clip_and_densify(sparse_model, 0.1))
+    assert norms[1] == pytest.approx(norms[0], rel=1e-5)
+    assert torch.allclose(sparse_weight.grad, dense_weight.grad, atol=1e-8, rtol=1e-5)
 
 
 def token_batches(tiny_bert_dir: Path, count: int) -> list[dict[str, torch.Tensor]]:

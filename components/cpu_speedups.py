@@ -159,8 +159,11 @@ class SparseEmbeddingGradient:
             self.rows = None
 
     def detach(self) -> None:
+        """Back to a dense-gradient table. A gradient left by an interrupted step (sparse,
+        or this buffer) is dropped, so nothing stale reaches a later backward."""
         self.clear()
-        if self._dense is not None and self.embedding.weight.grad is self._dense:
+        grad = self.embedding.weight.grad
+        if grad is not None and (grad is self._dense or grad.is_sparse):
             self.embedding.weight.grad = None
         self.embedding.sparse = self._was_sparse
 

@@ -216,6 +216,19 @@ def test_the_loop_with_speedups_ends_where_it_ends_without_and_undoes_them(
         assert torch.allclose(finals[True][0][name], value, atol=1e-5, rtol=1e-4), name
 
 
+def test_undo_after_an_interrupted_step_leaves_no_sparse_gradient(tiny_bert_dir: Path) -> None:
+    model = tiny_classifier(tiny_bert_dir)
+    applied = apply_cpu_speedups(model)
+    batch = token_batches(tiny_bert_dir, 1)[0]
+    model(**batch).loss.backward()  # a step that never reaches the optimiser
+    weight = model.bert.embeddings.word_embeddings.weight
+    assert weight.grad is not None and weight.grad.is_sparse
+    applied.undo()
+    assert weight.grad is None
+    model(**batch).loss.backward()
+    assert weight.grad is not None and not weight.grad.is_sparse
+
+
 def test_apply_under_ddp_leaves_the_embedding_dense(tiny_bert_dir: Path) -> None:
     model = tiny_classifier(tiny_bert_dir)
     applied = apply_cpu_speedups(model, sparse_embedding=False)

@@ -74,7 +74,8 @@ class PackedMaskDropout(nn.Module):
 
 
 def swap_dropouts(model: nn.Module) -> Callable[[], None]:
-    """Replace every ``nn.Dropout`` in ``model`` by a ``PackedMaskDropout``.
+    """Replace every plain ``nn.Dropout`` in ``model`` by a ``PackedMaskDropout``
+    (in-place ones and ones carrying hooks are left alone).
 
     Returns:
         A function that puts the original modules back.
@@ -82,7 +83,8 @@ def swap_dropouts(model: nn.Module) -> Callable[[], None]:
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Dropout:
+            hooked = child._forward_hooks or child._forward_pre_hooks
+            if type(child) is nn.Dropout and not child.inplace and not hooked:
                 swapped.append((parent, name, child))
                 packed = PackedMaskDropout(child.p)
                 packed.train(child.training)

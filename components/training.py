@@ -806,6 +806,13 @@ def train_step(
         grad_norm = float(
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
         )
+    if not math.isfinite(grad_norm):
+        # Stop before the update turns the weights into NaN (the checkpoints keep the
+        # last finite state).
+        raise TrainingError(
+            f"the gradient norm became {grad_norm} at step {state.step}: lower the learning "
+            "rate or check the data"
+        )
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)

@@ -73,6 +73,13 @@ def tiny_classifier(tiny_bert_dir: Path, dropout: float = 0.1) -> nn.Module:
     )
 
 
+def test_in_place_or_hooked_dropouts_are_left_alone() -> None:
+    model = nn.Sequential(nn.Dropout(0.1, inplace=True), nn.Dropout(0.1), nn.Dropout(0.1))
+    model[2].register_forward_hook(lambda module, args, output: None)
+    swap_dropouts(model)
+    assert [type(m) for m in model] == [nn.Dropout, PackedMaskDropout, nn.Dropout]
+
+
 def test_dropouts_are_swapped_and_put_back(tiny_bert_dir: Path) -> None:
     model = tiny_classifier(tiny_bert_dir)
     originals = [m for m in model.modules() if type(m) is nn.Dropout]
@@ -190,8 +197,24 @@ class TokenBatches:
 
 
 def test_the_loop_with_speedups_ends_where_it_ends_without_and_undoes_them(
-    tiny_bert_dir: Path,
+    tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    calls = {"densify": 0, "dropout": 0}
+    densify, dropout_forward = (
+        SparseEmbeddingGradient.clip_and_densify,
+        PackedMaskDropout.forward,
+    )
+
+    def counted_densify(self: SparseEmbeddingGradient, *args: object) -> float:
+        calls["densify"] += 1
+        return densify(self, *args)  # type: ignore[arg-type]
+
+    def counted_dropout(self: PackedMaskDropout, inputs: torch.Tensor) -> torch.Tensor:
+        calls["dropout"] += 1
+        return dropout_forward(self, inputs)
+
+    monkeypatch.setattr(SparseEmbeddingGradient, "clip_and_densify", counted_densify)
+    monkeypatch.setattr(PackedMaskDropout, "forward", counted_dropout)
     batches = TokenBatches(token_batches(tiny_bert_dir, 4))
     finals = {}
     for enabled in (False, True):
@@ -211,6 +234,10 @@ def test_the_loop_with_speedups_ends_where_it_ends_without_and_undoes_them(
         assert not model.bert.embeddings.word_embeddings.sparse
         assert model.bert.embeddings.word_embeddings.weight.grad is None
         assert not any(isinstance(m, PackedMaskDropout) for m in model.modules())
+        if not enabled:
+            assert calls == {"densify": 0, "dropout": 0}
+    # The shortcuts ran: every step clipped through the helper, every dropout was swapped.
+    assert calls["densify"] == 4 and calls["dropout"] > 0
     assert finals[True][1] == pytest.approx(finals[False][1], rel=1e-5)
     for name, value in finals[False][0].items():
         assert torch.allclose(finals[True][0][name], value, atol=1e-5, rtol=1e-4), name

@@ -342,6 +342,21 @@ def test_keep_chooses_the_best_validated_or_the_last_weights(
     assert outcome.state.last_scores == {"val_score": [0.9, 0.5, 0.6, 0.7, 0.8][steps - 1]}
 
 
+def test_a_non_finite_gradient_stops_the_run_before_the_update() -> None:
+    torch.manual_seed(0)
+    model = LinearRegression()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # A finite loss whose gradient overflows, e.g. from a bad row deep in a big model.
+    model.linear.weight.register_hook(lambda grad: grad * float("inf"))
+    settings = LoopSettings(
+        total_steps=3, lr=0.1, weight_decay=0.0, warmup_fraction=0.0, checkpoint_every_minutes=None
+    )
+    with pytest.raises(TrainingError, match="gradient norm became"):
+        run_loop(model, TwoBatches(), settings)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
 def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(
     tmp_path: Path,
 ) -> None:

@@ -383,6 +383,9 @@ def main() -> None:
     )
     print(f"data: {args.rows} SST-2 train rows, batch {args.batch_size}, {steps} steps")
 
+    def rate(run: dict[str, Any]) -> float:
+        return loop_samples_per_second(run["result"].metrics)
+
     rounds: list[dict[str, Any]] = []
     baseline_b_accuracy = 0.0
     for index in range(args.rounds):
@@ -409,12 +412,8 @@ def main() -> None:
         rounds.append({"b": b_run, "bare": bare_run, "variants": variant_runs, "ours": ours_run})
         print(
             f"round {index + 1}: (b) {b_run['samples_per_second']:.1f}, ratchet bare "
-            f"{loop_samples_per_second(bare_run['result'].metrics):.1f}, orchestrated "
-            f"{loop_samples_per_second(ours_run['result'].metrics):.1f} samples/s"
-            + "".join(
-                f", {variant} {loop_samples_per_second(run['result'].metrics):.1f}"
-                for variant, run in variant_runs.items()
-            )
+            f"{rate(bare_run):.1f}, orchestrated {rate(ours_run):.1f} samples/s"
+            + "".join(f", {variant} {rate(run):.1f}" for variant, run in variant_runs.items())
         )
     # Accounting details come from the first round; rates and ratios are medians.
     bare, ours = rounds[0]["bare"], rounds[0]["ours"]
@@ -423,9 +422,6 @@ def main() -> None:
 
     def median_rate(pick: Any) -> float:
         return statistics.median(pick(each) for each in rounds)
-
-    def rate(run: dict[str, Any]) -> float:
-        return loop_samples_per_second(run["result"].metrics)
 
     ours_sps = median_rate(lambda each: rate(each["ours"]))
     bare_sps = median_rate(lambda each: rate(each["bare"]))

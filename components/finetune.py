@@ -40,6 +40,7 @@ from components.training import (
     LoopSettings,
     MetricsCallback,
     Precision,
+    broadcast_from_main,
     choose_device,
     choose_precision,
     clear_checkpoints,
@@ -49,6 +50,7 @@ from components.training import (
     pad_batch,
     run_key,
     run_loop,
+    run_precision,
     seed_everything,
     write_metrics,
 )
@@ -358,7 +360,9 @@ def finetune_once(
     val_encoded = encode_texts(tokenizer, val_rows["text"].tolist(), max_length)
     val_labels = val_rows["label"].astype(int).tolist()
     device = choose_device(context)
-    precision = choose_precision(train_cfg.precision, device)
+    precision = run_precision(
+        train_cfg.precision, device, train_cfg.deterministic, checkpoint_dir, context
+    )
     pad_multiple = 8 if device.type == "cuda" else 1
     source = ClassificationBatches(
         train_encoded,
@@ -608,14 +612,6 @@ def load_recorded_result(record: Path, model_dir: Path) -> FinetuneResult | None
     saved = json.loads(record.read_text())  # write_metrics' layout: the metrics + "info"
     info = saved.pop("info")
     return FinetuneResult(model_dir=model_dir, metrics=saved, info=info)
-
-
-def broadcast_from_main(value: Any) -> Any:
-    import torch.distributed as dist
-
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
 
 
 def soup_metrics(seeds: Sequence[int], members: Sequence[FinetuneResult]) -> dict[str, float]:

@@ -41,7 +41,6 @@ from components.training import (
     MetricsCallback,
     Precision,
     choose_device,
-    choose_precision,
     clear_checkpoints,
     init_distributed,
     is_main_process,
@@ -49,6 +48,7 @@ from components.training import (
     pad_batch,
     run_key,
     run_loop,
+    run_precision,
     seed_everything,
     write_metrics,
 )
@@ -419,7 +419,9 @@ def run_pretraining(
         tokenizer, windows(eval_texts), 1, settings.mlm_probability, settings.seed, nsp=False
     )
     device = choose_device(context)
-    precision = choose_precision(runtime.precision, device)
+    precision = run_precision(
+        runtime.precision, device, runtime.deterministic, checkpoint_dir, context
+    )
     model = build_mlm_model(config, base, len(tokenizer)).to(device)
     # Loaded before training, so a base that cannot be read again fails before any compute.
     kept_parts = {} if settings.from_scratch else base_parts_left_out(model, base)

@@ -134,21 +134,68 @@ def bf16_speedup_on_cpu(size: int = 512, repeats: int = 5) -> float:
     return timed(False) / timed(True)
 
 
-def choose_precision(setting: str, device: torch.device) -> Precision:
+def choose_precision(setting: str, device: torch.device, measure: bool = True) -> Precision:
     """Resolve ``train.precision``: fp32 weights always, bf16 autocast when it pays.
 
     ``auto`` picks bf16 on CUDA devices that support it, and on CPUs with native bf16
-    where a quick measurement shows bf16 autocast is faster than fp32.
+    where a quick measurement shows bf16 autocast is faster than fp32 (with ``measure``
+    off: on every CPU with native bf16).
     """
     if setting in ("fp32", "bf16"):
         return setting  # type: ignore[return-value]
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu" and cpu_has_native_bf16():
+        if not measure:
+            return "bf16"
         speedup = bf16_speedup_on_cpu()
         logger.info("bf16 autocast on this CPU: %.2fx fp32 speed", speedup)
         return "bf16" if speedup > 1.2 else "fp32"
     return "fp32"
+
+
+PRECISION_FILE = "precision.txt"
+
+
+def run_precision(
+    setting: str,
+    device: torch.device,
+    deterministic: bool = False,
+    checkpoint_dir: Path | None = None,
+    context: DistributedContext | None = None,
+) -> Precision:
+    """Resolve ``train.precision`` once for a run: the same on every rank and after a resume.
+
+    ``auto`` times bf16 against fp32 on a CPU with native bf16, and on a busy machine the
+    timing can come out either way. So rank 0 decides and tells the others, the decision
+    is kept in ``checkpoint_dir`` for a resumed run, and a deterministic run decides by
+    the CPU's features alone.
+    """
+    context = context or DistributedContext()
+    recorded = checkpoint_dir / PRECISION_FILE if checkpoint_dir is not None else None
+    precision: Precision = "fp32"
+    if context.is_main:
+        if recorded is not None and recorded.is_file():
+            precision = "bf16" if recorded.read_text().strip() == "bf16" else "fp32"
+        else:
+            precision = choose_precision(setting, device, measure=not deterministic)
+            if recorded is not None:
+                recorded.parent.mkdir(parents=True, exist_ok=True)
+                partial = recorded.with_name(f".tmp-{PRECISION_FILE}")
+                partial.write_text(precision)
+                partial.replace(recorded)
+    if context.enabled:
+        precision = broadcast_from_main(precision)
+    return precision
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a collective: every rank must call it)."""
+    import torch.distributed as dist
+
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -825,6 +872,7 @@ def clear_checkpoints(checkpoint_dir: Path) -> None:
     """Remove a finished run's checkpoints, so the next run of the command starts fresh."""
     for found in [*list_checkpoints(checkpoint_dir), *checkpoint_dir.glob(".tmp-*")]:
         shutil.rmtree(found, ignore_errors=True)
+    (checkpoint_dir / PRECISION_FILE).unlink(missing_ok=True)
 
 
 # When checkpoints are written does not change what a run computes: a crashed run still

@@ -225,6 +225,30 @@ def test_explicit_precision_is_kept_and_auto_avoids_emulated_bf16(
     assert choose_precision("auto", cpu) == "bf16"
 
 
+def test_a_runs_precision_is_decided_once_and_kept_for_its_resume(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cpu, checkpoints = torch.device("cpu"), tmp_path / "checkpoints"
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    measured = {"speedup": 1.1}
+    monkeypatch.setattr(training, "bf16_speedup_on_cpu", lambda: measured["speedup"])
+    # A slow timing (a busy machine) picks fp32; the resumed run keeps it, whatever its
+    # own timing says, so it computes what the interrupted run did.
+    assert training.run_precision("auto", cpu, checkpoint_dir=checkpoints) == "fp32"
+    measured["speedup"] = 4.0
+    assert training.run_precision("auto", cpu, checkpoint_dir=checkpoints) == "fp32"
+    assert training.run_precision("auto", cpu) == "bf16"  # no checkpoints: decided afresh
+    training.clear_checkpoints(checkpoints)  # a finished run: the next one decides again
+    assert training.run_precision("auto", cpu, checkpoint_dir=checkpoints) == "bf16"
+    training.clear_checkpoints(checkpoints)
+    # A deterministic run decides by the CPU's features, never by a timing.
+    measured["speedup"] = 0.5
+    assert training.run_precision("auto", cpu, deterministic=True) == "bf16"
+    assert training.run_precision("fp32", cpu, deterministic=True) == "fp32"
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    assert training.run_precision("auto", cpu, True, checkpoints) == "fp32"
+
+
 def test_total_steps_follow_epochs_accumulation_and_cap() -> None:
     assert count_total_steps(100, 2.0, 1, None) == 200
     assert count_total_steps(100, 1.0, 4, None) == 25

@@ -70,7 +70,9 @@ def test_soup_weights_are_the_mean_of_the_runs_with_each_seed(
     model = AutoModelForSequenceClassification.from_pretrained(soup.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(soup.model_dir)
     val_ids = encode_texts(tokenizer, data.validation["text"].tolist(), 32)
-    rescored = evaluate_accuracy(model, val_ids, data.validation["label"].tolist(), 64, 0)
+    rescored = evaluate_accuracy(
+        model, val_ids, data.validation["label"].tolist(), 64, 0, soup.info["precision"]
+    )
     assert metrics["val_accuracy"] == pytest.approx(rescored["val_accuracy"])
     assert metrics["val_loss"] == pytest.approx(rescored["val_loss"])
     assert soup.info["soup_seeds"] == "42,7"

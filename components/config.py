@@ -202,6 +202,13 @@ class TrainConfig(Section):
         "numbers, and a sparse word-embedding gradient until the optimiser step; the same "
         "maths. Measured on 2 cores with MiniLM: fine-tuning 1.09x, pretraining 1.07x.",
     )
+    last_layer_cls_only: bool = Field(
+        True,
+        description="For a [CLS]-pooling head (BERT, RoBERTa): the last encoder layer "
+        "computes the first position only, the one the head reads; the same outputs and "
+        "gradients for about 5/6 of that layer's compute. Measured on 2 cores with "
+        "MiniLM: fine-tuning 1.11x.",
+    )
     length_grouped: bool = Field(True, description="Batch texts of similar length together.")
     freeze_embeddings: bool = Field(
         False,

@@ -32,6 +32,7 @@ from torch import nn
 from components.base_model import resolve_base_model
 from components.config import RatchetConfig
 from components.errors import ConfigError, TrainingError
+from components.first_position import last_layer_at_first_position
 from components.prepare import PreparedData, load_prepared
 from components.soup import average_model_folders
 from components.state import ProjectPaths
@@ -430,17 +431,20 @@ def finetune_once(
             context,
         )
 
-    outcome = run_loop(
-        model,
-        source,
-        settings,
-        evaluate=evaluate,
-        metric_name="val_accuracy",
-        checkpoint_dir=checkpoint_dir,
-        on_metrics=on_metrics,
-        context=context,
-        lr_scales=lr_scales,
-    )
+    with last_layer_at_first_position(model, train_cfg.last_layer_cls_only) as cut:
+        if cut:
+            logger.info("the last encoder layer computes the [CLS] position only")
+        outcome = run_loop(
+            model,
+            source,
+            settings,
+            evaluate=evaluate,
+            metric_name="val_accuracy",
+            checkpoint_dir=checkpoint_dir,
+            on_metrics=on_metrics,
+            context=context,
+            lr_scales=lr_scales,
+        )
     # The model holds the weights ``keep`` chose, last evaluated at the best step or the
     # last one; their scores need no second pass.
     kept_scores = (

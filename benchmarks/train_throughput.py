@@ -131,6 +131,7 @@ def run_trainer_baseline(
         lr_scheduler_type="linear",
         seed=SEED,
         bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),  # the Trainer refuses CPU bf16 without it
         train_sampling_strategy="random" if padded else "group_by_length",
         save_strategy="no",
         report_to="none",

@@ -33,6 +33,7 @@ from components.behaviour import (
     run_behaviour_suite,
 )
 from components.config import EvalConfig
+from components.first_position import cut_last_layer
 
 TEXT_COLUMN = "text"
 LABEL_COLUMN = "label"
@@ -61,6 +62,7 @@ class TextClassifier:
 
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+        cut_last_layer(model)  # a [CLS] head reads one position of the last layer
         limits = [int(tokenizer.model_max_length or 512), 512]
         limits.append(int(getattr(model.config, "max_position_embeddings", 512)))
         if max_length is not None:

@@ -80,9 +80,11 @@ def load_classifier(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import components.modeling  # noqa: F401  (registers the mean-pooling classifier)
+    from components.first_position import cut_last_layer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    cut_last_layer(model)  # a [CLS] head reads one position of the last layer: skip the rest
     labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
     limits = [512, int(getattr(model.config, "max_position_embeddings", 512) or 512)]
     if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:

@@ -39,6 +39,36 @@ def test_predict_texts_keeps_order_and_flags_truncation(tiny_classifier_dir: Pat
         assert batched["score"] == max(batched["probabilities"].values())
 
 
+def test_served_and_evaluated_cls_models_compute_the_last_layer_at_cls_only(
+    tiny_classifier_dir: Path, tiny_mean_classifier: Path
+) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from components.evaluate import TextClassifier
+    from components.first_position import FirstPositionLayer
+
+    texts = ["a fine film", "dull , slow and far too long for what it says", "ok"]
+    whole = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir).eval()
+    encoded = AutoTokenizer.from_pretrained(tiny_classifier_dir)(
+        texts, padding=True, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        expected = whole(**encoded).logits.softmax(dim=-1)
+    served = load_classifier(tiny_classifier_dir)
+    evaluated = TextClassifier.load(tiny_classifier_dir)
+    for model in (served.model, evaluated.model):
+        assert isinstance(model.bert.encoder.layer[-1], FirstPositionLayer)
+    probabilities = [list(row["probabilities"].values()) for row in predict_texts(served, texts)]
+    torch.testing.assert_close(torch.tensor(probabilities), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        torch.from_numpy(evaluated.predict_proba(texts)).float(), expected, rtol=0, atol=1e-6
+    )
+    # The mean-pooling head reads every position: its last layer stays whole.
+    mean = load_classifier(tiny_mean_classifier).model
+    assert not isinstance(mean.bert.encoder.layer[-1], FirstPositionLayer)
+
+
 def test_bf16_falls_back_to_fp32_without_cpu_support(tiny_classifier_dir: Path) -> None:
     from serving.predict import cpu_supports_bf16
 
@@ -105,3 +135,31 @@ def test_window_comes_from_the_saved_tokenizer(tiny_classifier_dir: Path, tmp_pa
     assert classifier.max_length == 16
     assert [row["truncated"] for row in rows] == [False, True]
     assert load_classifier(folder, max_length=8).max_length == 8  # an explicit cap still wins
+
+
+def test_the_bento_includes_every_project_module_the_service_imports() -> None:
+    # Tests import the service from the editable install, so a module missing from the
+    # Bento's include list would only fail inside the container: check the list itself.
+    import ast
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    included = set(yaml.safe_load((root / "serving" / "bentofile.yaml").read_text())["include"])
+    assert all((root / name).is_file() for name in included)
+    needed: set[str] = set()
+    queue = ["serving/service.py"]
+    while queue:
+        source = queue.pop()
+        needed.add(source)
+        for node in ast.walk(ast.parse((root / source).read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                if name.split(".")[0] in ("components", "serving"):
+                    path = name.replace(".", "/") + ".py"
+                    if (root / path).is_file() and path not in needed:
+                        queue.append(path)
+    assert "components/first_position.py" in needed
+    assert needed - included == set()

@@ -58,7 +58,7 @@ class FirstPositionLayer(nn.Module):
         from transformers.models.bert.modeling_bert import eager_attention_forward
 
         attention = self.attention.self
-        batch, length = hidden_states.shape[:2]
+        batch = hidden_states.shape[0]
         first = hidden_states[:, :1]
 
         def heads(states: torch.Tensor) -> torch.Tensor:

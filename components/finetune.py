@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -43,7 +43,6 @@ from components.training import (
     Precision,
     broadcast_from_main,
     choose_device,
-    choose_precision,
     clear_checkpoints,
     init_distributed,
     is_main_process,
@@ -534,7 +533,9 @@ def run_soup_finetuning(
         info = {**members[0].info, "soup_seeds": ",".join(str(seed) for seed in seeds)}
         if context.is_main:
             average_model_folders([member.model_dir for member in members], output_dir)
-            metrics.update(score_saved_model(config, data, output_dir))
+            # Scored at the members' precision, not a fresh timing that could differ.
+            precision = cast(Precision, info["precision"])
+            metrics.update(score_saved_model(config, data, output_dir, precision))
             # From here a rerun reuses the soup, so a kill during the clean-up below
             # never sends members back to training.
             write_metrics(done, metrics, info)
@@ -634,10 +635,11 @@ def soup_metrics(seeds: Sequence[int], members: Sequence[FinetuneResult]) -> dic
 
 
 def score_saved_model(
-    config: RatchetConfig, data: PreparedData, model_dir: Path
+    config: RatchetConfig, data: PreparedData, model_dir: Path, precision: Precision
 ) -> dict[str, float]:
     """Validation accuracy and loss of a saved classifier, on the validation rows that
-    the run with ``train.seed`` scored (a soup's members scored the same ones)."""
+    the run with ``train.seed`` scored (a soup's members scored the same ones), at the
+    ``precision`` the run decided on."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import components.modeling  # noqa: F401  (registers the mean-pooling classifier)
@@ -652,7 +654,7 @@ def score_saved_model(
         rows["label"].astype(int).tolist(),
         config.eval.batch_size,
         tokenizer.pad_token_id,
-        choose_precision(config.train.precision, device),
+        precision,
     )
 
 

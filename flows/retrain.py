@@ -158,6 +158,8 @@ def train_models(
     base = resolve_base_model(config.model.base, paths.project_root)
     artifacts = paths.artifacts_dir
     keys = training_keys(config, paths, md5s)
+    if force:
+        discard_checkpoints(paths, keys)
     init_model = base
     if "pretrain" in keys:
         key = keys["pretrain"]
@@ -200,8 +202,11 @@ def training_keys(
     config: RatchetConfig, paths: ProjectPaths, md5s: dict[str, Any]
 ) -> dict[str, str]:
     """The cache keys of the training steps this config runs (``pretrain`` when enabled,
-    ``train``): each hashes the prepared data, the config sections the step reads, the
-    upstream model's key and the code version."""
+    ``train``): each hashes the prepared data, the config sections the step reads (and,
+    for pretraining, the bytes of ``pretrain.extra_corpora``), the upstream model's key
+    and the code version."""
+    from components.pretrain import corpora_fingerprint
+
     base = resolve_base_model(config.model.base, paths.project_root)
     code = code_version()
     keys: dict[str, str] = {}
@@ -211,6 +216,7 @@ def training_keys(
             "pretrain",
             md5s["prepared_data_md5"],
             config.section_hash("pretrain", "model"),
+            corpora_fingerprint(config, paths),
             upstream,
             code,
         )
@@ -218,6 +224,18 @@ def training_keys(
         "train", md5s["prepared_data_md5"], config.section_hash("train", "model"), upstream, code
     )
     return keys
+
+
+def discard_checkpoints(paths: ProjectPaths, keys: dict[str, str]) -> None:
+    """Delete the checkpoints of ``keys``: a forced run trains from scratch, it does not
+    resume what an earlier run of the same key left behind."""
+    import shutil
+
+    for key in keys.values():
+        folder = paths.checkpoints_dir / key
+        if folder.exists():
+            logging.getLogger(__name__).info("--force: deleting the checkpoints in %s", folder)
+            shutil.rmtree(folder)
 
 
 def mark_caches_used(paths: ProjectPaths, keys: dict[str, str]) -> None:

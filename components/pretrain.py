@@ -19,7 +19,7 @@ import os
 import random
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -55,6 +55,7 @@ from components.training import (
     seed_everything,
     write_metrics,
 )
+from components.validate import normalise_text
 
 logger = logging.getLogger(__name__)
 
@@ -528,14 +529,53 @@ def corpora_fingerprint(config: RatchetConfig, paths: ProjectPaths) -> str:
     return "+".join(fingerprints)
 
 
-def gather_pretraining_texts(config: RatchetConfig, paths: ProjectPaths) -> list[str]:
-    """The prepared training split's texts followed by every ``pretrain.extra_corpora``."""
-    texts = load_prepared(paths.prepared_dir).train["text"].tolist()
+@dataclass(frozen=True)
+class PretrainingCorpus:
+    """The texts pretraining reads, and how many corpus texts were left out as held out.
+
+    Attributes:
+        texts: the training split's texts, then the extra corpora's.
+        held_out_dropped: corpus texts equal (after ``normalise_text``) to a validation or
+            test text, left out so that masked-LM training never sees the texts the
+            model is selected and scored on.
+    """
+
+    texts: list[str]
+    held_out_dropped: int = 0
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {"corpus_held_out_dropped": float(self.held_out_dropped)}
+
+
+def drop_held_out_texts(texts: Sequence[str], held_out: Sequence[str]) -> tuple[list[str], int]:
+    """``texts`` without those equal to a ``held_out`` text after ``normalise_text``
+    (case, Unicode form and whitespace do not hide a copy); returns (kept, dropped)."""
+    held_out_keys = {normalise_text(text) for text in held_out}
+    kept = [text for text in texts if normalise_text(text) not in held_out_keys]
+    return kept, len(texts) - len(kept)
+
+
+def gather_pretraining_texts(config: RatchetConfig, paths: ProjectPaths) -> PretrainingCorpus:
+    """The prepared training split's texts followed by every ``pretrain.extra_corpora``,
+    less the corpus texts that repeat a validation or test text (counted and logged)."""
+    prepared = load_prepared(paths.prepared_dir)
+    texts = prepared.train["text"].tolist()
+    held_out = [*prepared.validation["text"], *prepared.test["text"]]
+    dropped = 0
     for corpus in config.pretrain.extra_corpora:
-        extra = read_corpus(paths.resolve(corpus))
+        extra, repeats = drop_held_out_texts(read_corpus(paths.resolve(corpus)), held_out)
         logger.info("extra corpus %s: %d texts", corpus, len(extra))
+        if repeats:
+            logger.warning(
+                "extra corpus %s: left out %d texts that repeat a validation or test "
+                "text (pretraining on them would leak the held-out splits)",
+                corpus,
+                repeats,
+            )
         texts.extend(extra)
-    return texts
+        dropped += repeats
+    return PretrainingCorpus(texts, dropped)
 
 
 def run_pretrain_stage(
@@ -554,8 +594,9 @@ def run_pretrain_stage(
         start = "from-scratch" if config.pretrain.from_scratch else model_fingerprint(base)
         key = run_key(config, paths, start, corpora_fingerprint(config, paths))
         checkpoints = paths.checkpoints_dir / f"pretrain-{key}"
-        texts = gather_pretraining_texts(config, paths)
-        result = run_pretraining(config, texts, output_dir, checkpoints, on_metrics)
+        corpus = gather_pretraining_texts(config, paths)
+        trained = run_pretraining(config, corpus.texts, output_dir, checkpoints, on_metrics)
+        result = replace(trained, metrics={**trained.metrics, **corpus.metrics})
     if is_main_process():
         write_metrics(paths.metrics_dir / "pretrain.json", result.metrics, result.info)
     return result

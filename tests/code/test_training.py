@@ -457,3 +457,32 @@ def test_a_checkpoint_resumes_only_the_run_that_wrote_it(
     assert (fresh / training.RUN_KEY_FILE).read_text() == key_a
     training.claim_checkpoint_dir(fresh, key_b)  # nothing to resume: it records B now
     assert (fresh / training.RUN_KEY_FILE).read_text() == key_b
+
+
+def test_extra_corpora_lines_that_repeat_held_out_texts_are_left_out(tmp_path: Path) -> None:
+    """MLM on the test sentences is leakage, even when a corpus spells them differently."""
+    from components.prepare import write_prepared
+    from components.pretrain import gather_pretraining_texts
+
+    paths = ProjectPaths(project_root=tmp_path, state_dir=tmp_path / "state")
+    labelled = pd.DataFrame(
+        {"text": ["a train text", "the test sentence", "a validation café"], "label": [0, 1, 0]}
+    )
+    labelled["label_name"] = labelled["label"].map({0: "negative", 1: "positive"})
+    split = {
+        "train": labelled.iloc[[0]],
+        "test": labelled.iloc[[1]],
+        "validation": labelled.iloc[[2]],
+    }
+    write_prepared(PreparedData(labels=["negative", "positive"], **split), paths.prepared_dir)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "THE TEST SENTENCE\nan unrelated review\nA   validation cafe\u0301\n", encoding="utf-8"
+    )
+    config = load_config(
+        PROJECT_ROOT / "params.yaml", overrides=[f"pretrain.extra_corpora=[{corpus}]"]
+    )
+    gathered = gather_pretraining_texts(config, paths)
+    assert gathered.texts == ["a train text", "an unrelated review"]
+    assert gathered.held_out_dropped == 2
+    assert gathered.metrics == {"corpus_held_out_dropped": 2.0}

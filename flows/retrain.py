@@ -149,6 +149,18 @@ def version_and_prepare_data(
     return md5s
 
 
+def prepare_data_exclusively(
+    config: RatchetConfig, paths: ProjectPaths, record: RunRecord
+) -> dict[str, Any]:
+    """:func:`version_and_prepare_data` while holding the data folder's lock: the folder
+    and ``dvc.lock`` are shared by every registered model and by ``dvc repro``, so the
+    retrain slot (one per model) does not make this run their only writer."""
+    from components.locks import data_lock
+
+    with data_lock(paths.raw_dir.parent):
+        return version_and_prepare_data(config, paths, record)
+
+
 def train_models(
     config: RatchetConfig, paths: ProjectPaths, record: RunRecord, md5s: dict[str, Any], force: bool
 ) -> tuple[str, str]:
@@ -406,7 +418,7 @@ def retrain_in_slot(
     ) as parent:
         record.mlflow_run_id = parent.info.run_id
         record.save()
-        md5s = version_and_prepare_data(config, paths, record)
+        md5s = prepare_data_exclusively(config, paths, record)
         if skip_if_unchanged and champion_is_current(config, md5s):
             # The champion's caches are still the current ones: keep them from pruning.
             mark_caches_used(paths, training_keys(config, paths, md5s))

@@ -161,6 +161,31 @@ def prepare_data_exclusively(
         return version_and_prepare_data(config, paths, record)
 
 
+def measure_truncation_before_training(
+    config: RatchetConfig, paths: ProjectPaths, record: RunRecord, run_id: str
+) -> dict[str, float]:
+    """Measure the share of train and test texts the token window cuts, record it on the
+    run (MLflow metrics, run summary), and stop above
+    ``data.checks.max_truncated_fraction`` before any compute is spent on training.
+
+    Returns:
+        ``data.truncated_fraction_train`` / ``_test``, for the version's lineage tags.
+
+    Raises:
+        DataError: a share is above the limit (the message names both settings).
+    """
+    from components import tracking
+    from components.truncation import check_truncation
+
+    fractions = timed_step(
+        record, "measure-truncation", lambda: tasks.measure_truncation(config, paths)
+    )
+    tracking.log_metrics(run_id, fractions)
+    record.update_summary(truncation=fractions)
+    check_truncation(fractions, config.model.max_length, config.data.checks.max_truncated_fraction)
+    return fractions
+
+
 def train_models(
     config: RatchetConfig, paths: ProjectPaths, record: RunRecord, md5s: dict[str, Any], force: bool
 ) -> tuple[str, str]:
@@ -425,6 +450,7 @@ def retrain_in_slot(
             record.update_summary(outcome="skipped", reason="data, config and code unchanged")
             logger.info("nothing changed since the champion was built: skipping")
             return record.summary
+        truncation = measure_truncation_before_training(config, paths, record, parent.info.run_id)
         model_dir, train_key = train_models(config, paths, record, md5s, force)
         existing = None if force else existing_version_for(config, train_key)
         if existing is not None and not gate_pending(config, existing):
@@ -443,7 +469,7 @@ def retrain_in_slot(
             )
             version, decision = existing, finish_pending_gate(config, record, existing)
         else:
-            lineage = lineage_for(config, paths, md5s, train_key)
+            lineage = {**lineage_for(config, paths, md5s, train_key), **truncation}
             version, decision = evaluate_register_and_gate(
                 config, paths, record, model_dir, train_key, lineage
             )

@@ -113,6 +113,15 @@ def push_data(config: RatchetConfig, paths: ProjectPaths) -> str:
     return remote
 
 
+@task(name="measure-truncation")
+def measure_truncation(config: RatchetConfig, paths: ProjectPaths) -> dict[str, float]:
+    """Share of train and test texts longer than ``model.max_length`` tokens (base
+    model's tokenizer): ``data.truncated_fraction_train`` / ``_test``."""
+    from components.truncation import measure_prepared_truncation
+
+    return measure_prepared_truncation(config, paths)
+
+
 @task(name="pretrain", cache_key_fn=cache_key_from_argument, persist_result=True)
 def pretrain_model(
     config: RatchetConfig, paths: ProjectPaths, cache_key: str, output_dir: Path, run_id: str

@@ -109,21 +109,26 @@ def test_ratchet_prepare_waits_while_another_process_writes_data(
 ) -> None:
     prepared = project / "data" / "prepared"
     result: dict[str, Any] = {}
-
-    def prepare() -> None:
-        result["run"] = CliRunner().invoke(
-            get_app(),
-            ["prepare", "--data", str(good_folder), "--params", str(project / "params.yaml")],
-        )
+    params = str(project / "params.yaml")
 
     with lock_held_by_another_process(project / "data", tmp_path) as (log, go):
+
+        def prepare() -> None:
+            result["run"] = CliRunner().invoke(
+                get_app(),
+                ["prepare", "--data", str(good_folder), "--skip-validation", "--params", params],
+            )
+            with log.open("a") as handle:
+                handle.write("B-done\n")
+
         thread = threading.Thread(target=prepare)
         thread.start()
-        time.sleep(1.0)
-        assert not prepared.exists()  # waiting for the lock, nothing written yet
-        assert log.read_text() == "A-start\n"
+        # Unlocked, this prepare takes about a second; locked, it waits for the holder.
+        thread.join(timeout=10)
+        assert not prepared.exists()
         go.touch()
         thread.join(timeout=300)
+    assert log.read_text().splitlines() == ["A-start", "A-end", "B-done"]
     assert result["run"].exit_code == 0, result["run"].output
     assert (prepared / "manifest.json").is_file()
 

@@ -38,6 +38,7 @@ from components.prepare import PreparedData, load_prepared
 from components.soup import average_model_folders
 from components.state import ProjectPaths
 from components.training import (
+    RUN_KEY_FILE,
     DistributedContext,
     LoopSettings,
     MetricsCallback,
@@ -572,6 +573,7 @@ def run_soup_finetuning(
             shutil.rmtree(checkpoint_dir / f"seed-{seed}", ignore_errors=True)
             (checkpoint_dir / f"seed-{seed}.json").unlink(missing_ok=True)
         done.unlink(missing_ok=True)
+        (checkpoint_dir / RUN_KEY_FILE).unlink(missing_ok=True)
     member_scores = [finished_soup.metrics[f"seed_{seed}_val_accuracy"] for seed in seeds]
     logger.info(
         "model soup of %d fine-tunes: val_accuracy %.4f (members: %s)",

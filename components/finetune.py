@@ -29,25 +29,29 @@ import pandas as pd
 import torch
 from torch import nn
 
-from components.base_model import resolve_base_model
+from components.base_model import model_fingerprint, resolve_base_model
 from components.config import RatchetConfig
 from components.errors import ConfigError, TrainingError
+from components.fingerprints import texts_fingerprint
 from components.first_position import last_layer_at_first_position
 from components.prepare import PreparedData, load_prepared
 from components.soup import average_model_folders
 from components.state import ProjectPaths
 from components.training import (
+    RUN_KEY_FILE,
     DistributedContext,
     LoopSettings,
     MetricsCallback,
     Precision,
     broadcast_from_main,
     choose_device,
+    claim_checkpoint_dir,
     clear_checkpoints,
     init_distributed,
     is_main_process,
     length_grouped_batches,
     pad_batch,
+    resume_key,
     run_key,
     run_loop,
     run_precision,
@@ -306,7 +310,9 @@ def run_finetuning(
         data: prepared splits; ``data.labels`` become ``id2label``.
         init_model: a Hugging Face folder (the pretraining output or the base) or hub id.
         output_dir: where the model folder is written (rank 0 only under DDP).
-        checkpoint_dir: checkpoints go here; a checkpoint already there is resumed.
+        checkpoint_dir: checkpoints go here; a checkpoint already there is resumed when
+            it was written by a run with the same resume key (settings, data and init
+            model: see :func:`finetune_resume_key`).
         on_metrics: per-step metrics callback (loss, lr, grad_norm, samples_per_second,
             val_accuracy/val_loss when evaluated).
 
@@ -314,11 +320,30 @@ def run_finetuning(
         The output folder and metrics (validation accuracy of the saved weights).
 
     Raises:
-        ConfigError / TrainingError: bad settings or data, before any compute.
+        ConfigError / TrainingError: bad settings or data, or checkpoints of another
+            run in ``checkpoint_dir``, before any compute.
     """
+    if checkpoint_dir is not None:
+        check_finetune_inputs(config, data, init_model)
+        claim_checkpoint_dir(checkpoint_dir, finetune_resume_key(config, data, init_model))
     if config.train.soup_seeds:
         return run_soup_finetuning(config, data, init_model, output_dir, checkpoint_dir, on_metrics)
     return finetune_once(config, data, init_model, output_dir, checkpoint_dir, on_metrics)
+
+
+def finetune_resume_key(config: RatchetConfig, data: PreparedData, init_model: str) -> str:
+    """The resume key of a fine-tuning run: its settings, the bytes of the training and
+    validation rows it learns from and selects on, and the init model's fingerprint."""
+    rows = (
+        f"{split}\t{label}\t{text}"
+        for split in ("train", "validation")
+        for text, label in zip(data.split(split)["text"], data.split(split)["label"], strict=True)
+    )
+    return resume_key(
+        config,
+        texts_fingerprint([*data.labels, *rows]),
+        model_fingerprint(init_model),
+    )
 
 
 def finetune_once(
@@ -548,6 +573,7 @@ def run_soup_finetuning(
             shutil.rmtree(checkpoint_dir / f"seed-{seed}", ignore_errors=True)
             (checkpoint_dir / f"seed-{seed}.json").unlink(missing_ok=True)
         done.unlink(missing_ok=True)
+        (checkpoint_dir / RUN_KEY_FILE).unlink(missing_ok=True)
     member_scores = [finished_soup.metrics[f"seed_{seed}_val_accuracy"] for seed in seeds]
     logger.info(
         "model soup of %d fine-tunes: val_accuracy %.4f (members: %s)",
@@ -676,7 +702,8 @@ def run_train_stage(
     metrics/train.json."""
     data = load_prepared(paths.prepared_dir)
     init = init_model or default_init_model(config, paths)
-    checkpoints = paths.checkpoints_dir / f"finetune-{run_key(config, paths)}"
+    key = run_key(config, paths, model_fingerprint(init))
+    checkpoints = paths.checkpoints_dir / f"finetune-{key}"
     result = run_finetuning(
         config, data, init, paths.models_dir / FINETUNED_DIR_NAME, checkpoints, on_metrics
     )

@@ -19,7 +19,7 @@ import os
 import random
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,10 +29,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from components.base_model import resolve_base_model
+from components.base_model import model_fingerprint, resolve_base_model
 from components.config import RatchetConfig
 from components.errors import ConfigError, DataError, TrainingError
 from components.finetune import PRETRAINED_DIR_NAME, save_model_atomically
+from components.fingerprints import path_fingerprint, texts_fingerprint
 from components.prepare import load_prepared
 from components.state import ProjectPaths
 from components.training import (
@@ -41,17 +42,20 @@ from components.training import (
     MetricsCallback,
     Precision,
     choose_device,
+    claim_checkpoint_dir,
     clear_checkpoints,
     init_distributed,
     is_main_process,
     length_grouped_batches,
     pad_batch,
+    resume_key,
     run_key,
     run_loop,
     run_precision,
     seed_everything,
     write_metrics,
 )
+from components.validate import normalise_text
 
 logger = logging.getLogger(__name__)
 
@@ -382,7 +386,9 @@ def run_pretraining(
             ``train.checkpoint_every_*`` the runtime.
         texts: unlabelled texts (training split plus extra corpora).
         output_dir: Hugging Face folder written here (rank 0 only under DDP).
-        checkpoint_dir: checkpoints go here; a checkpoint already there is resumed.
+        checkpoint_dir: checkpoints go here; a checkpoint already there is resumed when
+            it was written by a run with the same resume key (settings, texts and base
+            model: see :func:`pretrain_resume_key`), else a ``TrainingError`` is raised.
         on_metrics: per-step metrics callback.
 
     Returns:
@@ -419,6 +425,8 @@ def run_pretraining(
         tokenizer, windows(eval_texts), 1, settings.mlm_probability, settings.seed, nsp=False
     )
     device = choose_device(context)
+    if checkpoint_dir is not None:
+        claim_checkpoint_dir(checkpoint_dir, pretrain_resume_key(config, texts, base))
     precision = run_precision(
         runtime.precision, device, runtime.deterministic, checkpoint_dir, context
     )
@@ -498,14 +506,76 @@ def copy_base_model(base: str, output_dir: Path) -> None:
     os.replace(partial, output_dir)
 
 
-def gather_pretraining_texts(config: RatchetConfig, paths: ProjectPaths) -> list[str]:
-    """The prepared training split's texts followed by every ``pretrain.extra_corpora``."""
-    texts = load_prepared(paths.prepared_dir).train["text"].tolist()
+def pretrain_resume_key(config: RatchetConfig, texts: Sequence[str], base: str) -> str:
+    """The resume key of a pretraining run: its settings, the texts it reads and the
+    fingerprint of the model it starts from (none when from scratch)."""
+    start = "from-scratch" if config.pretrain.from_scratch else model_fingerprint(base)
+    return resume_key(config, texts_fingerprint(texts), start)
+
+
+def corpora_fingerprint(config: RatchetConfig, paths: ProjectPaths) -> str:
+    """Content fingerprint of ``pretrain.extra_corpora`` (every file's bytes, in order);
+    a corpus edited in place changes it, a corpus moved elsewhere does not.
+
+    Raises:
+        DataError: a corpus does not exist.
+    """
+    fingerprints = []
     for corpus in config.pretrain.extra_corpora:
-        extra = read_corpus(paths.resolve(corpus))
+        path = paths.resolve(corpus)
+        if not path.exists():
+            raise DataError(f"pretrain.extra_corpora: {path} does not exist")
+        fingerprints.append(path_fingerprint(path))
+    return "+".join(fingerprints)
+
+
+@dataclass(frozen=True)
+class PretrainingCorpus:
+    """The texts pretraining reads, and how many corpus texts were left out as held out.
+
+    Attributes:
+        texts: the training split's texts, then the extra corpora's.
+        held_out_dropped: corpus texts equal (after ``normalise_text``) to a validation or
+            test text, left out so that masked-LM training never sees the texts the
+            model is selected and scored on.
+    """
+
+    texts: list[str]
+    held_out_dropped: int = 0
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {"corpus_held_out_dropped": float(self.held_out_dropped)}
+
+
+def drop_held_out_texts(texts: Sequence[str], held_out: Sequence[str]) -> tuple[list[str], int]:
+    """``texts`` without those equal to a ``held_out`` text after ``normalise_text``
+    (case, Unicode form and whitespace do not hide a copy); returns (kept, dropped)."""
+    held_out_keys = {normalise_text(text) for text in held_out}
+    kept = [text for text in texts if normalise_text(text) not in held_out_keys]
+    return kept, len(texts) - len(kept)
+
+
+def gather_pretraining_texts(config: RatchetConfig, paths: ProjectPaths) -> PretrainingCorpus:
+    """The prepared training split's texts followed by every ``pretrain.extra_corpora``,
+    less the corpus texts that repeat a validation or test text (counted and logged)."""
+    prepared = load_prepared(paths.prepared_dir)
+    texts = prepared.train["text"].tolist()
+    held_out = [*prepared.validation["text"], *prepared.test["text"]]
+    dropped = 0
+    for corpus in config.pretrain.extra_corpora:
+        extra, repeats = drop_held_out_texts(read_corpus(paths.resolve(corpus)), held_out)
         logger.info("extra corpus %s: %d texts", corpus, len(extra))
+        if repeats:
+            logger.warning(
+                "extra corpus %s: left out %d texts that repeat a validation or test "
+                "text (pretraining on them would leak the held-out splits)",
+                corpus,
+                repeats,
+            )
         texts.extend(extra)
-    return texts
+        dropped += repeats
+    return PretrainingCorpus(texts, dropped)
 
 
 def run_pretrain_stage(
@@ -520,9 +590,13 @@ def run_pretrain_stage(
             copy_base_model(base, output_dir)
         result = PretrainResult(output_dir, {}, {"base_model": base, "objective": "none"})
     else:
-        checkpoints = paths.checkpoints_dir / f"pretrain-{run_key(config, paths)}"
-        texts = gather_pretraining_texts(config, paths)
-        result = run_pretraining(config, texts, output_dir, checkpoints, on_metrics)
+        base = resolve_base_model(config.model.base, paths.project_root)
+        start = "from-scratch" if config.pretrain.from_scratch else model_fingerprint(base)
+        key = run_key(config, paths, start, corpora_fingerprint(config, paths))
+        checkpoints = paths.checkpoints_dir / f"pretrain-{key}"
+        corpus = gather_pretraining_texts(config, paths)
+        trained = run_pretraining(config, corpus.texts, output_dir, checkpoints, on_metrics)
+        result = replace(trained, metrics={**trained.metrics, **corpus.metrics})
     if is_main_process():
         write_metrics(paths.metrics_dir / "pretrain.json", result.metrics, result.info)
     return result

@@ -145,7 +145,7 @@ def rebuild_model(config: RatchetConfig, workspace: ProjectPaths) -> Path:
     if config.pretrain.enabled:
         from components.pretrain import gather_pretraining_texts, run_pretraining
 
-        texts = gather_pretraining_texts(config, workspace)
+        texts = gather_pretraining_texts(config, workspace).texts
         init_model = str(
             run_pretraining(config, texts, workspace.models_dir / "pretrained").model_dir
         )

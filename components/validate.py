@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -67,8 +68,31 @@ class ValidationReport:
 
 
 def normalise_text(text: str) -> str:
-    """Whitespace-collapsed, stripped text: the key for duplicates, overlap and split hashing."""
-    return " ".join(text.split())
+    """The key for duplicates, train/test overlap and split hashing: texts a model cannot
+    tell apart get the same key.
+
+    Compatibility forms are unified (NFKD: ligatures, full-width letters), accents and
+    other combining marks dropped, case folded, invisible format and control characters
+    (zero-width spaces, soft hyphens) dropped and whitespace collapsed: what an uncased
+    BERT tokenizer, such as the shipped MiniLM's, does before it splits words, so texts
+    that differ only there get identical token ids. The key is the same for every
+    ``model.base``: the split is a data artefact (DVC's ``prepare`` stage) and must not
+    move when the model changes. For a cased model it merges a little more than the model
+    would; for leakage and duplicates that errs on the safe side.
+    """
+    decomposed = unicodedata.normalize("NFKD", text)
+    kept = "".join(
+        char
+        for char in decomposed
+        if char.isspace() or unicodedata.category(char) not in DROPPED_CATEGORIES
+    )
+    folded = unicodedata.normalize("NFKC", kept.casefold())
+    return " ".join(folded.split())
+
+
+# Nonspacing and enclosing marks (accents), format characters (zero-width, soft hyphen)
+# and control characters: nothing a text's words are made of.
+DROPPED_CATEGORIES = frozenset({"Mn", "Me", "Cf", "Cc"})
 
 
 def allowed_label_values(data_cfg: DataConfig, raw_labels: list[str | None]) -> list[str]:

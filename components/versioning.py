@@ -44,11 +44,13 @@ def dvc_executable() -> str:
     return found
 
 
-def run_dvc(project_root: Path, *args: str) -> str:
+def run_dvc(project_root: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run one DVC command in ``project_root``; its failure becomes a VersioningError."""
     command = [dvc_executable(), *args]
     logger.debug("running %s", " ".join(command))
-    done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        command, cwd=project_root, capture_output=True, text=True, check=False, env=env
+    )
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip()
         raise VersioningError(f"`dvc {' '.join(args)}` failed in {project_root}:\n{detail}")
@@ -92,9 +94,14 @@ def configure_remote(project_root: Path, url: str, name: str = REMOTE_NAME) -> N
 def reproduce(project_root: Path, targets: Sequence[str] = ()) -> str:
     """``dvc repro`` the named stages (and what they depend on); returns DVC's log.
 
-    Stage commands call ``ratchet``, so its folder must be on ``PATH``.
+    Stage commands call ``ratchet``, so its folder must be on ``PATH``. The data folder's
+    lock is held for the whole run and handed to the stage commands, so no other writer
+    slips in between two stages.
     """
-    return run_dvc(project_root, "repro", *targets)
+    from components.locks import child_environment, data_lock
+
+    with data_lock(project_root / "data") as lock_file:
+        return run_dvc(project_root, "repro", *targets, env=child_environment(lock_file))
 
 
 def commit_stage_outputs(project_root: Path, targets: Sequence[str] = ()) -> None:

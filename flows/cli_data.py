@@ -4,6 +4,10 @@ ratchet ingest                          # snapshot data.source into data/raw (st
 ratchet validate --data ../shared/data/sst2   # Great Expectations suite + Data Docs
 ratchet prepare                         # validate, then write data/prepared
 ratchet data push | pull | commit | lineage
+
+Every command that writes data/ (or reads it while another could be writing it) holds
+the data folder's lock (components/locks.py), so these commands, `dvc repro` and the
+retrain flow take turns.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Annotated
 
 import typer
 
+from components.locks import data_lock
 from flows.cli import (
     ConfigOption,
     ParamsOption,
@@ -55,7 +60,8 @@ def ingest(
         from components.ingest import run_ingest
 
         settings, paths = load_settings(params, config, set_)
-        files = run_ingest(data or settings.data.source, paths)
+        with data_lock(paths.raw_dir.parent):
+            files = run_ingest(data or settings.data.source, paths)
         console.print(f"data/raw: {', '.join(str(f) for f in files)}", highlight=False)
 
     run_command(body)
@@ -76,7 +82,8 @@ def validate(
         from components.validate import run_validation
 
         settings, paths = load_settings(params, config, set_)
-        result = run_validation(data or settings.data.source, settings.data, paths, report)
+        with data_lock(paths.raw_dir.parent):
+            result = run_validation(data or settings.data.source, settings.data, paths, report)
         rows = ", ".join(f"{name}={count}" for name, count in result.row_counts.items())
         console.print(
             f"validation passed: {len(result.checks)} expectations on {result.source} "
@@ -104,7 +111,8 @@ def prepare(
 
         settings, paths = load_settings(params, config, set_)
         source = data or settings.data.source
-        manifest = run_prepare(source, settings.data, paths, validate=not skip_validation)
+        with data_lock(paths.raw_dir.parent):
+            manifest = run_prepare(source, settings.data, paths, validate=not skip_validation)
         for name, split in manifest["splits"].items():
             console.print(
                 f"{name}: {split['rows']} rows {split['label_counts']} md5 {split['md5']}",
@@ -141,8 +149,11 @@ def transfer_data(
 
     settings, paths = load_settings(params, config, set_)
     remote = dvc_remote_url(settings, paths)
-    transfer = versioning.push if direction == "push" else versioning.pull
-    transfer(paths.project_root, remote)
+    if direction == "push":
+        versioning.push(paths.project_root, remote)
+    else:
+        with data_lock(paths.raw_dir.parent):
+            versioning.pull(paths.project_root, remote)
     console.print(f"{direction}: done ({remote})", highlight=False)
 
 
@@ -157,7 +168,8 @@ def data_commit(
         from components.versioning import commit_stage_outputs
 
         _, paths = load_settings(params, config, set_)
-        commit_stage_outputs(paths.project_root, STAGES)
+        with data_lock(paths.raw_dir.parent):
+            commit_stage_outputs(paths.project_root, STAGES)
         console.print(f"committed stages {', '.join(STAGES)}", highlight=False)
 
     run_command(body)

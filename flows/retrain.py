@@ -149,6 +149,43 @@ def version_and_prepare_data(
     return md5s
 
 
+def prepare_data_exclusively(
+    config: RatchetConfig, paths: ProjectPaths, record: RunRecord
+) -> dict[str, Any]:
+    """:func:`version_and_prepare_data` while holding the data folder's lock: the folder
+    and ``dvc.lock`` are shared by every registered model and by ``dvc repro``, so the
+    retrain slot (one per model) does not make this run their only writer."""
+    from components.locks import data_lock
+
+    with data_lock(paths.raw_dir.parent):
+        return version_and_prepare_data(config, paths, record)
+
+
+def measure_truncation_before_training(
+    config: RatchetConfig, paths: ProjectPaths, record: RunRecord, run_id: str
+) -> dict[str, float]:
+    """Measure the share of train and test texts the token window cuts, record it on the
+    run (MLflow metrics, run summary), and stop above
+    ``data.checks.max_truncated_fraction`` before any compute is spent on training.
+
+    Returns:
+        ``data.truncated_fraction_train`` / ``_test``, for the version's lineage tags.
+
+    Raises:
+        DataError: a share is above the limit (the message names both settings).
+    """
+    from components import tracking
+    from components.truncation import check_truncation
+
+    fractions = timed_step(
+        record, "measure-truncation", lambda: tasks.measure_truncation(config, paths)
+    )
+    tracking.log_metrics(run_id, fractions)
+    record.update_summary(truncation=fractions)
+    check_truncation(fractions, config.model.max_length, config.data.checks.max_truncated_fraction)
+    return fractions
+
+
 def train_models(
     config: RatchetConfig, paths: ProjectPaths, record: RunRecord, md5s: dict[str, Any], force: bool
 ) -> tuple[str, str]:
@@ -158,6 +195,8 @@ def train_models(
     base = resolve_base_model(config.model.base, paths.project_root)
     artifacts = paths.artifacts_dir
     keys = training_keys(config, paths, md5s)
+    if force:
+        discard_checkpoints(paths, keys)
     init_model = base
     if "pretrain" in keys:
         key = keys["pretrain"]
@@ -200,8 +239,11 @@ def training_keys(
     config: RatchetConfig, paths: ProjectPaths, md5s: dict[str, Any]
 ) -> dict[str, str]:
     """The cache keys of the training steps this config runs (``pretrain`` when enabled,
-    ``train``): each hashes the prepared data, the config sections the step reads, the
-    upstream model's key and the code version."""
+    ``train``): each hashes the prepared data, the config sections the step reads (and,
+    for pretraining, the bytes of ``pretrain.extra_corpora``), the upstream model's key
+    and the code version."""
+    from components.pretrain import corpora_fingerprint
+
     base = resolve_base_model(config.model.base, paths.project_root)
     code = code_version()
     keys: dict[str, str] = {}
@@ -211,6 +253,7 @@ def training_keys(
             "pretrain",
             md5s["prepared_data_md5"],
             config.section_hash("pretrain", "model"),
+            corpora_fingerprint(config, paths),
             upstream,
             code,
         )
@@ -218,6 +261,18 @@ def training_keys(
         "train", md5s["prepared_data_md5"], config.section_hash("train", "model"), upstream, code
     )
     return keys
+
+
+def discard_checkpoints(paths: ProjectPaths, keys: dict[str, str]) -> None:
+    """Delete the checkpoints of ``keys``: a forced run trains from scratch, it does not
+    resume what an earlier run of the same key left behind."""
+    import shutil
+
+    for key in keys.values():
+        folder = paths.checkpoints_dir / key
+        if folder.exists():
+            logging.getLogger(__name__).info("--force: deleting the checkpoints in %s", folder)
+            shutil.rmtree(folder)
 
 
 def mark_caches_used(paths: ProjectPaths, keys: dict[str, str]) -> None:
@@ -388,13 +443,14 @@ def retrain_in_slot(
     ) as parent:
         record.mlflow_run_id = parent.info.run_id
         record.save()
-        md5s = version_and_prepare_data(config, paths, record)
+        md5s = prepare_data_exclusively(config, paths, record)
         if skip_if_unchanged and champion_is_current(config, md5s):
             # The champion's caches are still the current ones: keep them from pruning.
             mark_caches_used(paths, training_keys(config, paths, md5s))
             record.update_summary(outcome="skipped", reason="data, config and code unchanged")
             logger.info("nothing changed since the champion was built: skipping")
             return record.summary
+        truncation = measure_truncation_before_training(config, paths, record, parent.info.run_id)
         model_dir, train_key = train_models(config, paths, record, md5s, force)
         existing = None if force else existing_version_for(config, train_key)
         if existing is not None and not gate_pending(config, existing):
@@ -413,7 +469,7 @@ def retrain_in_slot(
             )
             version, decision = existing, finish_pending_gate(config, record, existing)
         else:
-            lineage = lineage_for(config, paths, md5s, train_key)
+            lineage = {**lineage_for(config, paths, md5s, train_key), **truncation}
             version, decision = evaluate_register_and_gate(
                 config, paths, record, model_dir, train_key, lineage
             )

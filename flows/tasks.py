@@ -113,6 +113,15 @@ def push_data(config: RatchetConfig, paths: ProjectPaths) -> str:
     return remote
 
 
+@task(name="measure-truncation")
+def measure_truncation(config: RatchetConfig, paths: ProjectPaths) -> dict[str, float]:
+    """Share of train and test texts longer than ``model.max_length`` tokens (base
+    model's tokenizer): ``data.truncated_fraction_train`` / ``_test``."""
+    from components.truncation import measure_prepared_truncation
+
+    return measure_prepared_truncation(config, paths)
+
+
 @task(name="pretrain", cache_key_fn=cache_key_from_argument, persist_result=True)
 def pretrain_model(
     config: RatchetConfig, paths: ProjectPaths, cache_key: str, output_dir: Path, run_id: str
@@ -121,13 +130,14 @@ def pretrain_model(
     from components import tracking
     from components.pretrain import gather_pretraining_texts, run_pretraining
 
-    texts = gather_pretraining_texts(config, paths)
+    corpus = gather_pretraining_texts(config, paths)
     with tracking.metrics_logger(run_id) as on_metrics:
         result = run_pretraining(
-            config, texts, output_dir, paths.checkpoints_dir / cache_key, on_metrics
+            config, corpus.texts, output_dir, paths.checkpoints_dir / cache_key, on_metrics
         )
-    tracking.log_metrics(run_id, result.metrics)
-    return {"model_dir": str(result.model_dir), "metrics": result.metrics, "info": result.info}
+    metrics = {**result.metrics, **corpus.metrics}
+    tracking.log_metrics(run_id, metrics)
+    return {"model_dir": str(result.model_dir), "metrics": metrics, "info": result.info}
 
 
 @task(name="train", cache_key_fn=cache_key_from_argument, persist_result=True)

@@ -59,4 +59,38 @@ def test_fingerprint_tracks_weights(tiny_bert_dir: Path, tmp_path: Path) -> None
     assert model_fingerprint(str(copy)) == model_fingerprint(str(tiny_bert_dir))
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     assert model_fingerprint(str(copy)) != model_fingerprint(str(tiny_bert_dir))
-    assert model_fingerprint("org/model") == "hub:org/model"
+    assert model_fingerprint("org/model") == "hub:org/model@unresolved"
+
+
+def test_fingerprint_covers_every_file_at_any_depth(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bert_dir, copy)
+    (copy / "1_Pooling").mkdir()
+    (copy / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    before = model_fingerprint(str(copy))
+    (copy / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    assert model_fingerprint(str(copy)) != before
+    # A tokenizer file of a kind the old fingerprint skipped (sentencepiece's .model).
+    after_subfolder = model_fingerprint(str(copy))
+    (copy / "spiece.model").write_bytes(b"\x00\x01")
+    assert model_fingerprint(str(copy)) != after_subfolder
+
+
+def test_hub_id_is_fingerprinted_by_its_cached_snapshot_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    repo = tmp_path / "models--org--model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    (repo / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("a" * 40) / "config.json").write_text("{}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert model_fingerprint("org/model") == f"hub:org/model@{'a' * 40}"
+    (repo / "refs" / "main").write_text("b" * 40)
+    (repo / "snapshots" / ("b" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("b" * 40) / "config.json").write_text("{}")
+    assert model_fingerprint("org/model") == f"hub:org/model@{'b' * 40}"

@@ -35,6 +35,48 @@ def test_code_version_is_a_stable_hash_of_the_component_sources() -> None:
     assert len(code_version()) == 16
 
 
+def test_code_version_covers_every_package_and_the_locked_dependencies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from flows import keys
+
+    for package in ("components", "flows", "serving"):
+        shutil.copytree(PROJECT_ROOT / package, tmp_path / package)
+    shutil.copyfile(PROJECT_ROOT / "constraints.txt", tmp_path / "constraints.txt")
+    original = code_version(tmp_path)
+    assert original == code_version(PROJECT_ROOT)  # relative names: a copy hashes the same
+
+    def changed(path: Path, text: str) -> str:
+        saved = path.read_bytes()
+        path.write_bytes(saved + text.encode())
+        try:
+            return code_version(tmp_path)
+        finally:
+            path.write_bytes(saved)
+
+    assert changed(tmp_path / "flows" / "retrain.py", "\n# edited\n") != original
+    assert changed(tmp_path / "serving" / "service.py", "\n# edited\n") != original
+    nested = tmp_path / "components" / "sub"
+    nested.mkdir()
+    (nested / "helper.py").write_text("VALUE = 1\n")
+    with_nested = code_version(tmp_path)
+    assert with_nested != original
+    assert changed(nested / "helper.py", "VALUE = 2\n") != with_nested
+    (nested / "helper.py").unlink()
+    nested.rmdir()
+    assert changed(tmp_path / "constraints.txt", "torch==0.0.1\n") != original
+    assert code_version(tmp_path) == original
+    real_versions = keys.installed_versions
+    monkeypatch.setattr(
+        keys,
+        "installed_versions",
+        lambda names: {**real_versions(names), "transformers": "0.0.0"},
+    )
+    assert code_version(tmp_path) != original
+
+
 def test_run_record_survives_a_round_trip_through_disk(tmp_path: Path) -> None:
     record = RunRecord("id-1", "brave-otter", tmp_path / "reports" / "brave-otter.json")
     record.add_step("validate", "done", 1.234)
@@ -79,3 +121,37 @@ def test_only_network_errors_are_retried() -> None:
     assert is_transient(wrapped)
     assert not is_transient(DataValidationError("label 7 unknown"))
     assert not is_transient(FileNotFoundError("constraints.txt"))
+
+
+def test_pretrain_key_follows_the_bytes_of_the_extra_corpora(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    from components.config import load_config
+    from components.state import ProjectPaths
+    from flows.retrain import training_keys
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a first unlabelled line\nanother line\n", encoding="utf-8")
+    config = load_config(
+        PROJECT_ROOT / "params.yaml",
+        overrides=[f"model.base={tiny_bert_dir}", f"pretrain.extra_corpora=[{corpus}]"],
+    )
+    paths = ProjectPaths(project_root=tmp_path, state_dir=tmp_path / "state")
+    md5s = {"prepared_data_md5": "abc.dir"}
+    before = training_keys(config, paths, md5s)
+    assert training_keys(config, paths, md5s) == before
+    corpus.write_text("a first unlabelled line\nan edited line\n", encoding="utf-8")
+    after = training_keys(config, paths, md5s)
+    assert after["pretrain"] != before["pretrain"]
+    assert after["train"] != before["train"]  # it starts from the pretrained model
+
+
+def test_force_discards_the_checkpoints_of_its_keys(tmp_path: Path) -> None:
+    from components.state import ProjectPaths
+    from flows.retrain import discard_checkpoints
+
+    paths = ProjectPaths(project_root=tmp_path, state_dir=tmp_path / "state")
+    for key in ("pretrain-1", "train-2", "train-other"):
+        (paths.checkpoints_dir / key / "step-00000010").mkdir(parents=True)
+    discard_checkpoints(paths, {"pretrain": "pretrain-1", "train": "train-2"})
+    assert sorted(p.name for p in paths.checkpoints_dir.iterdir()) == ["train-other"]

@@ -399,3 +399,90 @@ def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(
     save_checkpoint(tmp_path, model, optimizer, scheduler, state, two_ranks[:1])
     resumed = run_loop(model, TwoBatches(), settings, checkpoint_dir=tmp_path)
     assert resumed.metrics["steps"] == 5 and resumed.metrics["samples_seen"] == 3 * 4
+
+
+def test_run_key_follows_the_init_model(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    import shutil
+
+    from components.base_model import model_fingerprint
+
+    paths = ProjectPaths(project_root=tmp_path, state_dir=tmp_path / "state")
+    config = load_config(PROJECT_ROOT / "params.yaml")
+    other = tmp_path / "other-init"
+    shutil.copytree(tiny_bert_dir, other)
+    (other / "config.json").write_text((other / "config.json").read_text() + " ")
+    key_a = training.run_key(config, paths, model_fingerprint(str(tiny_bert_dir)))
+    assert key_a == training.run_key(config, paths, model_fingerprint(str(tiny_bert_dir)))
+    assert key_a != training.run_key(config, paths, model_fingerprint(str(other)))
+
+
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    """Kill `ratchet train --init A`, run `--init B`: B must not resume A's weights."""
+    import shutil
+
+    from components.finetune import finetune_resume_key
+
+    config = load_config(PROJECT_ROOT / "params.yaml", overrides=["train.max_steps=1"])
+    data = PreparedData(frame(8), frame(4), frame(4), labels=["negative", "positive"])
+    init_b = tmp_path / "init-b"
+    shutil.copytree(tiny_bert_dir, init_b)
+    (init_b / "config.json").write_text((init_b / "config.json").read_text() + " ")
+    key_a = finetune_resume_key(config, data, str(tiny_bert_dir))
+    key_b = finetune_resume_key(config, data, str(init_b))
+    assert key_a != key_b
+    # What the run with init A left when it was killed.
+    checkpoints = tmp_path / "checkpoints"
+    training.claim_checkpoint_dir(checkpoints, key_a)
+    model = LinearRegression()
+    optimizer = training.build_optimizer(model, 0.1, 0.0, torch.device("cpu"))
+    scheduler = training.linear_schedule(optimizer, 0, 5)
+    rng = [training.capture_rng_state()]
+    save_checkpoint(checkpoints, model, optimizer, scheduler, TrainState(step=1), rng)
+    with pytest.raises(TrainingError) as refused:
+        run_finetuning(config, data, str(init_b), tmp_path / "out", checkpoints)
+    message = str(refused.value)
+    assert key_a in message and key_b in message and f"Delete {checkpoints}" in message
+    assert not (tmp_path / "out").exists()
+    assert list_checkpoints(checkpoints)  # refused, not deleted
+    # Checkpoints that record no key (written before keys were recorded) are refused too.
+    (checkpoints / training.RUN_KEY_FILE).unlink()
+    with pytest.raises(TrainingError, match="its key is not recorded"):
+        run_finetuning(config, data, str(tiny_bert_dir), tmp_path / "out", checkpoints)
+    # An empty folder, or one the same run wrote, is taken.
+    fresh = tmp_path / "fresh"
+    training.claim_checkpoint_dir(fresh, key_a)
+    training.claim_checkpoint_dir(fresh, key_a)
+    assert (fresh / training.RUN_KEY_FILE).read_text() == key_a
+    training.claim_checkpoint_dir(fresh, key_b)  # nothing to resume: it records B now
+    assert (fresh / training.RUN_KEY_FILE).read_text() == key_b
+
+
+def test_extra_corpora_lines_that_repeat_held_out_texts_are_left_out(tmp_path: Path) -> None:
+    """MLM on the test sentences is leakage, even when a corpus spells them differently."""
+    from components.prepare import write_prepared
+    from components.pretrain import gather_pretraining_texts
+
+    paths = ProjectPaths(project_root=tmp_path, state_dir=tmp_path / "state")
+    labelled = pd.DataFrame(
+        {"text": ["a train text", "the test sentence", "a validation café"], "label": [0, 1, 0]}
+    )
+    labelled["label_name"] = labelled["label"].map({0: "negative", 1: "positive"})
+    split = {
+        "train": labelled.iloc[[0]],
+        "test": labelled.iloc[[1]],
+        "validation": labelled.iloc[[2]],
+    }
+    write_prepared(PreparedData(labels=["negative", "positive"], **split), paths.prepared_dir)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "THE TEST SENTENCE\nan unrelated review\nA   validation cafe\u0301\n", encoding="utf-8"
+    )
+    config = load_config(
+        PROJECT_ROOT / "params.yaml", overrides=[f"pretrain.extra_corpora=[{corpus}]"]
+    )
+    gathered = gather_pretraining_texts(config, paths)
+    assert gathered.texts == ["a train text", "an unrelated review"]
+    assert gathered.held_out_dropped == 2
+    assert gathered.metrics == {"corpus_held_out_dropped": 2.0}

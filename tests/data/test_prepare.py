@@ -60,6 +60,24 @@ def test_whitespace_variants_land_in_the_same_split() -> None:
     assert names[:50].tolist() == names[50:].tolist()
 
 
+def test_case_and_unicode_variants_land_in_the_same_split() -> None:
+    """Variants the shipped uncased tokenizer turns into identical token ids."""
+    import unicodedata
+
+    originals = [f"Café crème number {i}" for i in range(60)]
+    variants = {
+        "upper": [text.upper() for text in originals],
+        "lower": [text.lower() for text in originals],
+        "nfd": [unicodedata.normalize("NFD", text) for text in originals],
+        "no accents": [f"Cafe creme number {i}" for i in range(60)],
+        "zero-width": [text.replace(" ", " \u200b", 1) for text in originals],
+    }
+    reference = assign_splits(pd.Series(originals), 1, 0.3, 0.3).tolist()
+    assert {"train", "validation", "test"} <= set(reference)
+    for name, texts in variants.items():
+        assert assign_splits(pd.Series(texts), 1, 0.3, 0.3).tolist() == reference, name
+
+
 def test_dev_becomes_test_and_validation_is_carved_from_train(data_cfg: DataConfig) -> None:
     rows = make_sentiment_rows(300, seed=2)
     raw = raw_from({"train": rows.iloc[:250], "dev": rows.iloc[250:]})

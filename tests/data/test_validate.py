@@ -78,6 +78,21 @@ def held_out_repeats_train(folder: Path) -> None:
     write_tsv(folder / "test.tsv", pd.concat([rows.iloc[100:], rows.iloc[:5]]))
 
 
+def held_out_repeats_train_in_other_case_or_unicode_form(folder: Path) -> None:
+    import unicodedata
+
+    rows = tsv_rows(120)
+    rows.loc[0, "sentence"] = "the café was délicieux number 0"
+    write_tsv(folder / "train.tsv", rows.iloc[:100])
+    variants = rows.iloc[:3].copy()
+    variants["sentence"] = [
+        unicodedata.normalize("NFD", rows.loc[0, "sentence"]),
+        rows.loc[1, "sentence"].upper(),
+        rows.loc[2, "sentence"].title(),
+    ]
+    write_tsv(folder / "test.tsv", pd.concat([rows.iloc[100:], variants]))
+
+
 def invalid_utf8(folder: Path) -> None:
     write_tsv(folder / "train.tsv", tsv_rows())
     with (folder / "train.tsv").open("ab") as handle:
@@ -108,6 +123,10 @@ BAD_DATA: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "40% duplicates": (forty_percent_duplicates, "observed 40 of 100 rows (40.0%)"),
     "test repeats train": (held_out_repeats_train, "held-out texts also in train"),
+    "test repeats train in other case or unicode form": (
+        held_out_repeats_train_in_other_case_or_unicode_form,
+        "at most 0 held-out texts also in train : observed 3",
+    ),
     "invalid utf-8": (invalid_utf8, "invalid UTF-8 bytes b'\\xe9'"),
     "ragged csv": (ragged_csv, "3 fields where the header has 2 (ragged row)"),
     "repeated header": (repeated_header, "line 1: the header repeats column(s) ['label']"),

@@ -64,6 +64,16 @@ def test_first_run_promotes_and_builds_then_rerun_is_cached(
     versions, aliases = registry_state()
     assert versions == ["1"]
     assert aliases["champion"] == "1"
+    # Truncation was measured before training and reached the version's lineage.
+    from mlflow import MlflowClient
+
+    tags = MlflowClient().get_model_version("ratchet-sst2", "1").tags
+    assert tags["data.truncated_fraction_train"] == "0.0"
+    assert tags["data.truncated_fraction_test"] == "0.0"
+    assert summary["truncation"] == {
+        "data.truncated_fraction_train": 0.0,
+        "data.truncated_fraction_test": 0.0,
+    }
     # The data a model was trained on is named by md5 in dvc.lock and pushed to the remote.
     lock = yaml.safe_load((flow_project / "dvc.lock").read_text())
     prepared = next(

@@ -137,13 +137,14 @@ def transfer_data(
 ) -> None:
     """Push or pull through the remote this configuration names."""
     from components import versioning
+    from components.secrets import mask_uri_credentials
     from components.state import dvc_remote_url
 
     settings, paths = load_settings(params, config, set_)
     remote = dvc_remote_url(settings, paths)
     transfer = versioning.push if direction == "push" else versioning.pull
     transfer(paths.project_root, remote)
-    console.print(f"{direction}: done ({remote})", highlight=False)
+    console.print(f"{direction}: done ({mask_uri_credentials(remote)})", highlight=False)
 
 
 def data_commit(

@@ -222,8 +222,10 @@ class RatchetClassifier:
     def check_authentication(self) -> None:
         """Refuse to start a Bento built with an API key unless the server has one.
 
-        A start-up hook, so the server exits ("Application startup failed") with the
-        reason; it runs only in a server, not where the class is loaded in-process.
+        A start-up hook: the worker stops with the reason ("Application startup failed")
+        before it serves anything; in a container (``BENTOML_CONTAINERIZED``) the server
+        then exits, elsewhere BentoML restarts the worker, which fails again. It runs only
+        in a server, not where the class is instantiated in-process.
         """
         key = api_key_from_environment()  # raises on an empty RATCHET_API_KEY
         if key is None and args.auth_required:

@@ -11,14 +11,24 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from components.errors import ConfigError
+from components.secrets import REDACTED, SECRET_SETTINGS, mask_uri_credentials, redact_value
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 
@@ -293,9 +303,29 @@ class ServingConfig(Section):
     )
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Inference dtype on CPU.")
     num_threads: int | None = Field(None, ge=1, description="torch threads; null = cores.")
-    api_key: str | None = Field(
-        None, description="Required X-API-Key when set; RATCHET_API_KEY overrides it."
+    api_key: SecretStr | None = Field(
+        None,
+        description="Required X-API-Key when set; RATCHET_API_KEY overrides it. Shown and "
+        "stored as *** everywhere (MLflow params, lineage, reports) and never hashed; prefer "
+        "RATCHET_API_KEY or api_key_file to keeping the key in params.yaml.",
     )
+    api_key_file: str | None = Field(
+        None,
+        description="A file holding the API key (e.g. a mounted secret), read when the "
+        "server starts; relative to the project root. RATCHET_API_KEY_FILE overrides it.",
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty key would turn authentication off: null says that, "" is a mistake.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty: set a key or null (no authentication)")
+        return value
+
+    @field_serializer("api_key")
+    def _redact_api_key(self, value: SecretStr | None) -> str | None:
+        return None if value is None else REDACTED
 
 
 class TrackingConfig(Section):
@@ -319,9 +349,20 @@ class TrackingConfig(Section):
         "null keeps every cache.",
     )
 
+    @field_serializer("mlflow_uri", "prefect_api_url", "dvc_remote_url")
+    def _mask_credentials(self, uri: str | None) -> str | None:
+        return None if uri is None else mask_uri_credentials(uri)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() (a log line, a traceback) mask credentials as dumps do.
+        for name, value in super().__repr_args__():
+            yield name, mask_uri_credentials(value) if isinstance(value, str) else value
+
 
 # Settings for the state folder's upkeep, not for what a run builds.
 UPKEEP_KEYS: dict[str, Sequence[str]] = {"tracking": ["cache_max_age_days"]}
+# Secrets never enter a hash (a new API key builds the same model): left out of every key.
+UNHASHED_KEYS: dict[str, Sequence[str]] = {"serving": ["api_key", "api_key_file"]}
 
 
 class RatchetConfig(Section):
@@ -349,14 +390,18 @@ class RatchetConfig(Section):
         ``leave_out`` maps a section to keys of it that do not count."""
         dumped = self.model_dump(mode="json")
         chosen = {name: dumped[name] for name in sections} if sections else dumped
-        for section, keys in (leave_out or {}).items():
+        for section, keys in [*UNHASHED_KEYS.items(), *(leave_out or {}).items()]:
             for key in keys:
-                chosen[section].pop(key, None)
+                chosen.get(section, {}).pop(key, None)
         payload = json.dumps(chosen, sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def is_quoted(text: str) -> bool:
+    return len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
 
 
 def parse_override(assignment: str) -> tuple[list[str], Any]:
@@ -365,6 +410,8 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {assignment!r} is not of the form dotted.key=value")
     path = [part for part in key.strip().split(".") if part]
+    if tuple(path) in SECRET_SETTINGS and not is_quoted(raw_value.strip()):
+        return path, raw_value.strip() or None  # a key is text as typed: 0123 is no number
     try:
         value = yaml.safe_load(raw_value) if raw_value.strip() else None
     except yaml.YAMLError:
@@ -419,7 +466,8 @@ def describe_validation_error(error: ValidationError) -> str:
         if problem["type"] == "extra_forbidden":
             lines.append(f"unknown key '{key}'")
         else:
-            lines.append(f"'{key}': {problem['msg']} (got {problem.get('input')!r})")
+            shown = redact_value([str(part) for part in problem["loc"]], problem.get("input"))
+            lines.append(f"'{key}': {problem['msg']} (got {shown!r})")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

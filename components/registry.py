@@ -36,6 +36,7 @@ from components.config import RatchetConfig
 from components.errors import RegistryError
 from components.evaluate import EVAL_FILE, PREDICTIONS_FILE, EvaluationReport
 from components.model_card import HEADLINE_METRICS, CardInputs, render_model_card, with_decision
+from components.secrets import redact_tree
 
 if TYPE_CHECKING:
     from components.gate import GateDecision
@@ -418,7 +419,8 @@ def version_config_tree(client: MlflowClient, model_version: ModelVersion) -> di
     """The resolved config recorded with a version (``lineage/config.yaml``), as a mapping."""
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(evaluation_run_id(model_version), LINEAGE_CONFIG, tmp)
-        return dict(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+        # Versions registered before redaction existed recorded secrets in plain text.
+        return redact_tree(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
 
 
 def version_config(client: MlflowClient, model_version: ModelVersion) -> dict[str, Any]:

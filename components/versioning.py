@@ -81,6 +81,8 @@ def configure_remote(project_root: Path, url: str, name: str = REMOTE_NAME) -> N
     """
     from dvc.config import Config, ConfigError  # DVC's own config writer, no subprocess
 
+    from components.secrets import mask_uri_credentials
+
     if "://" not in url:
         Path(url).mkdir(parents=True, exist_ok=True)
     try:
@@ -88,7 +90,8 @@ def configure_remote(project_root: Path, url: str, name: str = REMOTE_NAME) -> N
             local["remote"][name] = {"url": url}
             local["core"]["remote"] = name
     except ConfigError as error:
-        raise VersioningError(f"cannot set DVC remote {name}={url}: {error}") from error
+        shown = mask_uri_credentials(url)
+        raise VersioningError(f"cannot set DVC remote {name}={shown}: {error}") from error
 
 
 def reproduce(project_root: Path, targets: Sequence[str] = ()) -> str:

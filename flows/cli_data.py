@@ -145,6 +145,7 @@ def transfer_data(
 ) -> None:
     """Push or pull through the remote this configuration names."""
     from components import versioning
+    from components.secrets import mask_uri_credentials
     from components.state import dvc_remote_url
 
     settings, paths = load_settings(params, config, set_)
@@ -154,7 +155,7 @@ def transfer_data(
     else:
         with data_lock(paths.raw_dir.parent):
             versioning.pull(paths.project_root, remote)
-    console.print(f"{direction}: done ({remote})", highlight=False)
+    console.print(f"{direction}: done ({mask_uri_credentials(remote)})", highlight=False)
 
 
 def data_commit(

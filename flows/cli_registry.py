@@ -355,6 +355,7 @@ def ui(
     """Open the MLflow UI (runs, plots, model cards) on 127.0.0.1 against the tracking store."""
 
     def body() -> None:
+        from components.secrets import mask_uri_credentials
         from components.state import mlflow_tracking_uri
 
         settings, paths = load_settings(params, config, set_)
@@ -371,7 +372,8 @@ def ui(
             "--port",
             str(port),
         ]
-        console.print(f"MLflow UI on http://127.0.0.1:{port} ({store})", highlight=False)
+        shown = mask_uri_credentials(store)
+        console.print(f"MLflow UI on http://127.0.0.1:{port} ({shown})", highlight=False)
         subprocess.run(command, check=False, env=os.environ.copy())
 
     run_command(body)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,17 +45,40 @@ def failure_lines(error: BaseException) -> str:
 def run_retrain(
     params: Path, config: list[Path] | None, set_: list[str] | None, **options: Any
 ) -> dict[str, Any]:
+    """Run the retrain flow in-process. Secret overrides (``serving.api_key``, tracking URIs
+    with credentials) reach it through this process's environment for the run, never as
+    flow parameters, which Prefect stores in its database."""
+    from components.secrets import split_secret_overrides
     from flows.cli import load_settings
 
     load_settings(params, config, set_)  # validates the config before Prefect starts
     from flows.retrain import retrain
 
-    return retrain(
-        params=str(params),
-        config_files=[str(path) for path in config or []],
-        overrides=list(set_ or []),
-        **options,
-    )
+    overrides, secret_environment = split_secret_overrides(set_ or [])
+    # As before, a variable the user already exported beats the setting.
+    unset = {name: value for name, value in secret_environment.items() if name not in os.environ}
+    with temporary_environment(unset):
+        return retrain(
+            params=str(params),
+            config_files=[str(path) for path in config or []],
+            overrides=overrides,
+            **options,
+        )
+
+
+@contextlib.contextmanager
+def temporary_environment(variables: dict[str, str]) -> Iterator[None]:
+    """Set ``variables`` in this process's environment, restoring the old values after."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def register(app: typer.Typer) -> None:
@@ -183,20 +207,25 @@ def smoke_test_serving(params: Path, profiles: list[Path], set_: list[str] | Non
 
     The server gets the same profiles and overrides as the run, so it binds the host and
     port polled here (``--set serving.port=3100`` moves both)."""
+    from components.secrets import split_secret_overrides
     from flows.cli import console, load_settings
+    from serving.middleware import configured_api_key
 
-    config, _ = load_settings(params, profiles, set_)
+    config, paths = load_settings(params, profiles, set_)
     port = config.serving.port
+    # Secrets travel in the server's environment, not on its command line (ps shows that).
+    overrides, secret_environment = split_secret_overrides(set_ or [])
     settings = [f"--config={profile}" for profile in profiles]
-    settings += [f"--set={override}" for override in set_ or []]
+    settings += [f"--set={override}" for override in overrides]
     server = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "serve", "--params", str(params), *settings],
+        env={**secret_environment, **os.environ},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         base_url = f"http://{config.serving.host}:{port}"
-        api_key = os.environ.get("RATCHET_API_KEY") or config.serving.api_key
+        api_key = configured_api_key(config.serving, paths.project_root)
         headers = {"X-API-Key": api_key} if api_key else {}
         wait_until_ready(base_url, timeout_seconds=120, headers=headers)
         import httpx

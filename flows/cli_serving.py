@@ -18,8 +18,6 @@ from components.errors import ServingError
 from components.state import ProjectPaths
 from flows.cli import ConfigOption, ParamsOption, SetOption, load_settings, run_command
 
-API_KEY_ENV = "RATCHET_API_KEY"
-
 
 def bento_name(config: RatchetConfig) -> str:
     from serving.build import store_name
@@ -35,12 +33,53 @@ def serve_command(bento_tag: str, host: str, port: int) -> list[str]:
 
 
 def serve_environment(config: RatchetConfig, paths: ProjectPaths) -> dict[str, str]:
-    """The server's environment: BentoML home in the state folder, the API key if any."""
+    """The server's environment: BentoML home in the state folder, the API key if any.
+
+    ``RATCHET_API_KEY`` / ``RATCHET_API_KEY_FILE`` already set win; else the server gets
+    ``serving.api_key`` as ``RATCHET_API_KEY``, or ``serving.api_key_file`` as
+    ``RATCHET_API_KEY_FILE`` (checked readable here, read by the server at start).
+
+    Raises:
+        ServingError: an empty ``RATCHET_API_KEY``, or an unreadable or empty key file.
+    """
+    from serving.middleware import (
+        API_KEY_ENV,
+        API_KEY_FILE_ENV,
+        api_key_from_environment,
+        configured_api_key,
+    )
+
     env = dict(os.environ)
     env.setdefault("BENTOML_HOME", str(paths.bentoml_home))
-    if config.serving.api_key and API_KEY_ENV not in env:
-        env[API_KEY_ENV] = config.serving.api_key
+    if api_key_from_environment(env) is not None:
+        return env
+    key = configured_api_key(config.serving, paths.project_root)
+    if config.serving.api_key is None and config.serving.api_key_file:
+        env[API_KEY_FILE_ENV] = str(paths.resolve(config.serving.api_key_file))
+    elif key is not None:
+        env[API_KEY_ENV] = key
     return env
+
+
+def refuse_without_required_key(bento_tag: str, environment: dict[str, str]) -> None:
+    """Stop before starting a Bento built with an API key when no key will reach it (the
+    Bento's own start-up check would refuse too, but only after loading the model).
+
+    Raises:
+        ServingError: the Bento records ``auth_required`` and ``environment`` has no key.
+    """
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from serving.middleware import API_KEY_ENV, API_KEY_FILE_ENV, missing_key_message
+
+    try:
+        arguments = bentoml.bentos.get(bento_tag).info.args
+    except NotFound:
+        return  # bentoml serve says so, naming the store it looked in
+    has_key = environment.get(API_KEY_ENV) or environment.get(API_KEY_FILE_ENV)
+    if arguments.get("auth_required") and not has_key:
+        raise ServingError(missing_key_message())
 
 
 def register(app: typer.Typer) -> None:
@@ -81,12 +120,14 @@ def register(app: typer.Typer) -> None:
         def body() -> None:
             resolved, paths = load_settings(params, config, set_)
             tag = bento or f"{bento_name(resolved)}:latest"
+            environment = serve_environment(resolved, paths)
+            refuse_without_required_key(tag, environment)
             command = serve_command(tag, resolved.serving.host, port or resolved.serving.port)
             typer.echo(" ".join(command), err=True)
             sys.stderr.flush()
             # Become the server process, so signals (Ctrl-C, SIGTERM) reach it directly.
             try:
-                os.execve(command[0], command, serve_environment(resolved, paths))
+                os.execve(command[0], command, environment)
             except OSError as error:
                 raise ServingError(f"could not start bentoml serve: {error}") from error
 

@@ -32,6 +32,7 @@ from components.errors import ConfigError
 from components.state import ProjectPaths, configure_environment
 from flows import tasks
 from flows.keys import code_version, step_key
+from flows.redacted_flow import with_redacted_overrides
 from flows.run_record import RunRecord, render_report
 
 RETRAIN_LIMIT_PREFIX = "ratchet-retrain"
@@ -515,4 +516,6 @@ def write_run_report(flow: Any, flow_run: FlowRun, state: State) -> None:
             logging.getLogger(__name__).warning("could not attach run report to MLflow: %s", error)
 
 
-retrain = retrain.with_options(on_completion=[write_run_report], on_failure=[write_run_report])
+retrain = with_redacted_overrides(
+    retrain.with_options(on_completion=[write_run_report], on_failure=[write_run_report])
+)

@@ -105,12 +105,14 @@ def version_data(paths: ProjectPaths, stages: list[str]) -> dict[str, str | None
     retry_condition_fn=retry_when_transient,
 )
 def push_data(config: RatchetConfig, paths: ProjectPaths) -> str:
-    """Upload the versioned data to the DVC remote (local folder or object store)."""
+    """Upload the versioned data to the DVC remote (local folder or object store); returns
+    its URL as it may be recorded (credentials masked)."""
     from components import versioning
+    from components.secrets import mask_uri_credentials
 
     remote = dvc_remote_url(config, paths)
     versioning.push(paths.project_root, remote)
-    return remote
+    return mask_uri_credentials(remote)
 
 
 @task(name="measure-truncation")

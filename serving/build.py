@@ -161,7 +161,11 @@ def pinned_packages(names: list[str], constraints_file: Path) -> list[str]:
 
 
 def serve_arguments(config: RatchetConfig, model_tag: str) -> dict[str, Any]:
-    """Bento arguments read by ``serving/service.py`` (no secrets: the API key is env only)."""
+    """Bento arguments read by ``serving/service.py``. No secret: the API key is given to
+    the server at start; ``auth_required`` records that one was configured at build, so
+    the Bento refuses to start without one."""
+    from serving.middleware import api_key_configured
+
     serving = config.serving
     return {
         "model_tag": model_tag,
@@ -172,6 +176,7 @@ def serve_arguments(config: RatchetConfig, model_tag: str) -> dict[str, Any]:
         "max_latency_ms": serving.max_latency_ms,
         "precision": serving.precision,
         "num_threads": serving.num_threads,
+        "auth_required": api_key_configured(serving),
     }
 
 

@@ -11,11 +11,16 @@ BentoML model to load and the request limits. ``POST /classify`` validates a req
 (limits are in its types, so the OpenAPI spec states them) and queues its texts on
 BentoML's adaptive batcher, so texts from concurrent requests share one forward pass.
 BentoML's own ``/healthz`` (alive), ``/readyz`` (model loaded) and ``/metrics``
-(Prometheus) stay; ``GET /metadata`` is added.
+(Prometheus) stay; ``GET /metadata`` is added (the full lineage only for a caller that gave
+the API key: unauthenticated callers see the model's name, version, labels and metrics).
+
+A Bento built while an API key was configured records ``auth_required`` (never the key):
+it refuses to start without a non-empty ``RATCHET_API_KEY`` or ``RATCHET_API_KEY_FILE``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, NoReturn, cast
@@ -24,14 +29,21 @@ import anyio
 import bentoml
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from bentoml.exceptions import ServiceUnavailable
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field
 
 from components.config import RegistryConfig, ServingConfig
-from serving.middleware import ApiKeyMiddleware, RequestBodyMiddleware
+from components.errors import ServingError
+from serving.middleware import (
+    AUTHENTICATED_SCOPE_KEY,
+    ApiKeyMiddleware,
+    RequestBodyMiddleware,
+    api_key_from_environment,
+    missing_key_message,
+)
 from serving.predict import Precision, configure_threads, load_classifier, predict_texts
 
-API_KEY_ENV = "RATCHET_API_KEY"
+logger = logging.getLogger(__name__)
 DATA_MD5_TAGS = ("prepared_data_md5", "data.prepared_md5", "prepared_md5", "data_md5")
 EXAMPLE_INPUT: dict[str, list[str]] = {
     "texts": ["a gripping, beautifully acted film", "a dull and lifeless script"]
@@ -50,6 +62,9 @@ class ServeArgs(BaseModel):
     precision: Precision = ServingConfig().precision
     num_threads: int | None = Field(ServingConfig().num_threads, ge=1)
     timeout_s: int = Field(60, ge=1)
+    auth_required: bool = Field(
+        False, description="Built with an API key configured: refuse to start without one."
+    )
 
 
 args = bentoml.use_arguments(ServeArgs)
@@ -97,7 +112,10 @@ class ModelMetadata(BaseModel):
     aliases: list[str] = Field(description="Registry aliases of this version at build time.")
     labels: list[str] = Field(description="Class names in id order.")
     metrics: dict[str, float]
-    lineage: dict[str, str] = Field(description="Lineage tags of the registry version.")
+    lineage: dict[str, str] | None = Field(
+        description="Lineage tags of the registry version (run ids, paths, git state); "
+        "null unless the caller gave the API key."
+    )
     max_length: int = Field(description="Token window; longer texts are truncated.")
     precision: str
 
@@ -200,13 +218,34 @@ class RatchetClassifier:
             start += len(texts)
         return answers
 
+    @bentoml.on_startup
+    def check_authentication(self) -> None:
+        """Refuse to start a Bento built with an API key unless the server has one.
+
+        A start-up hook: the worker stops with the reason ("Application startup failed")
+        before it serves anything; in a container (``BENTOML_CONTAINERIZED``) the server
+        then exits, elsewhere BentoML restarts the worker, which fails again. It runs only
+        in a server, not where the class is instantiated in-process.
+        """
+        key = api_key_from_environment()  # raises on an empty RATCHET_API_KEY
+        if key is None and args.auth_required:
+            raise ServingError(missing_key_message())
+        if key is None:
+            logger.warning(
+                "serving WITHOUT authentication: no RATCHET_API_KEY or RATCHET_API_KEY_FILE "
+                "(anyone who reaches this port can call the model)"
+            )
+
     @metadata_app.get("/metadata")
-    def model_metadata(self) -> ModelMetadata:
-        """The served model's registry name, version, aliases, metrics and lineage."""
-        return self.metadata
+    def model_metadata(self, request: Request) -> ModelMetadata:
+        """The served model's registry name, version, aliases and metrics; its lineage
+        (local paths, run ids, git state) only for a caller that gave the API key."""
+        if request.scope.get(AUTHENTICATED_SCOPE_KEY):
+            return self.metadata
+        return self.metadata.model_copy(update={"lineage": None})
 
 
 # Outermost first: refuse unauthenticated requests before reading their bodies.
 service = cast("bentoml.Service[RatchetClassifier]", RatchetClassifier)
-service.add_asgi_middleware(ApiKeyMiddleware, api_key=os.environ.get(API_KEY_ENV))
+service.add_asgi_middleware(ApiKeyMiddleware, auth_required=args.auth_required)
 service.add_asgi_middleware(RequestBodyMiddleware, max_body_bytes=args.max_body_bytes)

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from components import registry, tracking
 from components.behaviour import load_behaviour_suite
-from components.config import RatchetConfig
+from components.config import RatchetConfig, ServingConfig, TrackingConfig
 from components.errors import GateRejected, RegistryError
 from components.evaluate import EvaluationReport, evaluate_model
 from components.gate import GateDecision, apply_gate, promote_manually
@@ -309,6 +310,19 @@ def run_cli(*args: str) -> str:
     return result.stdout
 
 
+def with_secrets(config: RatchetConfig, api_key: str, dvc_password: str) -> RatchetConfig:
+    """``config`` with an API key and a DVC remote URL holding a password."""
+    serving = ServingConfig.model_validate({**config.serving.model_dump(), "api_key": api_key})
+    remote = f"https://ci:{dvc_password}@dvc.example.com/store"
+    tracking_section = TrackingConfig.model_validate(
+        {**config.tracking.model_dump(), "dvc_remote_url": remote}
+    )
+    return config.model_copy(update={"serving": serving, "tracking": tracking_section})
+
+
+SECRETS = ("key-of-version-one-8c1d", "pw-one-77aa", "key-of-version-two-1f3e", "pw-two-52bb")
+
+
 def test_cli_for_reviewers(
     config: RatchetConfig,
     tiny_classifiers: dict[str, Path],
@@ -318,8 +332,16 @@ def test_cli_for_reviewers(
     monkeypatch.setattr(cli.console, "width", 200)  # a wide terminal: no truncated cells
     no_floor = config.gate.model_copy(update={"min_accuracy": 0})
     config = config.model_copy(update={"gate": no_floor})
-    publish(config, tiny_classifiers["shuffled"], reports("shuffled"))
-    publish(config, tiny_classifiers["good"], reports("good"))
+    publish(with_secrets(config, *SECRETS[:2]), tiny_classifiers["shuffled"], reports("shuffled"))
+    publish(with_secrets(config, *SECRETS[2:]), tiny_classifiers["good"], reports("good"))
+    # Versions registered before redaction existed recorded the config in plain text.
+    old_style = yaml.safe_load(config.to_yaml())
+    old_style["serving"]["api_key"] = "key-recorded-in-plain-text-by-an-old-version"
+    old_style["tracking"]["mlflow_uri"] = "http://bob:old-plain-pw@mlflow:5000"
+    first = MlflowClient().get_model_version(config.registry.model_name, "1")
+    tracking.log_text(
+        registry.evaluation_run_id(first), yaml.safe_dump(old_style), registry.LINEAGE_CONFIG
+    )
 
     listed = json.loads(run_cli("registry", "list", "--json"))
     assert [(row["version"], row["aliases"]) for row in listed] == [
@@ -335,6 +357,13 @@ def test_cli_for_reviewers(
     assert compared["significance"]["significant"]
     rendered = run_cli("registry", "compare", "1", "2")
     assert "McNemar p=" in rendered and "true \\ predicted" in rendered
+    for shown in (rendered, json.dumps(compared)):
+        for secret in (*SECRETS, "key-recorded-in-plain-text", "old-plain-pw", "bob"):
+            assert secret not in shown
+    config_diff = {row["key"]: (row["a"], row["b"]) for row in compared["config_diff"]}
+    assert "serving.api_key" not in config_diff  # both set, both shown as ***
+    assert config_diff["tracking.dvc_remote_url"] == (None, "https://***@dvc.example.com/store")
+    assert config_diff["tracking.mlflow_uri"] == ("http://***@mlflow:5000", None)
 
     rolled = json.loads(run_cli("registry", "rollback", "--reason", "canary", "--json"))
     assert rolled == {"demoted": "2", "champion": "1"}

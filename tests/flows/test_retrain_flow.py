@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -19,6 +20,9 @@ from components.errors import DataValidationError
 from tests.flows.conftest import flow_overrides, make_project, write_tsv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# A key given with --set, as a user may: it must be found in no file the runs leave.
+API_KEY = "ratchet-test-key-5f0c9e2a71d84b36"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,6 +51,30 @@ def registry_state(model_name: str = "ratchet-sst2") -> tuple[list[str], dict[st
     return versions, {alias: str(version) for alias, version in aliases.items()}
 
 
+def files_containing(roots: list[Path], needle: str) -> list[Path]:
+    """Every file under ``roots`` whose bytes contain ``needle`` (SQLite stores included)."""
+    data = needle.encode()
+    found = []
+    for root in roots:
+        found += [path for path in root.rglob("*") if path.is_file() and data in path.read_bytes()]
+    return found
+
+
+def prefect_database_dir() -> Path:
+    """The folder of the Prefect test harness's SQLite database (and its WAL files)."""
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    url: Any = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
+    text = url.get_secret_value() if hasattr(url, "get_secret_value") else str(url)
+    return Path(text.partition(":///")[2]).parent
+
+
+def bentoml_home() -> Path:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.bentoml_home.get())
+
+
 def step_statuses(state_dir: Path, summary_version: str | None = None) -> list[dict]:
     records = sorted((state_dir / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime)
     return json.loads(records[-1].read_text())["steps"]
@@ -55,7 +83,7 @@ def step_statuses(state_dir: Path, summary_version: str | None = None) -> list[d
 def test_first_run_promotes_and_builds_then_rerun_is_cached(
     flow_project: Path, state_dir: Path, tiny_bert_dir: Path
 ) -> None:
-    overrides = flow_overrides(tiny_bert_dir)
+    overrides = flow_overrides(tiny_bert_dir, **{"serving.api_key": API_KEY})
     summary = run_flow(flow_project, overrides)
 
     assert summary["outcome"] == "promoted", summary
@@ -122,6 +150,15 @@ def test_first_run_promotes_and_builds_then_rerun_is_cached(
     assert "train" not in {step["name"] for step in step_statuses(state_dir)}
     assert registry_state()[0] == ["1"]
     assert all(folder.stat().st_mtime >= started - 1 for folder in model_folders)
+
+    # The API key is in no MLflow param, artifact or tag, no Prefect flow-run parameter,
+    # no report, no Bento: grep every byte the three runs left.
+    prefect_store = prefect_database_dir()
+    roots = [state_dir, flow_project, prefect_store, bentoml_home()]
+    assert files_containing(roots, API_KEY) == []
+    assert files_containing([prefect_store], "serving.api_key=***"), "overrides not stored?"
+    bento_yaml = bentoml_home() / "bentos" / summary["bento"].replace(":", "/") / "bento.yaml"
+    assert yaml.safe_load(bento_yaml.read_text())["args"]["auth_required"] is True
 
 
 def test_rerun_finishes_a_gate_that_a_crash_interrupted(

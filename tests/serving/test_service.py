@@ -1,6 +1,8 @@
 """The built Bento served on loopback: predictions, metadata, limits, errors, auth, OpenAPI.
 
-One server without auth and one with an API key, each started once for this module.
+One server without auth (the session Bento) and one with an API key (the same model
+re-built with ``serving.api_key`` set, so it requires a key), each started once for this
+module.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import concurrent.futures
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +24,17 @@ from tests.serving.conftest import (
     LINEAGE_TAGS,
     MODEL_NAME,
     RATCHET,
+    STARTUP_TIMEOUT_S,
     BuiltBento,
     RunningServer,
+    free_port,
     start_server,
     stop_server,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+API_KEY = "s3cret-key-4c9a1f0e7b"
 POSITIVE = "the movie was wonderful number 7"
 NEGATIVE = "the plot was awful number 8"
 JSON_HEADERS = {"content-type": "application/json"}
@@ -104,7 +110,7 @@ def test_concurrent_requests_get_their_own_answers(client: httpx.Client) -> None
 
 
 def test_metadata_names_version_aliases_metrics_and_lineage(
-    client: httpx.Client, built_bento: BuiltBento
+    client: httpx.Client, built_bento: BuiltBento, secured_server: RunningServer
 ) -> None:
     response = client.get("/metadata")
 
@@ -115,8 +121,16 @@ def test_metadata_names_version_aliases_metrics_and_lineage(
     assert metadata["aliases"] == ["champion"]
     assert metadata["labels"] == ["negative", "positive"]
     assert metadata["metrics"] == {"accuracy": pytest.approx(0.97), "f1_macro": 0.96}
-    assert metadata["lineage"] == LINEAGE_TAGS
     assert metadata["max_length"] == 128
+    # Run ids, paths and git state only for a caller that gave the API key.
+    assert metadata["lineage"] is None
+    assert "run_id" not in response.text
+    authenticated = httpx.get(
+        f"{secured_server.url}/metadata", headers={"X-API-Key": API_KEY}, timeout=30
+    )
+    assert authenticated.status_code == 200, authenticated.text
+    assert authenticated.json()["lineage"] == LINEAGE_TAGS
+    assert authenticated.json()["name"] == MODEL_NAME
 
 
 def test_health_ready_and_prometheus_metrics(client: httpx.Client) -> None:
@@ -233,10 +247,106 @@ def test_openapi_spec_fuzzed_without_server_errors(server: RunningServer) -> Non
 
 
 @pytest.fixture(scope="module")
-def secured_server(built_bento: BuiltBento) -> Iterator[RunningServer]:
-    running = start_server(built_bento, api_key="s3cret-key")
+def auth_bento(built_bento: BuiltBento) -> BuiltBento:
+    """The session Bento's model re-built while ``serving.api_key`` was configured."""
+    rebuilt = subprocess.run(
+        [*RATCHET, "build", "--params", str(PROJECT_ROOT / "params.yaml")]
+        + ["--set", f"serving.api_key={API_KEY}"],
+        env=built_bento.env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    tag = rebuilt.stdout.strip().splitlines()[-1]
+    return BuiltBento(tag=tag, registry_version=built_bento.registry_version, env=built_bento.env)
+
+
+@pytest.fixture(scope="module")
+def secured_server(auth_bento: BuiltBento) -> Iterator[RunningServer]:
+    running = start_server(auth_bento, api_key=API_KEY)
     yield running
     stop_server(running.process)
+
+
+def files_containing(root: Path, needle: str) -> list[Path]:
+    """Every file under ``root`` whose bytes contain ``needle`` (binary files included)."""
+    data = needle.encode()
+    return [path for path in root.rglob("*") if path.is_file() and data in path.read_bytes()]
+
+
+def test_a_bento_built_with_a_key_records_auth_required_never_the_key(
+    auth_bento: BuiltBento, built_bento: BuiltBento
+) -> None:
+    bento_yaml = Path(auth_bento.env["BENTOML_HOME"]) / "bentos" / auth_bento.tag.replace(":", "/")
+    args = yaml.safe_load((bento_yaml / "bento.yaml").read_text())["args"]
+    plain_dir = Path(built_bento.env["BENTOML_HOME"]) / "bentos" / built_bento.tag.replace(":", "/")
+
+    assert args["auth_required"] is True
+    assert yaml.safe_load((plain_dir / "bento.yaml").read_text())["args"]["auth_required"] is False
+    # Not in any Bento, model, label or log of the BentoML home, nor the MLflow store.
+    assert files_containing(Path(auth_bento.env["RATCHET_HOME"]), API_KEY) == []
+
+
+def test_a_bento_that_requires_a_key_refuses_to_start_without_one(
+    auth_bento: BuiltBento, tmp_path: Path
+) -> None:
+    """Started with `bentoml serve` (as a container or a user would) or `ratchet serve`
+    with no key, or an empty one, the Bento refuses and says why."""
+    env = {
+        name: value
+        for name, value in auth_bento.env.items()
+        if name not in ("RATCHET_API_KEY", "RATCHET_API_KEY_FILE")
+    }
+    bentoml_cli = str(Path(sys.executable).with_name("bentoml"))
+    serve = [bentoml_cli, "serve", auth_bento.tag, "--host", "127.0.0.1", "--port"]
+
+    # In a container BentoML does not respawn a worker: the server exits.
+    exited = subprocess.run(
+        [*serve, str(free_port())],
+        env={**env, "BENTOML_CONTAINERIZED": "true"},
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT_S,
+    )
+    assert exited.returncode != 0
+    assert "this Bento was built with serving.api_key set: start it with RATCHET_API_KEY=<key>" in (
+        exited.stdout + exited.stderr
+    )
+
+    # Outside one, BentoML respawns the worker, which fails again: it never serves.
+    port, log_path = free_port(), tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [*serve, str(port)],
+            env={**env, "RATCHET_API_KEY": ""},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while b"RATCHET_API_KEY is set but empty" not in log_path.read_bytes():
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=5)
+    finally:
+        stop_server(server)
+
+    # `ratchet serve` checks before it starts anything.
+    refused = subprocess.run(
+        [*RATCHET, "serve", "--bento", auth_bento.tag, "--port", str(free_port())]
+        + ["--params", str(PROJECT_ROOT / "params.yaml")],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0
+    assert "built with serving.api_key set" in refused.stderr
 
 
 def test_api_key_guards_every_endpoint_but_healthz(secured_server: RunningServer) -> None:
@@ -256,22 +366,15 @@ def test_api_key_guards_every_endpoint_but_healthz(secured_server: RunningServer
         assert missing.status_code == 401, path
         assert missing.json() == {"error": "missing API key", "field": "X-API-Key"}
         assert wrong.status_code == 401, path
-    good = httpx.post(f"{url}/classify", json=texts, headers={"X-API-Key": "s3cret-key"})
+    good = httpx.post(f"{url}/classify", json=texts, headers={"X-API-Key": API_KEY})
     assert good.status_code == 200, good.text
     assert good.json()["predictions"][0]["label"] == "positive"
 
 
-def test_rebuild_keeps_the_previous_bento_for_rollback(built_bento: BuiltBento) -> None:
-    rebuilt = subprocess.run(
-        [*RATCHET, "build", "--params", str(PROJECT_ROOT / "params.yaml")],
-        env=built_bento.env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
-    new_tag = rebuilt.stdout.strip().splitlines()[-1]
+def test_rebuild_keeps_the_previous_bento_for_rollback(
+    built_bento: BuiltBento, auth_bento: BuiltBento
+) -> None:
+    new_tag = auth_bento.tag  # the same model, re-built (with an API key configured)
     listed = subprocess.run(
         [str(Path(sys.executable).with_name("bentoml")), "list", "-o", "json"],
         env=built_bento.env,

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from sklearn.metrics import f1_score
 
 from components import registry, tracking
 from components.config import GateConfig, RatchetConfig
@@ -26,7 +27,7 @@ from components.evaluate import (
     fingerprint_split,
     predictions_frame,
 )
-from components.gate import GateDecision, apply_gate, score_metric
+from components.gate import GateDecision, apply_gate
 from components.mlflow_model import log_classifier_model
 from components.state import ProjectPaths
 from tests.conftest import PROJECT_ROOT
@@ -38,11 +39,13 @@ TEST_EXAMPLES = 872
 LINEAGE = {"git_commit": "0123abcd", "prepared_data_md5": "bbbb.dir"}
 
 
-def crafted_report(y_true: np.ndarray, predicted: np.ndarray, folder: Path) -> EvaluationReport:
+def crafted_report(
+    y_true: np.ndarray, predicted: np.ndarray, folder: Path, texts: list[str] | None = None
+) -> EvaluationReport:
     """An evaluation with these predictions on a fixed test split, its files on disk."""
     probabilities = np.full((len(y_true), len(LABELS)), 0.1)
     probabilities[np.arange(len(y_true)), predicted] = 0.9
-    texts = [f"test review number {index}" for index in range(len(y_true))]
+    texts = texts or [f"test review number {index}" for index in range(len(y_true))]
     test = pd.DataFrame({"text": texts, "label": y_true})
     folder.mkdir(parents=True)
     predictions_frame(texts, y_true, probabilities, LABELS).to_parquet(
@@ -110,8 +113,8 @@ def test_a_series_of_slightly_worse_challengers_cannot_slide(
         if step:
             previous = predicted
             predicted = slightly_worse(y_true, predicted)
-            drop = score_metric("f1_macro", y_true, previous) - score_metric(
-                "f1_macro", y_true, predicted
+            drop = f1_score(y_true, previous, average="macro") - f1_score(
+                y_true, predicted, average="macro"
             )
             assert 0 < drop < tolerance  # each step alone is within the tolerance
         report = crafted_report(y_true, predicted, tmp_path / f"eval-{step}")
@@ -170,3 +173,54 @@ def test_a_constant_predictor_is_never_the_first_champion(
     assert not decision.promote
     assert decision.champion_version is None and decision.best_champion_version is None
     assert registry.aliases(MlflowClient(), "nightly-constant") == {"challenger": version}
+
+
+def test_a_champion_is_rescored_with_its_own_inference_settings(
+    nightly: tuple[RatchetConfig, str],
+    tiny_classifiers: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The champion was registered to be served with an 8-token window; on a new test split
+    it is re-scored with that window, not the challenger's 32, and so is `compare`."""
+    from components import evaluate
+
+    config, model_uri = nightly
+    name = "like-for-like"
+    short = config.model_copy(update={"model": config.model.model_copy(update={"max_length": 8})})
+    y_first = np.array([0, 1] * 60)
+    first = retrain(short, model_uri, crafted_report(y_first, y_first, tmp_path / "first"), name)
+    assert first[1].promote, first[1].reason
+    tags = registry.version_tags(MlflowClient(), name, "1")
+    assert (tags["inference.max_length"], tags["inference.precision"]) == ("8", "fp32")
+    assert tags["inference.runtime"] == "torch"
+
+    score_texts = evaluate.score_texts
+    settings: list[tuple[int | None, str]] = []
+
+    def spy(model_dir: Path, texts: list[str], batch_size: int, *args: object) -> np.ndarray:
+        settings.append(args)  # (max_length, precision)
+        return score_texts(model_dir, texts, batch_size, *args)
+
+    monkeypatch.setattr(evaluate, "score_texts", spy)
+    words = {0: "awful", 1: "superb"}
+    y_true = np.array([0, 1] * 60)
+    texts = [f"the movie was {words[label]} number {i}" for i, label in enumerate(y_true)]
+    worse = y_true.copy()
+    worse[:30] = 1 - worse[:30]
+    _, decision = retrain(
+        config, model_uri, crafted_report(y_true, worse, tmp_path / "b", texts), name
+    )
+
+    assert settings == [(8, "fp32")]
+    assert decision.champion_rescored
+    assert decision.rescore_note.endswith("with its own settings (max_length 8, fp32)")
+    champion_ids = score_texts(tiny_classifiers["good"], texts, 32, 8).argmax(axis=1)
+    assert decision.comparison is not None
+    assert decision.comparison.champion_accuracy == pytest.approx((champion_ids == y_true).mean())
+    compared = registry.compare_versions(name, "2", "1")
+    assert settings == [(8, "fp32")] * 2
+    assert compared["significance"]["rescored"]
+    assert compared["significance"]["b_minus_a_accuracy"] == pytest.approx(
+        (champion_ids == y_true).mean() - 0.75
+    )

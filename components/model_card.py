@@ -139,7 +139,10 @@ def render_model_card(inputs: CardInputs) -> str:
     if inputs.champion_version and inputs.champion_metrics:
         comparison = f"Compared with the champion, version {inputs.champion_version}:"
     else:
-        comparison = "There is no champion yet: the accuracy floor alone decides promotion."
+        comparison = (
+            "There is no champion yet: the gate's floors, the majority-class baseline and the "
+            "behavioural checks decide promotion."
+        )
     sections = [
         f"# {inputs.model_name} — version {inputs.version}",
         f"Text classifier over {len(inputs.labels)} classes: {', '.join(inputs.labels)}. "

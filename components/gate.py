@@ -456,9 +456,8 @@ def champion_shortfalls(
 ) -> list[str]:
     """A drop beyond the tolerance; against the current champion also a significant one."""
     metric = comparison.metric
-    who = f"v{comparison.champion_version}" if comparison.champion_version else ""
-    name = f"the best champion {who} on this test split" if best else f"the champion {who}"
-    name = name.replace("  ", " ").strip()
+    who = f" v{comparison.champion_version}" if comparison.champion_version else ""
+    name = f"the best champion{who} on this test split" if best else f"the champion{who}"
     if comparison.metric_difference < -gate_cfg.tolerance:
         return [
             f"{metric} {comparison.challenger_metric:.4f} is {-comparison.metric_difference:.4f} "

@@ -13,11 +13,16 @@ three kinds:
 Running a suite needs only a ``predict_proba(texts) -> (n, classes) array``, so the checks
 are testable without a model. A check may carry ``min_pass_rate``; the promotion gate then
 refuses a model whose pass rate falls below it.
+
+``eval.behaviour_checks: auto`` (the default) picks the shipped suite (``configs/behaviour``)
+whose labels are the data's (:func:`choose_behaviour_suite`, pure); a suite named
+explicitly must match the data's labels too, and the retrain flow checks that before it
+trains (:func:`suite_for_labels`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +35,8 @@ from components.errors import ConfigError
 
 PredictProba = Callable[[list[str]], np.ndarray]
 MAX_FAILURES_KEPT = 5
+AUTO = "auto"
+SHIPPED_SUITES_DIR = "configs/behaviour"
 
 
 class BehaviourCheck(BaseModel):
@@ -196,3 +203,80 @@ def behaviour_metrics(results: Sequence[CheckResult]) -> dict[str, float]:
     if results:
         metrics["behaviour.mean_pass_rate"] = float(np.mean([r.pass_rate for r in results]))
     return metrics
+
+
+@dataclass(frozen=True)
+class SuiteChoice:
+    """Which suite file to run (None: none) and a line saying why."""
+
+    path: str | None
+    notice: str
+
+
+def choose_behaviour_suite(
+    setting: str | None, data_labels: Sequence[str], suite_labels: Mapping[str, Sequence[str]]
+) -> SuiteChoice:
+    """Resolve ``eval.behaviour_checks`` against the data's class names.
+
+    Args:
+        setting: ``auto``, a suite file, or None (no checks).
+        data_labels: the data's class names in id order.
+        suite_labels: suite file -> its class names; for ``auto`` the shipped suites, for
+            a named file that file.
+
+    Returns:
+        The chosen file, or None with a notice: ``auto`` found no suite for these labels.
+
+    Raises:
+        ConfigError: a suite named explicitly is written for other labels.
+    """
+    labels = list(data_labels)
+    if setting is None:
+        return SuiteChoice(None, "eval.behaviour_checks is null: no behavioural checks")
+    if setting != AUTO:
+        if list(suite_labels[setting]) != labels:
+            raise ConfigError(
+                f"eval.behaviour_checks names {setting}, a suite for labels "
+                f"{list(suite_labels[setting])}, but the data's labels are {labels}: name a "
+                "suite written for these labels, or set eval.behaviour_checks to auto (picks a "
+                "shipped suite that matches, or none) or null (no checks)"
+            )
+        return SuiteChoice(setting, f"behavioural checks from {setting}")
+    matching = sorted(path for path, names in suite_labels.items() if list(names) == labels)
+    if not matching:
+        return SuiteChoice(
+            None,
+            f"eval.behaviour_checks is auto and no shipped suite is written for labels "
+            f"{labels}: no behavioural checks run (name a suite file to add some)",
+        )
+    return SuiteChoice(
+        matching[0], f"eval.behaviour_checks auto: {matching[0]} matches labels {labels}"
+    )
+
+
+def suite_for_labels(
+    setting: str | None, data_labels: Sequence[str], project_root: Path
+) -> tuple[BehaviourSuite | None, str]:
+    """Load the suite ``eval.behaviour_checks`` resolves to for these labels.
+
+    Relative paths are taken from ``project_root``; ``auto`` reads every
+    ``configs/behaviour/*.yaml`` there.
+
+    Returns:
+        (the suite or None, the notice saying which and why).
+
+    Raises:
+        ConfigError: a named suite is missing, malformed or written for other labels.
+    """
+    if setting is None:
+        return None, choose_behaviour_suite(None, data_labels, {}).notice
+    if setting == AUTO:
+        shipped = sorted((project_root / SHIPPED_SUITES_DIR).glob("*.yaml"))
+        names = [str(path.relative_to(project_root)) for path in shipped]
+    else:
+        names = [setting]
+    suites = {name: load_behaviour_suite(project_root / name) for name in names}
+    choice = choose_behaviour_suite(
+        setting, data_labels, {name: suite.labels for name, suite in suites.items()}
+    )
+    return (suites[choice.path] if choice.path else None), choice.notice

@@ -53,10 +53,17 @@ class TextClassifier:
     model: Any
     labels: list[str]
     max_length: int
+    precision: str = "fp32"
 
     @classmethod
-    def load(cls, model_dir: Path, max_length: int | None = None) -> TextClassifier:
-        """Load ``model_dir`` for inference; the window never exceeds the position table."""
+    def load(
+        cls, model_dir: Path, max_length: int | None = None, precision: str = "fp32"
+    ) -> TextClassifier:
+        """Load ``model_dir`` for inference; the window never exceeds the position table.
+
+        ``precision="bf16"`` scores under CPU bf16 autocast, as the Bento does with
+        ``serving.precision: bf16``; on a CPU without native bf16 both fall back to fp32.
+        """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         import components.modeling  # noqa: F401  (registers the mean-pooling classifier)
@@ -69,7 +76,11 @@ class TextClassifier:
         if max_length is not None:
             limits.append(max_length)
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        return cls(tokenizer=tokenizer, model=model, labels=labels, max_length=min(limits))
+        if precision == "bf16":
+            from components.training import cpu_has_native_bf16
+
+            precision = "bf16" if cpu_has_native_bf16() else "fp32"
+        return cls(tokenizer, model, labels, min(limits), precision)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Class probabilities, shape ``(len(texts), classes)``, in input order.
@@ -90,21 +101,32 @@ class TextClassifier:
                 max_length=self.max_length,
                 return_tensors="pt",
             )
-            with torch.inference_mode():
+            with (
+                torch.inference_mode(),
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"),
+            ):
                 logits = self.model(**batch).logits.double()
             result[chosen] = logits.softmax(dim=-1).numpy()
         return result
 
 
 def score_texts(
-    model_dir: Path, texts: Sequence[str], batch_size: int = 64, max_length: int | None = None
+    model_dir: Path,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    max_length: int | None = None,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Class probabilities of ``model_dir`` for ``texts`` (used to re-score a champion).
+
+    Args:
+        max_length, precision: the model's own inference settings (``None``: the window
+            recorded in its tokenizer folder).
 
     Returns:
         Array of shape ``(len(texts), classes)``; argmax gives the predicted class id.
     """
-    return TextClassifier.load(model_dir, max_length).predict_proba(texts, batch_size)
+    return TextClassifier.load(model_dir, max_length, precision).predict_proba(texts, batch_size)
 
 
 def fingerprint_split(test: pd.DataFrame) -> str:
@@ -439,6 +461,7 @@ def evaluate_model(
     output_dir: Path,
     behaviour_cases: BehaviourSuite | None = None,
     max_length: int | None = None,
+    precision: str = "fp32",
 ) -> EvaluationReport:
     """Score ``test`` with the model in ``model_dir`` and write the evaluation files.
 
@@ -450,11 +473,12 @@ def evaluate_model(
         output_dir: where ``eval.json``, PNGs and tables are written (created).
         behaviour_cases: a loaded CheckList-style suite, or None to skip.
         max_length: token window (``model.max_length``); None uses the model's limit.
+        precision: ``serving.precision``, so the model is scored as it will be served.
 
     Returns:
         The report; ``report.artifacts`` maps file names to the files written.
     """
-    classifier = TextClassifier.load(model_dir, max_length)
+    classifier = TextClassifier.load(model_dir, max_length, precision)
     if classifier.labels != list(labels):
         raise ValueError(f"model labels {classifier.labels} differ from data labels {labels}")
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,10 @@ def render_model_card(inputs: CardInputs) -> str:
     if inputs.champion_version and inputs.champion_metrics:
         comparison = f"Compared with the champion, version {inputs.champion_version}:"
     else:
-        comparison = "There is no champion yet: the accuracy floor alone decides promotion."
+        comparison = (
+            "There is no champion yet: the gate's floors, the majority-class baseline and the "
+            "behavioural checks decide promotion."
+        )
     sections = [
         f"# {inputs.model_name} — version {inputs.version}",
         f"Text classifier over {len(inputs.labels)} classes: {', '.join(inputs.labels)}. "
@@ -160,6 +163,41 @@ def render_model_card(inputs: CardInputs) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+def decision_table(decision: Mapping[str, Any]) -> str:
+    """The gate's comparisons as a table: current champion, best champion, majority baseline."""
+    metric = decision.get("metric")
+    if not metric or decision.get("challenger_metric") is None:
+        return ""
+    rows = [
+        f"Gated on `{metric}` over {decision.get('test_examples', 0)} test examples "
+        f"(test split md5 `{decision.get('test_split_md5') or 'n/a'}`).",
+        "",
+        f"| compared with | version | its {metric} | this version | difference |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for title, key in (
+        ("current champion", "comparison"),
+        ("best champion on this test split", "best_comparison"),
+    ):
+        comparison = decision.get(key)
+        if comparison:
+            rows.append(
+                f"| {title} | v{comparison.get('champion_version') or '?'} | "
+                f"{comparison['champion_metric']:.4f} | {comparison['challenger_metric']:.4f} | "
+                f"{comparison['metric_difference']:+.4f} |"
+            )
+        else:
+            rows.append(f"| {title} | none | — | {decision['challenger_metric']:.4f} | — |")
+    majority = decision.get("majority")
+    if majority:
+        rows.append(
+            f"| always '{majority['label']}' (accuracy) | — | "
+            f"{majority['baseline_accuracy']:.4f} | {majority['challenger_accuracy']:.4f} | "
+            f"{majority['challenger_accuracy'] - majority['baseline_accuracy']:+.4f} |"
+        )
+    return "\n".join(rows)
+
+
 def with_decision(card: str, decision: Mapping[str, Any]) -> str:
     """The card with its promotion-decision section added or replaced."""
     body = card.split(DECISION_HEADING)[0].rstrip()
@@ -167,6 +205,9 @@ def with_decision(card: str, decision: Mapping[str, Any]) -> str:
         DECISION_HEADING,
         f"**{str(decision['outcome']).upper()}** — {decision['reason']}",
     ]
+    table = decision_table(decision)
+    if table:
+        lines.append(table)
     if decision.get("rescore_note"):
         lines.append(f"Note: {decision['rescore_note']}.")
     if decision.get("forced"):

@@ -60,6 +60,12 @@ LINEAGE_TAGS = (
     "flow_run_id",
 )
 LISTED_METRICS = ("accuracy", "f1_macro", "roc_auc", "ece")
+# Set on a version when it becomes champion (never removed): who ever held the alias.
+CHAMPION_HELD = "champion.held"
+# How a version is (or will be) served, so a re-score can use its own settings.
+INFERENCE_MAX_LENGTH = "inference.max_length"
+INFERENCE_PRECISION = "inference.precision"
+INFERENCE_RUNTIME = "inference.runtime"
 
 
 def make_client() -> MlflowClient:
@@ -129,7 +135,43 @@ def lineage_tags(
     for name in HEADLINE_METRICS:
         if name in report.metrics:
             tags[f"metric.{name}"] = f"{report.metrics[name]:.6g}"
+    tags.update(inference_tags(config))
     return tags
+
+
+def inference_tags(config: RatchetConfig) -> dict[str, str]:
+    """The settings the version is evaluated and served with: token window, precision,
+    runtime (the Bento and the evaluation both run the model in torch)."""
+    return {
+        INFERENCE_MAX_LENGTH: str(config.model.max_length),
+        INFERENCE_PRECISION: config.serving.precision,
+        INFERENCE_RUNTIME: "torch",
+    }
+
+
+def recorded_inference_settings(tags: Mapping[str, str]) -> tuple[int | None, str]:
+    """(max_length, precision) a version was evaluated with. Versions registered before
+    these tags existed: None (the window saved in the model's tokenizer folder, which
+    fine-tuning sets to ``model.max_length``) and fp32 (how evaluation scored then)."""
+    max_length = tags.get(INFERENCE_MAX_LENGTH)
+    return (int(max_length) if max_length else None), tags.get(INFERENCE_PRECISION, "fp32")
+
+
+def score_version(
+    client: MlflowClient,
+    model_name: str,
+    model_version: ModelVersion,
+    texts: list[str],
+    batch_size: int,
+) -> np.ndarray:
+    """Predicted ids of a version on ``texts``, scored with its own recorded settings."""
+    from components.evaluate import score_texts
+
+    max_length, precision = recorded_inference_settings(model_version.tags)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = download_version(client, model_name, str(model_version.version), Path(tmp))
+        probabilities = score_texts(model_dir, texts, batch_size, max_length, precision)
+    return np.asarray(probabilities.argmax(axis=1))
 
 
 def card_inputs(
@@ -312,14 +354,32 @@ def record_decision(
         "gate.champion_version": decision.champion_version or "",
         "gate.champion_rescored": str(decision.champion_rescored).lower(),
     }
-    if decision.comparison is not None:
-        tags["gate.mcnemar_p_value"] = f"{decision.comparison.mcnemar_p_value:.6g}"
-        tags["gate.accuracy_difference"] = f"{decision.comparison.difference:+.6f}"
+    tags.update(decision_tags(decision))
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
     tracking.log_dict(evaluation_run_id(model_version), payload, f"gate/decision-v{version}.json")
     card = with_decision(model_version.description or "", payload)
     client.update_model_version(model_name, version, description=card)
+
+
+def decision_tags(decision: GateDecision) -> dict[str, str]:
+    """The numbers of a decision worth filtering on: metric, split, both comparisons."""
+    tags = {"gate.metric": decision.metric, "gate.test_split_md5": decision.test_split_md5 or ""}
+    if decision.challenger_metric is not None:
+        tags[f"gate.{decision.metric}"] = f"{decision.challenger_metric:.6g}"
+    if decision.comparison is not None:
+        tags["gate.mcnemar_p_value"] = f"{decision.comparison.mcnemar_p_value:.6g}"
+        tags["gate.accuracy_difference"] = f"{decision.comparison.difference:+.6f}"
+        tags["gate.metric_difference"] = f"{decision.comparison.metric_difference:+.6f}"
+    tags["gate.best_champion_version"] = decision.best_champion_version or ""
+    if decision.best_comparison is not None:
+        best = decision.best_comparison
+        tags["gate.best_champion_metric"] = f"{best.champion_metric:.6g}"
+        tags["gate.best_metric_difference"] = f"{best.metric_difference:+.6f}"
+    if decision.majority is not None:
+        tags["gate.majority_accuracy"] = f"{decision.majority.baseline_accuracy:.6g}"
+        tags["gate.majority_p_value"] = f"{decision.majority.p_value:.6g}"
+    return tags
 
 
 def move_champion(client: MlflowClient, model_name: str, version: str) -> str | None:
@@ -331,8 +391,54 @@ def move_champion(client: MlflowClient, model_name: str, version: str) -> str | 
     old = aliases(client, model_name).get(CHAMPION)
     if old is not None and old != version:
         client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, old)
+    client.set_model_version_tag(model_name, version, CHAMPION_HELD, "true")
     client.set_registered_model_alias(model_name, CHAMPION, version)
     return old if old != version else None
+
+
+def all_versions(client: MlflowClient, model_name: str) -> list[ModelVersion]:
+    """Every version of a registered model; empty when the model does not exist yet."""
+    try:
+        return list(client.search_model_versions(f"name='{model_name}'"))
+    except MlflowException as error:
+        if is_missing(error):
+            return []
+        raise
+
+
+def best_former_champion(
+    client: MlflowClient,
+    model_name: str,
+    test_split_md5: str,
+    metric: str,
+    labels: list[str] | None = None,
+) -> ModelVersion | None:
+    """The version with the highest ``metric.<metric>`` tag among those that ever held
+    ``champion`` (tag ``champion.held``, or the alias now) and were evaluated on
+    ``test_split_md5`` (with the same ``labels``, when given).
+
+    Versions demoted by a rollback (tag ``rolled_back_at``) do not count unless they hold
+    ``champion`` again: a reviewer judged them unfit, so they set no bar. Versions that
+    held the alias before the tag existed count only while they hold it.
+    """
+    current = aliases(client, model_name).get(CHAMPION)
+    versions = all_versions(client, model_name)
+    candidates = []
+    for model_version in versions:
+        tags = model_version.tags
+        is_current = str(model_version.version) == current
+        held = tags.get(CHAMPION_HELD) == "true" and "rolled_back_at" not in tags
+        if not (held or is_current) or tags.get("test_split_md5") != test_split_md5:
+            continue
+        if labels is not None and tags.get("labels") not in (None, json.dumps(labels)):
+            continue
+        value = tags.get(f"metric.{metric}")
+        if value is not None:
+            candidates.append((float(value), int(model_version.version), model_version))
+    if not candidates:
+        return None
+    # Highest metric; among equals the newest.
+    return max(candidates, key=lambda item: (item[0], item[1]))[2]
 
 
 def record_actor(
@@ -448,12 +554,13 @@ def compare_versions(
     """Metric deltas (B - A), a paired significance test, confusion matrices, lineage diffs.
 
     Both versions are compared on A's test split; when B was evaluated on another split,
-    B is downloaded and re-scored on A's texts, and ``rescored`` says so.
+    B is downloaded and re-scored on A's texts with B's own recorded inference settings
+    (token window, precision), and ``rescored`` says so. The McNemar p-value is two-sided:
+    neither version is the challenger here.
     """
     from sklearn.metrics import confusion_matrix
 
-    from components.evaluate import score_texts
-    from components.gate import paired_comparison
+    from components.gate import mcnemar_exact, paired_comparison
 
     client = client or make_client()
     first, second = (
@@ -465,13 +572,16 @@ def compare_versions(
     report_a = load_evaluation(client, model_name, str(first.version))
     rescored = report_a.test_split_md5 != second.tags.get("test_split_md5")
     if rescored:
-        with tempfile.TemporaryDirectory() as tmp:
-            model_dir = download_version(client, model_name, str(second.version), Path(tmp))
-            predicted_b = score_texts(model_dir, report_a.texts, batch_size).argmax(axis=1)
+        predicted_b = score_version(client, model_name, second, report_a.texts, batch_size)
     else:
         predicted_b = load_evaluation(client, model_name, str(second.version)).predicted_ids
     comparison = paired_comparison(
         report_a.y_true, predicted_b, report_a.predicted_ids, significance
+    )
+    p_value = mcnemar_exact(
+        np.asarray(predicted_b) == report_a.y_true,
+        report_a.predicted_ids == report_a.y_true,
+        "two-sided",
     )
     ids = list(range(len(report_a.labels)))
     deltas = {
@@ -491,13 +601,13 @@ def compare_versions(
         "metrics": deltas,
         "significance": {
             "b_minus_a_accuracy": comparison.difference,
-            "mcnemar_p_value": comparison.mcnemar_p_value,
+            "mcnemar_p_value": p_value,
             "ci_low": comparison.ci_low,
             "ci_high": comparison.ci_high,
             "confidence_level": comparison.confidence_level,
             "only_b_correct": comparison.challenger_only,
             "only_a_correct": comparison.champion_only,
-            "significant": comparison.mcnemar_p_value < significance,
+            "significant": p_value < significance,
             "rescored": rescored,
             "test_examples": len(report_a.y_true),
         },
@@ -517,12 +627,7 @@ def find_version_by_tag(
 ) -> str | None:
     """The newest version whose tag ``key`` equals ``value`` (e.g. the flow's train key)."""
     client = client or make_client()
-    try:
-        versions = client.search_model_versions(f"name='{model_name}'")
-    except MlflowException as error:
-        if is_missing(error):
-            return None
-        raise
+    versions = all_versions(client, model_name)
     matches = [mv.version for mv in versions if mv.tags.get(key) == value]
     return str(max(matches, key=int)) if matches else None
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from components import registry
+from components.behaviour import AUTO
 from components.config import RatchetConfig, config_from_mapping
 from components.errors import RegistryError
 from components.state import ProjectPaths, dvc_remote_url
@@ -110,13 +111,13 @@ def anchored_config(config: RatchetConfig, paths: ProjectPaths) -> RatchetConfig
     if base is not None and paths.resolve(base).exists():
         base = str(paths.resolve(base))
     checks = config.eval.behaviour_checks
+    if checks is not None and checks != AUTO:
+        checks = str(paths.resolve(checks))
     return config.model_copy(
         update={
             "pretrain": config.pretrain.model_copy(update={"extra_corpora": corpora}),
             "model": config.model.model_copy(update={"base": base}),
-            "eval": config.eval.model_copy(
-                update={"behaviour_checks": str(paths.resolve(checks)) if checks else None}
-            ),
+            "eval": config.eval.model_copy(update={"behaviour_checks": checks}),
         }
     )
 
@@ -172,7 +173,7 @@ def reproduce_version(
             or no longer has the recorded hash.
     """
     from components.base_model import model_fingerprint, resolve_base_model
-    from components.behaviour import load_behaviour_suite
+    from components.behaviour import suite_for_labels
     from components.evaluate import evaluate_model
     from components.prepare import load_prepared
     from components.versioning import directory_md5
@@ -201,8 +202,7 @@ def reproduce_version(
             raise RegistryError(f"materialised data does not hash to {prepared_md5}")
         model_dir = rebuild_model(config, workspace)
         data = load_prepared(workspace.prepared_dir)
-        checks = config.eval.behaviour_checks
-        suite = load_behaviour_suite(Path(checks)) if checks else None
+        suite, _ = suite_for_labels(config.eval.behaviour_checks, data.labels, paths.project_root)
         report = evaluate_model(
             model_dir,
             data.test,
@@ -211,6 +211,7 @@ def reproduce_version(
             workspace.metrics_dir,
             suite,
             config.model.max_length,
+            config.serving.precision,
         )
         registered = registry.load_evaluation(client, model_name, version)
         differences = {

@@ -80,14 +80,17 @@ def evaluate(
     """Evaluate the fine-tuned model on the frozen test split (writes eval.json and plots)."""
 
     def body() -> None:
-        from components.behaviour import load_behaviour_suite
+        from components.behaviour import suite_for_labels
         from components.evaluate import evaluate_model
         from components.prepare import load_prepared
 
         settings, paths = load_settings(params, config, set_)
         data = load_prepared(paths.prepared_dir)
-        suite_path = settings.eval.behaviour_checks
-        suite = load_behaviour_suite(paths.resolve(suite_path)) if suite_path else None
+        suite, notice = suite_for_labels(
+            settings.eval.behaviour_checks, data.labels, paths.project_root
+        )
+        if suite is None and not as_json:
+            console.print(notice, highlight=False)
         report = evaluate_model(
             paths.resolve(model_dir) if model_dir else paths.models_dir / "finetuned",
             data.test,
@@ -96,6 +99,7 @@ def evaluate(
             paths.resolve(output_dir) if output_dir else paths.metrics_dir,
             suite,
             settings.model.max_length,
+            settings.serving.precision,
         )
         if as_json:
             print_json(report.summary())
@@ -272,7 +276,6 @@ def registry_promote(
             by,
             force,
             batch_size=settings.eval.batch_size,
-            max_length=settings.model.max_length,
         )
         if as_json:
             print_json(decision.to_dict())

@@ -187,6 +187,23 @@ def measure_truncation_before_training(
     return fractions
 
 
+def preflight_behaviour_suite(config: RatchetConfig, paths: ProjectPaths) -> str:
+    """Resolve ``eval.behaviour_checks`` against the prepared data's labels before any
+    training, so a suite written for other labels stops the run now (ConfigError) rather
+    than at evaluation, after the training time is spent. Returns the notice (which suite,
+    or why none)."""
+    import json
+
+    from components.behaviour import suite_for_labels
+    from components.prepare import MANIFEST_FILE
+
+    manifest = json.loads((paths.prepared_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    _, notice = suite_for_labels(
+        config.eval.behaviour_checks, manifest["labels"], paths.project_root
+    )
+    return notice
+
+
 def train_models(
     config: RatchetConfig, paths: ProjectPaths, record: RunRecord, md5s: dict[str, Any], force: bool
 ) -> tuple[str, str]:
@@ -445,6 +462,7 @@ def retrain_in_slot(
         record.mlflow_run_id = parent.info.run_id
         record.save()
         md5s = prepare_data_exclusively(config, paths, record)
+        logger.info(preflight_behaviour_suite(config, paths))
         if skip_if_unchanged and champion_is_current(config, md5s):
             # The champion's caches are still the current ones: keep them from pruning.
             mark_caches_used(paths, training_keys(config, paths, md5s))

@@ -169,16 +169,24 @@ def finetune_model(
 def evaluate_model(
     config: RatchetConfig, paths: ProjectPaths, model_dir: Path, output_dir: Path
 ) -> Any:
-    """Score the frozen test split: metrics, plots, slices, latency, behavioural checks."""
-    from components.behaviour import load_behaviour_suite
+    """Score the frozen test split: metrics, plots, slices, latency, behavioural checks,
+    at the settings the model will be served with (``model.max_length``,
+    ``serving.precision``)."""
+    from components.behaviour import suite_for_labels
     from components.evaluate import evaluate_model as evaluate
     from components.prepare import load_prepared
 
     data = load_prepared(paths.prepared_dir)
-    suite_path = config.eval.behaviour_checks
-    suite = load_behaviour_suite(paths.resolve(suite_path)) if suite_path else None
+    suite, _ = suite_for_labels(config.eval.behaviour_checks, data.labels, paths.project_root)
     return evaluate(
-        model_dir, data.test, data.labels, config.eval, output_dir, suite, config.model.max_length
+        model_dir,
+        data.test,
+        data.labels,
+        config.eval,
+        output_dir,
+        suite,
+        config.model.max_length,
+        config.serving.precision,
     )
 
 
@@ -208,7 +216,7 @@ def register_model(
 
 @task(name="gate")
 def gate_challenger(config: RatchetConfig, version: str, report: Any) -> Any:
-    """Compare with the champion on the same test split; move aliases last, if earned."""
+    """Compare with the champions on the same test split; move aliases last, if earned."""
     from components.gate import apply_gate
 
     return apply_gate(
@@ -217,7 +225,6 @@ def gate_challenger(config: RatchetConfig, version: str, report: Any) -> Any:
         report,
         config.gate,
         batch_size=config.eval.batch_size,
-        max_length=config.model.max_length,
     )
 
 

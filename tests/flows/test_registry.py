@@ -373,9 +373,22 @@ def test_cli_for_reviewers(
     assert result.exit_code == 5
     assert "no 'previous-champion' alias" in result.output
 
-    # Version 2 clears the gate again, so a manual promotion needs no --force.
+    # Version 2 clears the gate again (the test profile's: 80 test examples), so a manual
+    # promotion needs no --force.
+    smoke = str(PROJECT_ROOT / "configs" / "smoke.yaml")
     promoted = json.loads(
-        run_cli("registry", "promote", "2", "--reason", "re-promote", "--by", "cy", "--json")
+        run_cli(
+            "registry",
+            "promote",
+            "2",
+            "--reason",
+            "re-promote",
+            "--by",
+            "cy",
+            "--json",
+            "--config",
+            smoke,
+        )
     )
     assert promoted["outcome"] == "promoted" and not promoted["forced"]
     assert current_aliases(config)["champion"] == "2"

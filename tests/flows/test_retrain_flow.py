@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components.errors import DataValidationError
+from components.errors import ConfigError, DataValidationError
 from tests.flows.conftest import flow_overrides, make_project, write_tsv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -216,3 +216,21 @@ def test_invalid_data_fails_at_validation_and_registers_nothing(
     assert not (project / "dvc.lock").exists(), "a rejected snapshot was versioned"
     report = next((state_dir / "reports").glob("*.md")).read_text()
     assert "failed" in report and "label" in report
+
+
+def test_a_named_suite_for_other_labels_stops_the_run_before_training(
+    flow_project: Path, state_dir: Path, tiny_bert_dir: Path
+) -> None:
+    (flow_project / "checks.yaml").write_text(
+        "labels: [neg, pos]\nchecks:\n  - {name: x, type: MFT, texts: [t], expect_label: neg}\n"
+    )
+    overrides = flow_overrides(tiny_bert_dir, **{"eval.behaviour_checks": "checks.yaml"})
+    with pytest.raises(
+        ConfigError,
+        match=r"eval.behaviour_checks names checks.yaml, a suite for labels \['neg', 'pos'\], "
+        r"but the data's labels are \['negative', 'positive'\]",
+    ):
+        run_flow(flow_project, overrides)
+    steps = [step["name"] for step in step_statuses(state_dir)]
+    assert steps[-1] == "push-data" and "train" not in steps
+    assert not (state_dir / "artifacts").is_dir() or not any((state_dir / "artifacts").iterdir())

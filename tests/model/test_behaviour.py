@@ -92,3 +92,64 @@ def test_malformed_suites_name_the_problem(tmp_path: Path, body: str, message: s
 def test_missing_suite_file_names_the_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="eval.behaviour_checks"):
         load_behaviour_suite(tmp_path / "absent.yaml")
+
+
+def constant_positive(texts: list[str]) -> np.ndarray:
+    return np.tile([0.2, 0.8], (len(texts), 1))
+
+
+def test_the_gated_checks_fail_a_constant_model() -> None:
+    from components.gate import behaviour_shortfalls
+
+    suite = load_behaviour_suite(SST2_SUITE)
+    gated = {check.type for check in suite.checks if check.min_pass_rate is not None}
+    assert {"MFT", "DIR"} <= gated
+    results = run_behaviour_suite(suite, constant_positive, suite.labels)
+    assert behaviour_shortfalls(results, None) == [
+        "behaviour check mft_clear_negative passed 0.0% (0/15) < required 80.0%",
+        "behaviour check dir_negation_of_positive passed 0.0% (0/12) < required 50.0%",
+    ]
+    # The invariance checks, the only gated one before, pass a constant model.
+    assert {r.name: r.pass_rate for r in results if r.type == "INV"} == {
+        "inv_names": 1.0,
+        "inv_typos": 1.0,
+    }
+
+
+SUITES = {"configs/behaviour/sentiment-en.yaml": ["negative", "positive"]}
+
+
+def test_auto_picks_the_shipped_suite_for_the_data_labels() -> None:
+    from components.behaviour import choose_behaviour_suite
+
+    choice = choose_behaviour_suite("auto", ["negative", "positive"], SUITES)
+    assert choice.path == "configs/behaviour/sentiment-en.yaml"
+    other = choose_behaviour_suite("auto", ["negative", "neutral", "positive"], SUITES)
+    assert other.path is None
+    assert other.notice == (
+        "eval.behaviour_checks is auto and no shipped suite is written for labels "
+        "['negative', 'neutral', 'positive']: no behavioural checks run (name a suite file "
+        "to add some)"
+    )
+    assert choose_behaviour_suite(None, ["a", "b"], {}).path is None
+
+
+def test_a_named_suite_for_other_labels_is_refused() -> None:
+    from components.behaviour import choose_behaviour_suite
+
+    with pytest.raises(ConfigError, match=r"^eval.behaviour_checks names configs/behaviour/"):
+        choose_behaviour_suite("configs/behaviour/sentiment-en.yaml", ["neg", "pos"], SUITES)
+
+
+def test_suite_for_labels_reads_the_project(tmp_path: Path) -> None:
+    from components.behaviour import suite_for_labels
+
+    suite, notice = suite_for_labels("auto", ["negative", "positive"], PROJECT_ROOT)
+    assert suite is not None and suite.task == "sst2"
+    assert notice.startswith("eval.behaviour_checks auto: configs/behaviour/sentiment-en.yaml")
+    named = tmp_path / "three.yaml"
+    named.write_text(
+        "labels: [a, b, c]\nchecks:\n  - {name: x, type: MFT, texts: [t], expect_label: a}"
+    )
+    with pytest.raises(ConfigError, match=r"a suite for labels \['a', 'b', 'c'\], but the data"):
+        suite_for_labels(str(named), ["negative", "positive"], PROJECT_ROOT)

@@ -257,6 +257,12 @@ class GateConfig(Section):
     min_behaviour_pass_rate: float | None = Field(
         None, ge=0, le=1, description="Each behavioural check must pass at least this share."
     )
+    require_approval: bool = Field(
+        False,
+        description="A challenger that passes gets the alias `pending-review` (its Bento built "
+        "and checked) instead of `champion`; `ratchet registry approve VERSION --reason ...` "
+        "or `reject` decides. false: the gate promotes unattended.",
+    )
 
 
 class RegistryConfig(Section):

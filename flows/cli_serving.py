@@ -1,7 +1,7 @@
 """`ratchet build` and `ratchet serve`: package the registry champion as a Bento and run it.
 
 ratchet build --alias champion     # MLflow model -> BentoML model store -> Bento
-ratchet serve --port 3000          # bentoml serve <latest Bento> on 127.0.0.1
+ratchet serve --port 3000          # bentoml serve <the alias holder's Bento> on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -21,12 +21,6 @@ from flows.cli import ConfigOption, ParamsOption, SetOption, load_settings, run_
 API_KEY_ENV = "RATCHET_API_KEY"
 
 
-def bento_name(config: RatchetConfig) -> str:
-    from serving.build import store_name
-
-    return f"{store_name(config.registry.model_name)}-service"
-
-
 def serve_command(bento_tag: str, host: str, port: int) -> list[str]:
     """The ``bentoml serve`` command line for a built Bento."""
     bentoml_cli = Path(sys.executable).with_name("bentoml")
@@ -41,6 +35,18 @@ def serve_environment(config: RatchetConfig, paths: ProjectPaths) -> dict[str, s
     if config.serving.api_key and API_KEY_ENV not in env:
         env[API_KEY_ENV] = config.serving.api_key
     return env
+
+
+def alias_bento(config: RatchetConfig, paths: ProjectPaths) -> str:
+    """The checked Bento of the version that holds ``serving.alias`` now (built if missing),
+    never ``:latest``: after a rollback the newest Bento is the demoted model's."""
+    from serving.build import resolve_alias
+    from serving.release import release_version
+
+    holder = resolve_alias(config.registry.model_name, config.serving.alias)
+    tag = release_version(config, paths, holder["version"])
+    typer.echo(f"serving v{holder['version']} ({config.serving.alias}): {tag}", err=True)
+    return tag
 
 
 def register(app: typer.Typer) -> None:
@@ -70,17 +76,20 @@ def register(app: typer.Typer) -> None:
     def serve(
         port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
         bento: Annotated[
-            str | None, typer.Option(help="Bento tag to run (default: the latest built).")
+            str | None,
+            typer.Option(
+                help="Bento tag to run (default: the Bento of the version holding serving.alias)."
+            ),
         ] = None,
         params: ParamsOption = Path("params.yaml"),
         config: ConfigOption = None,
         set_: SetOption = None,
     ) -> None:
-        """Run a built Bento with `bentoml serve` on serving.host (127.0.0.1)."""
+        """Run the Bento of the version holding serving.alias (champion) on serving.host."""
 
         def body() -> None:
             resolved, paths = load_settings(params, config, set_)
-            tag = bento or f"{bento_name(resolved)}:latest"
+            tag = bento or alias_bento(resolved, paths)
             command = serve_command(tag, resolved.serving.host, port or resolved.serving.port)
             typer.echo(" ".join(command), err=True)
             sys.stderr.flush()

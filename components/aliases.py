@@ -497,6 +497,8 @@ def approve(
     if not reason.strip():
         raise RegistryError("an approval needs a reason (--reason)")
     expected = pending_review_champion(client, model_name, version)
+    # Refuse before building anything when the champion already moved; again under the lock.
+    ensure_champion_unchanged(client, model_name, expected, review_remedy(version))
     bento = release(version) if release is not None else None
     with alias_lock(model_name, state_dir):
         pending_review_champion(client, model_name, version)  # still awaiting, under the lock

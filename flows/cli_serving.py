@@ -57,17 +57,23 @@ def register(app: typer.Typer) -> None:
         alias: Annotated[
             str | None, typer.Option(help="Registry alias to package (default serving.alias).")
         ] = None,
+        version: Annotated[
+            str | None, typer.Option("--version", help="Registry version to package instead.")
+        ] = None,
         params: ParamsOption = Path("params.yaml"),
         config: ConfigOption = None,
         set_: SetOption = None,
     ) -> None:
-        """Build a Bento for the registry version behind an alias (default: champion)."""
+        """Build a Bento for a registry version, or the one behind an alias (default: champion)."""
 
         def body() -> None:
-            from serving.build import build_bento
+            from serving.build import bentoml_home, build_bento, use_bentoml_home
 
             resolved, paths = load_settings(params, config, set_)
-            tag = build_bento(resolved, paths, alias=alias or resolved.serving.alias)
+            with use_bentoml_home(bentoml_home(paths)):
+                tag = build_bento(
+                    resolved, paths, alias=alias or resolved.serving.alias, version=version
+                )
             typer.echo(tag)
 
         run_command(body)

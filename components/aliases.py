@@ -298,7 +298,9 @@ def make_champion(
         The previous champion (None if there was none).
     """
     with alias_lock(model_name, state_dir):
-        ensure_champion_unchanged(client, model_name, expected_champion, remedy)
+        current = ensure_champion_unchanged(client, model_name, expected_champion, remedy)
+        if current.get(registry.CHAMPION) == version:  # a rerun after the move: no move
+            return None
         old = registry.move_champion(client, model_name, version)  # tags champion.held
         record_champion_move(client, model_name, old, version, kind, reason, by, bento)
     return old
@@ -417,6 +419,18 @@ def request_review(
         for key, value in tags.items():
             client.set_model_version_tag(model_name, version, key, value)
         client.set_registered_model_alias(model_name, PENDING_REVIEW, version)
+        show_review(
+            client,
+            model_name,
+            version,
+            {
+                "state": "pending",
+                "by": "the gate",
+                "at": tags["review.requested_at"],
+                "reason": f"passed against {describe_version(expected_champion)}; waiting for "
+                f"`ratchet registry approve {version} --reason ...` or `reject`",
+            },
+        )
         record_move(
             client,
             AliasMove(
@@ -454,18 +468,25 @@ def close_review(
     client: MlflowClient, model_name: str, version: str, outcome: str, reason: str, by: str | None
 ) -> dict[str, str]:
     """Tag the review's outcome, who, when and why, and show it on the model card."""
-    from components.model_card import with_review
-
     review = {"state": outcome, "by": acting_user(by), "at": now_utc(), "reason": reason}
     for key, value in review.items():
         client.set_model_version_tag(model_name, version, f"review.{key}", value)
     client.set_model_version_tag(
         model_name, version, "gate.decision", "promoted" if outcome == "approved" else "rejected"
     )
+    show_review(client, model_name, version, review)
+    return review
+
+
+def show_review(
+    client: MlflowClient, model_name: str, version: str, review: dict[str, str]
+) -> None:
+    """Write the review section of the version's model card."""
+    from components.model_card import with_review
+
     model_version = registry.get_version(client, model_name, version)
     card = with_review(model_version.description or "", review)
     client.update_model_version(model_name, version, description=card)
-    return review
 
 
 def review_remedy(version: str) -> str:

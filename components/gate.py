@@ -401,6 +401,8 @@ def promote_manually(
     Raises:
         RegistryError: no reason given, the version does not exist or is already champion.
         GateRejected: the gate refused the version (aliases unchanged).
+        ServingError, AliasChanged: the Bento failed its check, or the champion moved
+            meanwhile (aliases unchanged).
     """
     from components import aliases, registry
     from components.errors import GateRejected, RegistryError

@@ -216,6 +216,7 @@ def test_a_challenger_waits_for_review_when_approval_is_required(
     tags = registry.version_tags(client, name, "2")
     assert (tags["review.state"], tags["review.champion_version"]) == ("pending", "1")
     assert tags["review.gate_reason"] == decision.reason and "McNemar" in decision.reason
+    assert "## Review\n\n**PENDING** by the gate" in registry.show_version(name, "2")["model_card"]
     with pytest.raises(RegistryError, match="needs a reason"):
         aliases.approve(client, name, "2", " ", "ana", release=None, state_dir=state_dir)
 

@@ -116,6 +116,7 @@ def alias_limit_name(model_name: str) -> str:
 def prefect_alias_slot(model_name: str, timeout_s: float) -> Iterator[None]:
     """Hold the Prefect server's one-slot limit for the model (shared by every machine)."""
     from prefect.client.orchestration import get_client
+    from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError
     from prefect.concurrency.sync import concurrency
 
     name = alias_limit_name(model_name)
@@ -124,7 +125,7 @@ def prefect_alias_slot(model_name: str, timeout_s: float) -> Iterator[None]:
     try:
         with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
             yield
-    except TimeoutError as error:
+    except AcquireConcurrencySlotTimeoutError as error:  # not a timeout inside the move
         raise RegistryError(
             f"another alias move of {model_name} held the Prefect concurrency limit {name!r} "
             f"for more than {timeout_s:g} s; try again, or check the limit with "

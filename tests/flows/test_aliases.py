@@ -24,6 +24,7 @@ from components.gate import apply_gate
 from components.state import ProjectPaths
 from flows.cli import get_app
 from tests.conftest import PROJECT_ROOT
+from tests.flows.test_deployment import prefect_server  # noqa: F401  (a fixture)
 from tests.flows.test_registry import (  # noqa: F401  (fixtures)
     config,
     current_aliases,
@@ -118,31 +119,6 @@ def test_one_alias_writer_at_a_time(
     assert finished == [("2", "1")]
     assert current_aliases(config)["champion"] == "1"
     assert (state_dir / f"alias-{name}.lock").exists()
-
-
-def test_the_alias_lock_uses_a_prefect_limit_per_model_with_a_server(
-    state_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    taken: list[tuple[str, float]] = []
-
-    class FakeSlot:
-        def __init__(self, name: str, timeout_s: float) -> None:
-            taken.append((name, timeout_s))
-
-        def __enter__(self) -> None:
-            return None
-
-        def __exit__(self, *exc: object) -> None:
-            return None
-
-    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example:4200/api")
-    monkeypatch.setattr(
-        aliases, "prefect_alias_slot", lambda model, timeout: FakeSlot(f"limit {model}", timeout)
-    )
-    with aliases.alias_lock("m1", state_dir, timeout_s=3):
-        pass
-    assert taken == [("limit m1", 3)]
-    assert aliases.alias_limit_name("m1") == "ratchet-alias-m1"
 
 
 def test_every_alias_move_is_recorded_and_served_from_its_bento(
@@ -291,3 +267,48 @@ def test_a_failed_bento_leaves_the_alias_where_it_was(
     )
     assert registry.gate_pending(tags)  # the next retrain tries again
     assert [m.kind for m in aliases.alias_history(MlflowClient(), name)] == ["gated"]
+
+
+HOLD_SLOT = """
+import sys, time
+from pathlib import Path
+from components.aliases import alias_lock
+with alias_lock("ratchet-sst2", Path(sys.argv[1]), timeout_s=float(sys.argv[2])):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+@pytest.mark.integration
+def test_machines_sharing_a_prefect_server_take_turns(
+    prefect_server: dict[str, str], tmp_path: Path
+) -> None:
+    """Two 'machines' (separate state folders, so separate file locks) against one real
+    Prefect server: the second waits on the limit `ratchet-alias-<model>` and times out."""
+    import subprocess
+    import sys
+
+    env = {**prefect_server, "PYTHONPATH": str(PROJECT_ROOT)}
+    first = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SLOT, str(tmp_path / "machine-a"), "60", "30"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stdout is not None and first.stdout.readline().strip() == "held"
+        second = subprocess.run(
+            [sys.executable, "-c", HOLD_SLOT, str(tmp_path / "machine-b"), "2", "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode != 0 and "held" not in second.stdout
+    assert (
+        "another alias move of ratchet-sst2 held the Prefect concurrency limit "
+        "'ratchet-alias-ratchet-sst2' for more than 2 s" in second.stderr
+    )

@@ -349,6 +349,12 @@ class GateConfig(Section):
         description="Whether the min_pass_rate written on a suite's checks are gate "
         "conditions; false keeps the checks as reported metrics only (tiny test models).",
     )
+    require_approval: bool = Field(
+        False,
+        description="A challenger that passes gets the alias `pending-review` (its Bento built "
+        "and checked) instead of `champion`; `ratchet registry approve VERSION --reason ...` "
+        "or `reject` decides. false: the gate promotes unattended.",
+    )
 
 
 class RegistryConfig(Section):

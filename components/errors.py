@@ -49,6 +49,11 @@ class RegistryError(RatchetError):
     exit_code = 5
 
 
+class AliasChanged(RegistryError):
+    """An alias moved between a decision and the move it led to (another writer acted);
+    nothing was moved, and the decision has to be made again."""
+
+
 class GateRejected(RatchetError):
     """A manual promotion was refused by the promotion gate."""
 

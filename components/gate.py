@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -40,6 +41,7 @@ from components.config import GateConfig
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from components.aliases import Release
     from components.evaluate import EvaluationReport
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -138,9 +140,12 @@ class GateDecision:
     best_comparison: PairedComparison | None = None
     best_champion_version: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    awaiting_review: bool = False  # passed, but gate.require_approval: a reviewer decides
 
     @property
     def outcome(self) -> str:
+        if self.promote and self.awaiting_review:
+            return "pending-review"
         return "promoted" if self.promote else "rejected"
 
     def to_dict(self) -> dict[str, Any]:
@@ -640,6 +645,9 @@ def apply_gate(
     *,
     batch_size: int = 64,
     client: MlflowClient | None = None,
+    release: Release | None = None,
+    state_dir: Path | None = None,
+    by: str | None = None,
 ) -> GateDecision:
     """Run the gate for a registered challenger and move aliases if it passes.
 
@@ -657,11 +665,20 @@ def apply_gate(
         gate_cfg: the ``gate`` config section.
         batch_size: batch size of a champion re-score (its other settings are its own).
         client: an MlflowClient; default uses the current tracking URI.
+        release: builds (or finds) and checks the challenger's Bento before any alias
+            moves (``serving/release.py``); None moves aliases without a Bento.
+        state_dir: where the alias lock lives (default: the state folder).
+        by: who asked, for the alias history (default: the OS user).
 
     Returns:
-        The recorded decision (``decision.promote`` says whether aliases moved).
+        The recorded decision (``decision.promote`` says whether it passed;
+        ``decision.awaiting_review`` that ``pending-review`` moved instead of ``champion``).
+
+    Raises:
+        ServingError, AliasChanged: a passed challenger could not be moved to (see
+            ``components.aliases.conclude_gate``); no alias moved.
     """
-    from components import registry
+    from components import aliases, registry
 
     client = client or registry.make_client()
     champion = registry.version_by_alias(client, model_name, registry.CHAMPION)
@@ -712,11 +729,17 @@ def apply_gate(
             rescore_note=note,
             test_split_md5=report.test_split_md5,
         )
-    registry.record_decision(client, model_name, str(challenger_version), decision)
-    if decision.promote:
-        registry.move_champion(client, model_name, str(challenger_version))
-    registry.mark_gate_done(client, model_name, str(challenger_version))
-    return decision
+    return aliases.conclude_gate(
+        client,
+        model_name,
+        str(challenger_version),
+        decision,
+        gate_cfg,
+        expected_champion=champion_version,
+        release=release,
+        state_dir=state_dir or aliases.default_state_dir(),
+        by=by,
+    )
 
 
 def promote_manually(
@@ -729,14 +752,21 @@ def promote_manually(
     *,
     batch_size: int = 64,
     client: MlflowClient | None = None,
+    release: Release | None = None,
+    state_dir: Path | None = None,
 ) -> GateDecision:
     """A reviewer's promotion: through the same gate unless ``force``; who and why are tagged.
+
+    Either way the version's Bento is built and checked (``release``) and the alias moves
+    under the alias lock, after the champion was read again (``components/aliases.py``).
 
     Raises:
         RegistryError: no reason given, the version does not exist or is already champion.
         GateRejected: the gate refused the version (aliases unchanged).
+        ServingError, AliasChanged: the Bento failed its check, or the champion moved
+            meanwhile (aliases unchanged).
     """
-    from components import registry
+    from components import aliases, registry
     from components.errors import GateRejected, RegistryError
 
     client = client or registry.make_client()
@@ -754,6 +784,9 @@ def promote_manually(
             gate_cfg,
             batch_size=batch_size,
             client=client,
+            release=release,
+            state_dir=state_dir,
+            by=by,
         )
         # Who asked and why, under a name that says whether it happened.
         action = "promotion" if decision.promote else "promotion_attempt"
@@ -779,7 +812,14 @@ def promote_manually(
         test_split_md5=tags.get("test_split_md5"),
         settings=gate_cfg.model_dump(),
     )
-    registry.record_decision(client, model_name, str(version), decision)
-    registry.move_champion(client, model_name, str(version))
-    registry.mark_gate_done(client, model_name, str(version))
-    return decision
+    return aliases.conclude_gate(
+        client,
+        model_name,
+        str(version),
+        decision,
+        gate_cfg,
+        expected_champion=champion,
+        release=release,
+        state_dir=state_dir or aliases.default_state_dir(),
+        by=by,
+    )

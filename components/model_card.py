@@ -213,3 +213,19 @@ def with_decision(card: str, decision: Mapping[str, Any]) -> str:
     if decision.get("forced"):
         lines.append("The gate was bypassed with `--force`.")
     return body + "\n\n" + "\n\n".join(lines) + "\n"
+
+
+REVIEW_HEADING = "## Review"
+
+
+def with_review(card: str, review: Mapping[str, Any]) -> str:
+    """The card with its human-review section (outcome, who, when, why) added or replaced."""
+    body, _, rest = card.partition(REVIEW_HEADING)
+    after = rest.partition("\n## ")[2]  # a section that followed the review stays
+    lines = [
+        REVIEW_HEADING,
+        f"**{str(review['state']).upper()}** by {review['by']} at {review['at']}: "
+        f"{review['reason']}",
+    ]
+    card = body.rstrip() + "\n\n" + "\n\n".join(lines) + "\n"
+    return card + (f"\n## {after}" if after else "")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import getpass
 import json
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -393,6 +393,7 @@ def move_champion(client: MlflowClient, model_name: str, version: str) -> str | 
         client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, old)
     client.set_model_version_tag(model_name, version, CHAMPION_HELD, "true")
     client.set_registered_model_alias(model_name, CHAMPION, version)
+    client.set_model_version_tag(model_name, version, "champion.held", "true")
     return old if old != version else None
 
 
@@ -451,27 +452,55 @@ def record_actor(
 
 
 def rollback(
-    model_name: str, reason: str, by: str | None = None, client: MlflowClient | None = None
+    model_name: str,
+    reason: str,
+    by: str | None = None,
+    client: MlflowClient | None = None,
+    *,
+    state_dir: Path | None = None,
+    release: Callable[[str], str] | None = None,
 ) -> tuple[str, str]:
     """Move ``champion`` back to ``previous-champion`` and clear the latter.
+
+    ``release`` (see ``serving/release.py``) first finds or builds and checks the restored
+    version's Bento; then, under the alias lock (``components/aliases.py``, in
+    ``state_dir``), the aliases are read again and the move is recorded in the history.
 
     Returns:
         (the demoted version, the restored version).
 
     Raises:
         RegistryError: there is no ``previous-champion`` to go back to.
+        AliasChanged: another writer moved the aliases while the Bento was prepared.
     """
+    from components import aliases as moves
+    from components.errors import AliasChanged
+
     client = client or make_client()
     current = aliases(client, model_name)
     previous = current.get(PREVIOUS_CHAMPION)
     if previous is None:
         raise RegistryError(f"{model_name} has no '{PREVIOUS_CHAMPION}' alias to roll back to")
     demoted = current.get(CHAMPION, "")
-    record_actor(client, model_name, previous, "rollback", by, reason)
-    if demoted:
-        client.set_model_version_tag(model_name, demoted, "rolled_back_at", _now())
-    client.set_registered_model_alias(model_name, CHAMPION, previous)
-    client.delete_registered_model_alias(model_name, PREVIOUS_CHAMPION)
+    bento = release(previous) if release is not None else None
+    with moves.alias_lock(model_name, state_dir or moves.default_state_dir()):
+        again = aliases(client, model_name)
+        if (again.get(CHAMPION), again.get(PREVIOUS_CHAMPION)) != (demoted or None, previous):
+            raise AliasChanged(
+                f"{model_name}'s aliases changed while the rollback was prepared (champion "
+                f"{moves.describe_version(demoted or None)} -> "
+                f"{moves.describe_version(again.get(CHAMPION))}); nothing was moved. "
+                "Check `ratchet registry history` and roll back again if still wanted."
+            )
+        record_actor(client, model_name, previous, "rollback", by, reason)
+        if demoted:
+            client.set_model_version_tag(model_name, demoted, "rolled_back_at", _now())
+        client.set_registered_model_alias(model_name, CHAMPION, previous)
+        client.set_model_version_tag(model_name, previous, "champion.held", "true")
+        client.delete_registered_model_alias(model_name, PREVIOUS_CHAMPION)
+        moves.record_champion_move(
+            client, model_name, demoted or None, previous, "rollback", reason, by, bento
+        )
     return demoted, previous
 
 

@@ -6,6 +6,9 @@ ratchet registry show 3                # the model card of version 3
 ratchet registry compare 2 3           # deltas, McNemar/bootstrap, confusion matrices, diffs
 ratchet registry promote 3 --reason "..." [--force] [--by NAME]
 ratchet registry rollback --reason "..."
+ratchet registry approve 3 --reason "..." [--by NAME]   # with gate.require_approval
+ratchet registry reject 3 --reason "..." [--by NAME]
+ratchet registry history [--json]      # every alias move: from, to, kind, who, when, why
 ratchet reproduce 3                    # rebuild version 3 from its lineage, diff metrics
 ratchet ui                             # MLflow UI on 127.0.0.1 against the state folder store
 """
@@ -46,6 +49,9 @@ def register(app: typer.Typer) -> None:
     registry_app.command("compare")(registry_compare)
     registry_app.command("promote")(registry_promote)
     registry_app.command("rollback")(registry_rollback)
+    registry_app.command("approve")(registry_approve)
+    registry_app.command("reject")(registry_reject)
+    registry_app.command("history")(registry_history)
     app.add_typer(registry_app, name="registry")
 
 
@@ -266,8 +272,9 @@ def registry_promote(
 
     def body() -> None:
         from components.gate import promote_manually
+        from flows.tasks import release_for
 
-        settings, _ = load_settings(params, config, set_)
+        settings, paths = load_settings(params, config, set_)
         decision = promote_manually(
             settings.registry.model_name,
             version,
@@ -276,6 +283,8 @@ def registry_promote(
             by,
             force,
             batch_size=settings.eval.batch_size,
+            release=release_for(settings, paths),
+            state_dir=paths.state_dir,
         )
         if as_json:
             print_json(decision.to_dict())
@@ -295,17 +304,126 @@ def registry_rollback(
     set_: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Move `champion` back to `previous-champion`."""
+    """Move `champion` back to `previous-champion` (its Bento is built first if missing)."""
 
     def body() -> None:
         from components.registry import rollback
+        from flows.tasks import release_for
 
-        settings, _ = load_settings(params, config, set_)
-        demoted, restored = rollback(settings.registry.model_name, reason, by)
+        settings, paths = load_settings(params, config, set_)
+        demoted, restored = rollback(
+            settings.registry.model_name,
+            reason,
+            by,
+            state_dir=paths.state_dir,
+            release=release_for(settings, paths),
+        )
         if as_json:
             print_json({"demoted": demoted, "champion": restored})
         else:
             console.print(f"champion: v{demoted} -> v{restored}", highlight=False)
+
+    run_command(body)
+
+
+def registry_approve(
+    version: VersionArgument,
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded on the version.")],
+    by: ByOption = None,
+    params: ParamsOption = Path("params.yaml"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Approve the version awaiting review (`pending-review`): it becomes champion."""
+
+    def body() -> None:
+        from components import aliases, registry
+        from flows.tasks import release_for
+
+        settings, paths = load_settings(params, config, set_)
+        previous = aliases.approve(
+            registry.make_client(),
+            settings.registry.model_name,
+            version,
+            reason,
+            by,
+            release=release_for(settings, paths),
+            state_dir=paths.state_dir,
+        )
+        if as_json:
+            print_json({"champion": version, "previous": previous})
+        else:
+            console.print(
+                f"champion: {aliases.describe_version(previous)} -> v{version} (approved)",
+                highlight=False,
+            )
+
+    run_command(body)
+
+
+def registry_reject(
+    version: VersionArgument,
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded on the version.")],
+    by: ByOption = None,
+    params: ParamsOption = Path("params.yaml"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Reject the version awaiting review: `pending-review` is cleared, champion stays."""
+
+    def body() -> None:
+        from components import aliases, registry
+
+        settings, paths = load_settings(params, config, set_)
+        name = settings.registry.model_name
+        client = registry.make_client()
+        aliases.reject(client, name, version, reason, by, state_dir=paths.state_dir)
+        champion = registry.aliases(client, name).get(registry.CHAMPION)
+        if as_json:
+            print_json({"rejected": version, "champion": champion})
+        else:
+            console.print(
+                f"v{version} rejected; champion stays {aliases.describe_version(champion)}",
+                highlight=False,
+            )
+
+    run_command(body)
+
+
+def registry_history(
+    params: ParamsOption = Path("params.yaml"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every recorded alias move, oldest first: alias, from, to, kind, who, when, why."""
+
+    def body() -> None:
+        from components import aliases, registry
+
+        settings, _ = load_settings(params, config, set_)
+        name = settings.registry.model_name
+        moves = aliases.alias_history(registry.make_client(), name)
+        if as_json:
+            print_json([move.to_dict() for move in moves])
+            return
+        table = Table(title=f"{name}: alias history")
+        for column in ("when (UTC)", "alias", "from", "to", "kind", "by", "reason", "bento"):
+            table.add_column(column, overflow="fold")
+        for move in moves:
+            table.add_row(
+                move.at[:19].replace("T", " "),
+                move.alias,
+                aliases.describe_version(move.from_version),
+                aliases.describe_version(move.to_version),
+                move.kind,
+                move.by,
+                move.reason,
+                move.bento or "—",
+            )
+        console.print(table)
 
     run_command(body)
 

@@ -1,7 +1,7 @@
 """`ratchet build` and `ratchet serve`: package the registry champion as a Bento and run it.
 
 ratchet build --alias champion     # MLflow model -> BentoML model store -> Bento
-ratchet serve --port 3000          # bentoml serve <latest Bento> on 127.0.0.1
+ratchet serve --port 3000          # bentoml serve <the alias holder's Bento> on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -17,12 +17,6 @@ from components.config import RatchetConfig
 from components.errors import ServingError
 from components.state import ProjectPaths
 from flows.cli import ConfigOption, ParamsOption, SetOption, load_settings, run_command
-
-
-def bento_name(config: RatchetConfig) -> str:
-    from serving.build import store_name
-
-    return f"{store_name(config.registry.model_name)}-service"
 
 
 def serve_command(bento_tag: str, host: str, port: int) -> list[str]:
@@ -82,6 +76,18 @@ def refuse_without_required_key(bento_tag: str, environment: dict[str, str]) -> 
         raise ServingError(missing_key_message())
 
 
+def alias_bento(config: RatchetConfig, paths: ProjectPaths) -> str:
+    """The checked Bento of the version that holds ``serving.alias`` now (built if missing),
+    never ``:latest``: after a rollback the newest Bento is the demoted model's."""
+    from serving.build import resolve_alias
+    from serving.release import release_version
+
+    holder = resolve_alias(config.registry.model_name, config.serving.alias)
+    tag = release_version(config, paths, holder["version"])
+    typer.echo(f"serving v{holder['version']} ({config.serving.alias}): {tag}", err=True)
+    return tag
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `ratchet` app."""
 
@@ -90,17 +96,23 @@ def register(app: typer.Typer) -> None:
         alias: Annotated[
             str | None, typer.Option(help="Registry alias to package (default serving.alias).")
         ] = None,
+        version: Annotated[
+            str | None, typer.Option("--version", help="Registry version to package instead.")
+        ] = None,
         params: ParamsOption = Path("params.yaml"),
         config: ConfigOption = None,
         set_: SetOption = None,
     ) -> None:
-        """Build a Bento for the registry version behind an alias (default: champion)."""
+        """Build a Bento for a registry version, or the one behind an alias (default: champion)."""
 
         def body() -> None:
-            from serving.build import build_bento
+            from serving.build import bentoml_home, build_bento, use_bentoml_home
 
             resolved, paths = load_settings(params, config, set_)
-            tag = build_bento(resolved, paths, alias=alias or resolved.serving.alias)
+            with use_bentoml_home(bentoml_home(paths)):
+                tag = build_bento(
+                    resolved, paths, alias=alias or resolved.serving.alias, version=version
+                )
             typer.echo(tag)
 
         run_command(body)
@@ -109,17 +121,20 @@ def register(app: typer.Typer) -> None:
     def serve(
         port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
         bento: Annotated[
-            str | None, typer.Option(help="Bento tag to run (default: the latest built).")
+            str | None,
+            typer.Option(
+                help="Bento tag to run (default: the Bento of the version holding serving.alias)."
+            ),
         ] = None,
         params: ParamsOption = Path("params.yaml"),
         config: ConfigOption = None,
         set_: SetOption = None,
     ) -> None:
-        """Run a built Bento with `bentoml serve` on serving.host (127.0.0.1)."""
+        """Run the Bento of the version holding serving.alias (champion) on serving.host."""
 
         def body() -> None:
             resolved, paths = load_settings(params, config, set_)
-            tag = bento or f"{bento_name(resolved)}:latest"
+            tag = bento or alias_bento(resolved, paths)
             environment = serve_environment(resolved, paths)
             refuse_without_required_key(tag, environment)
             command = serve_command(tag, resolved.serving.host, port or resolved.serving.port)

@@ -1,5 +1,5 @@
 """The retrain flow: validate -> version data -> pretrain -> fine-tune -> evaluate ->
-register -> gate -> build Bento.
+register -> gate (-> build and check the Bento -> move the alias).
 
     ratchet retrain --config configs/demo.yaml       # in-process, Prefect's ephemeral API
     ratchet deploy && prefect worker start --pool ratchet-process   # scheduled, on a server
@@ -346,7 +346,9 @@ def gate_pending(config: RatchetConfig, version: str) -> bool:
     return registry.gate_pending(tags)
 
 
-def finish_pending_gate(config: RatchetConfig, record: RunRecord, version: str) -> Any:
+def finish_pending_gate(
+    config: RatchetConfig, paths: ProjectPaths, record: RunRecord, version: str
+) -> Any:
     """Finish a version's registration (card, ``challenger``) and run its gate on the
     evaluation logged when it was registered."""
     from components import registry
@@ -354,7 +356,7 @@ def finish_pending_gate(config: RatchetConfig, record: RunRecord, version: str) 
     client, name = registry.make_client(), config.registry.model_name
     report = registry.load_evaluation(client, name, version)
     registry.finish_registration(client, name, version, report, config)
-    return timed_step(record, "gate", lambda: tasks.gate_challenger(config, version, report))
+    return timed_step(record, "gate", lambda: tasks.gate_challenger(config, paths, version, report))
 
 
 def evaluate_register_and_gate(
@@ -380,7 +382,9 @@ def evaluate_register_and_gate(
             lambda: tasks.register_model(config, Path(model_dir), report, lineage, run.info.run_id),
         )
     record.update_summary(registered_version=version, test_metrics=headline(report.metrics))
-    decision = timed_step(record, "gate", lambda: tasks.gate_challenger(config, version, report))
+    decision = timed_step(
+        record, "gate", lambda: tasks.gate_challenger(config, paths, version, report)
+    )
     return version, decision
 
 
@@ -416,7 +420,7 @@ def retrain(
     force: bool = False,
     skip_if_unchanged: bool = False,
 ) -> dict[str, Any]:
-    """Retrain, evaluate, register and gate a model; build a Bento if it is promoted.
+    """Retrain, evaluate, register and gate a model; the champion is left with a checked Bento.
 
     Args:
         params: the project's params.yaml (its folder is the project root).
@@ -466,6 +470,7 @@ def retrain_in_slot(
         if skip_if_unchanged and champion_is_current(config, md5s):
             # The champion's caches are still the current ones: keep them from pruning.
             mark_caches_used(paths, training_keys(config, paths, md5s))
+            ensure_champion_bento(config, paths, record)
             record.update_summary(outcome="skipped", reason="data, config and code unchanged")
             logger.info("nothing changed since the champion was built: skipping")
             return record.summary
@@ -479,6 +484,7 @@ def retrain_in_slot(
                 outcome="unchanged",
                 reason=f"this exact model is already registered as version {existing}",
             )
+            ensure_champion_bento(config, paths, record)
             return record.summary
         if existing is not None:
             logger.warning(
@@ -486,7 +492,7 @@ def retrain_in_slot(
                 "registered it stopped); finishing its registration and gate now",
                 existing,
             )
-            version, decision = existing, finish_pending_gate(config, record, existing)
+            version, decision = existing, finish_pending_gate(config, paths, record, existing)
         else:
             lineage = {**lineage_for(config, paths, md5s, train_key), **truncation}
             version, decision = evaluate_register_and_gate(
@@ -495,10 +501,21 @@ def retrain_in_slot(
         record.update_summary(
             registered_version=version, outcome=decision.outcome, reason=decision.reason
         )
-        if decision.promote:
-            bento = timed_step(record, "build-bento", lambda: tasks.build_bento(config, paths))
-            record.update_summary(bento=bento)
+        ensure_champion_bento(config, paths, record)
     return record.summary
+
+
+def ensure_champion_bento(config: RatchetConfig, paths: ProjectPaths, record: RunRecord) -> None:
+    """Leave a checked Bento for the champion: the gate built a promoted challenger's, and
+    an earlier run whose build failed (or a champion set by hand) gets one now."""
+    from components import registry
+
+    client = registry.make_client()
+    champion = registry.aliases(client, config.registry.model_name).get(registry.CHAMPION)
+    if champion is None:
+        return
+    bento = timed_step(record, "build-bento", lambda: tasks.build_bento(config, paths, champion))
+    record.update_summary(bento=bento)
 
 
 def champion_is_current(config: RatchetConfig, md5s: dict[str, Any]) -> bool:

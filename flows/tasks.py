@@ -215,8 +215,9 @@ def register_model(
 
 
 @task(name="gate")
-def gate_challenger(config: RatchetConfig, version: str, report: Any) -> Any:
-    """Compare with the champions on the same test split; move aliases last, if earned."""
+def gate_challenger(config: RatchetConfig, paths: ProjectPaths, version: str, report: Any) -> Any:
+    """Compare with the champion on the same test split; if earned, build and check the
+    challenger's Bento, then move the alias under the alias lock."""
     from components.gate import apply_gate
 
     return apply_gate(
@@ -225,7 +226,16 @@ def gate_challenger(config: RatchetConfig, version: str, report: Any) -> Any:
         report,
         config.gate,
         batch_size=config.eval.batch_size,
+        release=release_for(config, paths),
+        state_dir=paths.state_dir,
     )
+
+
+def release_for(config: RatchetConfig, paths: ProjectPaths) -> Any:
+    """The function that finds or builds and checks a version's Bento before an alias moves."""
+    from serving.release import release_version
+
+    return lambda version: release_version(config, paths, version)
 
 
 @task(
@@ -234,8 +244,9 @@ def gate_challenger(config: RatchetConfig, version: str, report: Any) -> Any:
     retry_delay_seconds=RETRY_DELAYS,
     retry_condition_fn=retry_when_transient,
 )
-def build_bento(config: RatchetConfig, paths: ProjectPaths) -> str:
-    """Package the new champion as a Bento; earlier Bentos stay in the store for rollback."""
-    from serving.build import build_bento as build
+def build_bento(config: RatchetConfig, paths: ProjectPaths, version: str) -> str:
+    """The checked Bento of a registry version (the champion's, on a rerun that finds it
+    without one); reused when one was built with the current serving settings."""
+    from serving.release import release_version
 
-    return build(config, paths, alias="champion")
+    return release_version(config, paths, version)

@@ -1,22 +1,26 @@
-"""Build a self-contained Bento for the model behind a registry alias.
+"""Build a self-contained Bento for a registry version (or the version behind an alias).
 
     ratchet build --alias champion
 
-Resolves the alias to a registered version, downloads its Hugging Face folder from
-MLflow into the BentoML model store (labels and metadata name the registry version,
-its aliases, metrics and lineage), then builds a Bento from ``serving/bentofile.yaml``
-with python packages pinned from ``constraints.txt``. Earlier Bentos stay in the store,
-so rolling back is ``ratchet serve --bento <previous tag>``.
+Downloads the version's Hugging Face folder from MLflow into the BentoML model store
+(labels and metadata name the registry version, its aliases, metrics and lineage), then
+builds a Bento from ``serving/bentofile.yaml`` with python packages pinned from
+``constraints.txt``. Each Bento is labelled ``registry.version``: the gate builds and
+checks the challenger's Bento before the alias moves (``serving/release.py``), and
+``ratchet serve`` runs the Bento of the version that holds the alias. Earlier Bentos stay
+in the store, so a rollback finds the restored version's Bento there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,25 +81,41 @@ def resolve_alias(model_name: str, alias: str) -> dict[str, Any]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient()
     try:
-        version = client.get_model_version_by_alias(model_name, alias)
+        version = MlflowClient().get_model_version_by_alias(model_name, alias)
     except MlflowException as error:
         raise RegistryError(
             f"registered model {model_name!r} has no alias {alias!r} ({error.message}); "
-            "register and promote a model first (ratchet register / the retrain flow)"
+            "train and gate a model first (`ratchet retrain`), or move the alias to a "
+            "version with `ratchet registry promote VERSION --reason ...`"
         ) from error
+    return resolve_version(model_name, str(version.version), alias)
+
+
+def resolve_version(model_name: str, version: str, alias: str | None = None) -> dict[str, Any]:
+    """A registry version: number, aliases, tags, run metrics; ``alias`` names the alias it
+    was resolved from (None when built for the version itself, e.g. by the gate).
+
+    Raises:
+        RegistryError: the model or the version does not exist.
+    """
+    from mlflow import MlflowClient
+
+    from components.registry import get_version
+
+    client = MlflowClient()
+    model_version = get_version(client, model_name, version)
     metrics: dict[str, float] = {}
-    if version.run_id:
-        metrics = dict(client.get_run(version.run_id).data.metrics)
-    metrics.update(tagged_metrics(dict(version.tags or {})))
+    if model_version.run_id:
+        metrics = dict(client.get_run(model_version.run_id).data.metrics)
+    metrics.update(tagged_metrics(dict(model_version.tags or {})))
     return {
         "name": model_name,
-        "version": str(version.version),
-        "alias": alias,
-        "aliases": sorted(version.aliases or []),
-        "run_id": version.run_id,
-        "tags": dict(version.tags or {}),
+        "version": str(model_version.version),
+        "alias": alias or "",
+        "aliases": sorted(model_version.aliases or []),
+        "run_id": model_version.run_id,
+        "tags": dict(model_version.tags or {}),
         "metrics": metrics,
     }
 
@@ -125,10 +145,18 @@ def save_to_model_store(registry: dict[str, Any], hf_dir: Path) -> str:
     tag = f"{store_name(registry['name'])}:v{registry['version']}"
     try:
         existing = bentoml.models.get(tag)
-        logger.info("model %s already in the BentoML store", existing.tag)
-        return str(existing.tag)
     except NotFound:
         pass
+    else:
+        stored_run = str(existing.info.metadata.get("run_id"))
+        if stored_run != str(registry["run_id"]):
+            raise ServingError(
+                f"the BentoML model store already holds {tag} from MLflow run {stored_run}, "
+                f"but {registry['name']} v{registry['version']} is run {registry['run_id']}: "
+                "two registries share one BENTOML_HOME; give each state folder its own"
+            )
+        logger.info("model %s already in the BentoML store", existing.tag)
+        return str(existing.tag)
     metadata = {
         "name": registry["name"],
         "version": registry["version"],
@@ -192,26 +220,93 @@ def build_options(paths: ProjectPaths, labels: dict[str, str]) -> dict[str, Any]
     return options
 
 
-def build_bento(config: RatchetConfig, paths: ProjectPaths, alias: str = "champion") -> str:
-    """Build a Bento serving the registry version behind ``alias``.
+def bentoml_home(paths: ProjectPaths) -> Path:
+    """BentoML's home: ``BENTOML_HOME`` when set, else ``bentoml/`` in the state folder."""
+    return Path(os.environ.get("BENTOML_HOME") or paths.bentoml_home)
+
+
+@contextlib.contextmanager
+def use_bentoml_home(home: Path) -> Iterator[None]:
+    """Point this process's BentoML stores at ``home`` for the duration.
+
+    BentoML resolves ``BENTOML_HOME`` once per process, on first use; a process that
+    works with two state folders (tests, a notebook) would otherwise build into the first.
+    """
+    from bentoml._internal.bento import BentoStore
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    folders = {name: home / name for name in ("bentos", "models", "envs", "tmp")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    container = BentoMLContainer
+    with contextlib.ExitStack() as stack:
+        overrides: tuple[tuple[Any, Any], ...] = (
+            (container.bentoml_home, str(home)),
+            (container.bento_store_dir, str(folders["bentos"])),
+            (container.model_store_dir, str(folders["models"])),
+            (container.env_store_dir, str(folders["envs"])),
+            (container.tmp_bento_store_dir, str(folders["tmp"])),
+            (container.bento_store, BentoStore(str(folders["bentos"]))),
+            (container.tmp_bento_store, BentoStore(str(folders["tmp"]))),
+            (container.model_store, ModelStore(str(folders["models"]))),
+        )
+        for provider, value in overrides:
+            stack.enter_context(provider.patch(value))
+        yield
+
+
+def bentos_of_version(model_name: str, version: str) -> list[Any]:
+    """Bentos in the (current) store built for a registry version, newest first."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        built = bentoml.bentos.list(f"{store_name(model_name)}-service")
+    except NotFound:  # nothing built under this name yet
+        return []
+    found = [
+        bento
+        for bento in built
+        if bento.info.labels.get("registry.name") == model_name
+        and bento.info.labels.get("registry.version") == str(version)
+    ]
+    return sorted(found, key=lambda bento: bento.info.creation_time, reverse=True)
+
+
+def build_bento(
+    config: RatchetConfig,
+    paths: ProjectPaths,
+    alias: str | None = "champion",
+    version: str | None = None,
+) -> str:
+    """Build a Bento serving a registry version: ``version``, else the one behind ``alias``.
 
     Args:
         config: the resolved configuration (registry name, serving limits).
         paths: project paths; the project root is the build context.
-        alias: registry alias to serve, ``champion`` by default.
+        alias: registry alias to serve, ``champion`` by default; ignored with ``version``.
+        version: registry version to serve (the gate builds a challenger before any alias
+            points at it).
 
     Returns:
         The Bento tag, e.g. ``ratchet-sst2-service:abc123``.
 
     Raises:
-        RegistryError: the alias does not exist.
+        RegistryError: the alias or version does not exist.
         ServingError: the build failed.
     """
     import bentoml
 
     from components.mlflow_model import download_hf_model
 
-    registry = resolve_alias(config.registry.model_name, alias)
+    name = config.registry.model_name
+    if version is not None:
+        registry = resolve_version(name, version)
+    elif alias:
+        registry = resolve_alias(name, alias)
+    else:
+        raise ServingError("build_bento needs a registry version or alias")
     with tempfile.TemporaryDirectory(prefix="ratchet-build-") as tmp:
         hf_dir = download_hf_model(f"models:/{registry['name']}/{registry['version']}", Path(tmp))
         model_tag = save_to_model_store(registry, hf_dir)

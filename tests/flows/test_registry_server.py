@@ -100,6 +100,13 @@ def test_register_gate_and_load_champion_over_http(
     assert [decision.outcome for decision in versions] == ["promoted", "rejected"]
     client = registry.make_client()
     assert registry.aliases(client, name) == {"champion": "1", "challenger": "2"}
+    # The alias history lives on the server too: one gated move, none for the rejection.
+    from components.aliases import alias_history
+
+    moves = alias_history(client, name)
+    assert [(m.alias, m.from_version, m.to_version, m.kind) for m in moves] == [
+        ("champion", None, "1", "gated")
+    ]
 
     # A fresh Python process loads the champion by alias over HTTP and predicts labels.
     script = (

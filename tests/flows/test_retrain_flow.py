@@ -185,8 +185,63 @@ def test_rerun_finishes_a_gate_that_a_crash_interrupted(
     assert summary["registered_version"] == "1"
     assert summary["bento"].startswith("ratchet-sst2")
     assert registry_state() == (["1"], {"challenger": "1", "champion": "1"})
+    # The champion's Bento went missing (deleted, another machine): a rerun builds it.
+    assert champion_bentos(flow_project) == [summary["bento"]]
+    delete_bentos(flow_project, summary["bento"])
     again = run_flow(flow_project, overrides)
     assert again["outcome"] == "unchanged"
+    assert champion_bentos(flow_project) == [again["bento"]] != [summary["bento"]]
+
+
+def champion_bentos(project: Path) -> list[str]:
+    """Tags of the Bentos built for the champion's registry version."""
+    from components.state import ProjectPaths
+    from serving.build import bentoml_home, bentos_of_version, use_bentoml_home
+
+    champion = registry_state()[1]["champion"]
+    with use_bentoml_home(bentoml_home(ProjectPaths.discover(project))):
+        return [str(bento.tag) for bento in bentos_of_version("ratchet-sst2", champion)]
+
+
+def delete_bentos(project: Path, *tags: str) -> None:
+    import bentoml
+
+    from components.state import ProjectPaths
+    from serving.build import bentoml_home, use_bentoml_home
+
+    with use_bentoml_home(bentoml_home(ProjectPaths.discover(project))):
+        for tag in tags:
+            bentoml.bentos.delete(tag)
+
+
+def test_a_failed_bento_build_leaves_the_alias_and_the_rerun_catches_up(
+    flow_project: Path, tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import serving.build
+    from components.errors import ServingError
+    from components.registry import version_tags
+
+    overrides = flow_overrides(tiny_bert_dir)
+    build_bento = serving.build.build_bento
+
+    def broken_build(*args: object, **kwargs: object) -> str:
+        raise ServingError("building the Bento failed: no space left on device")
+
+    monkeypatch.setattr(serving.build, "build_bento", broken_build)
+    with pytest.raises(ServingError, match="no space left on device"):
+        run_flow(flow_project, overrides)
+    # Nothing points at a model without a Bento; the decision says why it did not move.
+    assert registry_state() == (["1"], {"challenger": "1"})
+    from mlflow import MlflowClient
+
+    tags = version_tags(MlflowClient(), "ratchet-sst2", "1")
+    assert tags["gate.reason"].startswith("blocked before the alias move: the Bento failed")
+
+    monkeypatch.setattr(serving.build, "build_bento", build_bento)
+    summary = run_flow(flow_project, overrides)
+    assert summary["outcome"] == "promoted", summary
+    assert registry_state() == (["1"], {"challenger": "1", "champion": "1"})
+    assert champion_bentos(flow_project) == [summary["bento"]]
 
 
 def test_invalid_data_fails_at_validation_and_registers_nothing(

@@ -1,0 +1,79 @@
+"""The pre-promotion check of a built Bento: loaded in a fresh process from the BentoML store,
+its API called on test texts, its answers compared with the evaluated ones.
+
+Uses the session's built Bento (tests/serving/conftest.py); two loads of it, no server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.errors import ServingError
+from serving.release import (
+    BF16_TOLERANCE,
+    FP32_TOLERANCE,
+    CheckSample,
+    check_bento,
+    check_sample,
+    probability_tolerance,
+    run_built_bento,
+)
+from tests.serving.conftest import BuiltBento
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["the movie was great number 3", "the plot was dull number 8", "a " * 400 + "fun"]
+
+
+def test_the_check_loads_the_built_bento_and_refuses_other_answers(
+    built_bento: BuiltBento,
+) -> None:
+    env = dict(built_bento.env)
+    answer = run_built_bento(built_bento.tag, TEXTS, env)
+    # The service module came from the Bento's own copy of the code, not the checkout.
+    bento_dir = Path(env["BENTOML_HOME"]) / "bentos" / built_bento.tag.replace(":", "/")
+    assert Path(answer["service_file"]).is_relative_to(bento_dir)
+    assert answer["version"] == built_bento.registry_version
+    names = ["negative", "positive"]
+    evaluated = np.array([[row[name] for name in names] for row in answer["probabilities"]])
+    sample = CheckSample(TEXTS, answer["labels"], evaluated, names)
+    check_bento(built_bento.tag, sample, built_bento.registry_version, "fp32", env)
+
+    off = evaluated.copy()
+    off[1] += [3 * FP32_TOLERANCE, -3 * FP32_TOLERANCE]  # a slightly different model
+    with pytest.raises(ServingError) as refused:
+        check_bento(
+            built_bento.tag,
+            CheckSample(TEXTS, answer["labels"], off, names),
+            built_bento.registry_version,
+            "fp32",
+            env,
+        )
+    message = str(refused.value)
+    assert f"does not answer as v{built_bento.registry_version} was evaluated on 1 of 3" in message
+    assert "text 1 ('the plot was dull number 8')" in message
+    assert "probabilities within 0.0001" in message
+
+
+def test_the_check_sample_and_tolerances() -> None:
+    frame = pd.DataFrame(
+        {
+            "text": [f"text {i}" for i in range(50)] + ["a much longer text " * 20],
+            "label": [i % 2 for i in range(51)],
+            "predicted": [1] * 51,
+            "prob_negative": [0.25] * 51,
+            "prob_positive": [0.75] * 51,
+        }
+    )
+    sample = check_sample(frame, size=8)
+    assert len(sample.texts) == 8 and sample.texts[-1].startswith("a much longer text")
+    assert sample.labels == ["positive"] * 8 and sample.class_names == ["negative", "positive"]
+    assert check_sample(frame, size=8).texts == sample.texts  # the same sample every time
+    assert (probability_tolerance("fp32"), probability_tolerance("bf16")) == (
+        FP32_TOLERANCE,
+        BF16_TOLERANCE,
+    )

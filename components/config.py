@@ -160,11 +160,11 @@ class PretrainConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
     max_train_samples: int | None = Field(None, ge=1, description="Cap on training rows.")
     max_eval_samples: int | None = Field(
-        None,
+        2000,
         ge=1,
         description="Cap on validation rows scored during training (early stopping, best "
         "model); a seeded subset. null scores the whole validation split.",
@@ -182,7 +182,7 @@ class TrainConfig(Section):
         "block i of L at lr * d**(L - i), the embeddings at lr * d**(L + 1). 1 disables it.",
     )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    eval_every_steps: int = Field(200, ge=1, description="Validation interval in steps.")
+    eval_every_steps: int = Field(500, ge=1, description="Validation interval in steps.")
     early_stopping_patience: int | None = Field(
         3, ge=1, description="Stop after this many evaluations without improvement."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -30,9 +31,12 @@ def test_cache_key_comes_from_the_argument() -> None:
     assert cache_key_from_argument(None, {"cache_key": "train-123", "other": 1}) == "train-123"
 
 
-def test_code_version_is_a_stable_hash_of_the_component_sources() -> None:
-    assert code_version() == code_version()
-    assert len(code_version()) == 16
+def test_code_version_hashes_this_checkout_by_default() -> None:
+    version = code_version()
+    assert re.fullmatch(r"[0-9a-f]{16}", version)
+    assert version == code_version(PROJECT_ROOT)  # the checkout's own packages
+    # A folder without the packages hashes only the library versions: a different key.
+    assert code_version(PROJECT_ROOT / "docs") != version
 
 
 def test_code_version_covers_every_package_and_the_locked_dependencies(
@@ -56,8 +60,14 @@ def test_code_version_covers_every_package_and_the_locked_dependencies(
         finally:
             path.write_bytes(saved)
 
+    assert code_version(tmp_path) == original  # stable across calls on an unchanged tree
+    assert changed(tmp_path / "components" / "config.py", "\n# edited\n") != original
     assert changed(tmp_path / "flows" / "retrain.py", "\n# edited\n") != original
     assert changed(tmp_path / "serving" / "service.py", "\n# edited\n") != original
+    # Only Python sources count: notes beside them do not change what the steps execute.
+    (tmp_path / "components" / "NOTES.md").write_text("a note\n")
+    assert code_version(tmp_path) == original
+    (tmp_path / "components" / "NOTES.md").unlink()
     nested = tmp_path / "components" / "sub"
     nested.mkdir()
     (nested / "helper.py").write_text("VALUE = 1\n")

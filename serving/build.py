@@ -172,20 +172,40 @@ def save_to_model_store(registry: dict[str, Any], hf_dir: Path) -> str:
 
 
 def pinned_packages(names: list[str], constraints_file: Path) -> list[str]:
-    """``name==version`` for each package, versions from the lock (local suffixes dropped).
+    """``name==version`` for each package, versions from the lock (local suffixes such as
+    ``+cpu`` dropped). Lines are read as PEP 508 requirements; names compare canonically
+    (``PyYAML`` is ``pyyaml``).
 
     Raises:
-        ServingError: a package is not pinned in the constraints file.
+        ServingError: a line is not a requirement, or a package is not pinned in the
+            constraints file.
     """
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import InvalidVersion, Version
+
     pins: dict[str, str] = {}
-    for line in constraints_file.read_text(encoding="utf-8").splitlines():
-        name, sep, version = line.split("#")[0].strip().partition("==")
-        if sep:
-            pins[re.sub(r"[-_.]+", "-", name).lower()] = version.split("+")[0].strip()
-    missing = [n for n in names if re.sub(r"[-_.]+", "-", n).lower() not in pins]
+    for number, line in enumerate(constraints_file.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.split("#")[0].strip()
+        if not text or text.startswith("-"):  # blank, comment or a pip option (-e, --index-url)
+            continue
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement as error:
+            raise ServingError(
+                f"{constraints_file}:{number}: not a requirement: {error}"
+            ) from error
+        for specifier in requirement.specifier:
+            if specifier.operator in {"==", "==="}:
+                try:
+                    version = Version(specifier.version).public
+                except InvalidVersion:  # a wildcard such as ==1.*: not a pin
+                    continue
+                pins[canonicalize_name(requirement.name)] = version
+    missing = [name for name in names if canonicalize_name(name) not in pins]
     if missing:
         raise ServingError(f"{constraints_file} pins no version for {missing}")
-    return [f"{n}=={pins[re.sub(r'[-_.]+', '-', n).lower()]}" for n in names]
+    return [f"{name}=={pins[canonicalize_name(name)]}" for name in names]
 
 
 def serve_arguments(config: RatchetConfig, model_tag: str) -> dict[str, Any]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from components.errors import ServingError
 from serving.build import key_metrics, lineage_tags, pinned_packages, store_name, tagged_metrics
 from serving.predict import length_sorted_chunks, load_classifier, predict_texts
+from tests.conftest import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +87,36 @@ def test_length_sorted_chunks_group_similar_lengths() -> None:
 
 def test_pinned_packages_reads_versions_from_constraints(tmp_path: Path) -> None:
     constraints = tmp_path / "constraints.txt"
-    constraints.write_text("torch==2.13.0+cpu\nPyYAML==6.0.3  # yaml\n")
+    constraints.write_text(
+        "# resolved lock\ntorch==2.13.0+cpu\nPyYAML==6.0.3  # yaml\n"
+        "--extra-index-url https://example.invalid/simple\n"
+        "great_expectations==1.18.0\nnumpy>=2\n"
+    )
 
-    assert pinned_packages(["torch", "pyyaml"], constraints) == ["torch==2.13.0", "pyyaml==6.0.3"]
+    assert pinned_packages(["torch", "pyyaml", "Great-Expectations"], constraints) == [
+        "torch==2.13.0",
+        "pyyaml==6.0.3",
+        "Great-Expectations==1.18.0",
+    ]
+    # A range is not a pin.
     with pytest.raises(ServingError, match="pins no version for \\['numpy'\\]"):
         pinned_packages(["numpy"], constraints)
+
+
+def test_pinned_packages_names_an_unreadable_lock_line(tmp_path: Path) -> None:
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("torch==2.13.0\ntorch 2.13\n")
+    with pytest.raises(ServingError, match=r"constraints.txt:2: not a requirement"):
+        pinned_packages(["torch"], constraints)
+
+
+def test_the_real_lock_pins_the_bento_packages() -> None:
+    from serving.build import BENTOFILE
+
+    names = yaml.safe_load(BENTOFILE.read_text())["python"]["packages"]
+    pins = pinned_packages(names, PROJECT_ROOT / "constraints.txt")
+    assert [pin.split("==")[0] for pin in pins] == names
+    assert all(re.fullmatch(r"[\w.-]+==\d[\w.]*", pin) for pin in pins), pins
 
 
 def test_version_tags_split_into_lineage_and_metrics() -> None:

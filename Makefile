@@ -43,7 +43,7 @@ test: lint typecheck pytest  ## lint, type-check and run the tests
 lock:  ## re-resolve the dependency set into constraints.txt (needs the registries)
 	rm -rf /tmp/ratchet-lock && $(PYTHON) -m venv /tmp/ratchet-lock
 	/tmp/ratchet-lock/bin/pip install --quiet --upgrade pip
-	/tmp/ratchet-lock/bin/pip install --quiet 'torch==2.13.0' -e '.[test]'
+	/tmp/ratchet-lock/bin/pip install --quiet 'torch==2.13.0' -e '.[test,bench]'
 	/tmp/ratchet-lock/bin/pip freeze --exclude-editable | sed 's/+cpu$$//' > constraints.txt
 
 clean-state:  ## delete the state folder (MLflow store, Prefect home, Bentos, DVC remote)

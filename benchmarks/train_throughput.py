@@ -92,6 +92,19 @@ def training_flops_per_token(config: Any, sequence_length: float) -> float:
     return 6 * weights + 12 * layers * sequence_length * hidden
 
 
+def require_accelerate() -> None:
+    """The Trainer baselines need ``accelerate``, an optional extra (Ratchet's own loop
+    does not): stop with the install command before any run starts."""
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        sys.exit(
+            "benchmarks/train_throughput.py: the Hugging Face Trainer baselines need "
+            "accelerate, which Ratchet itself does not; install the benchmark extra:\n"
+            "    .venv/bin/pip install --constraint constraints.txt --editable '.[bench]'"
+        )
+
+
 def run_trainer_baseline(
     name: str, train: pd.DataFrame, steps: int, batch_size: int, max_length: int, padded: bool
 ) -> dict[str, Any]:
@@ -370,6 +383,7 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
+    require_accelerate()
     setup_logging(logging.WARNING)
     os.environ.setdefault("RATCHET_NO_PROGRESS", "1")
     for name, value in QUIET_ENVIRONMENT.items():  # telemetry off, as in the flow

@@ -12,7 +12,6 @@ in the state folder and on the MLflow parent run, whether it completed or failed
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
@@ -60,8 +59,11 @@ def retrain_slot(config: RatchetConfig, paths: ProjectPaths) -> Iterator[None]:
     Against a Prefect server this is a global concurrency limit (the server expires the
     lease of a run that died). Prefect's ephemeral API keeps leases in the memory of a
     per-process server, so a killed run would hold its slot for ever; there an OS file
-    lock on the state folder does the job, and the kernel releases it when a process dies.
+    lock on the state folder (``filelock``) does the job, and the kernel releases it when
+    a process dies.
     """
+    from filelock import FileLock, Timeout
+
     if os.environ.get("PREFECT_API_URL"):
         name = concurrency_limit_name(config)
         ensure_concurrency_limit(name)
@@ -70,16 +72,17 @@ def retrain_slot(config: RatchetConfig, paths: ProjectPaths) -> Iterator[None]:
         return
     lock_path = paths.state_dir / f"retrain-{config.registry.model_name}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logging.getLogger(__name__).info("another retrain holds %s; waiting", lock_path)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    # Not thread-local: a second retrain in this process waits, as another process would.
+    lock = FileLock(lock_path, thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logging.getLogger(__name__).info("another retrain holds %s; waiting", lock_path)
+        lock.acquire(timeout=-1)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def ensure_dvc_sees_data_config(config: RatchetConfig, params: str) -> None:

@@ -165,3 +165,80 @@ def test_force_discards_the_checkpoints_of_its_keys(tmp_path: Path) -> None:
         (paths.checkpoints_dir / key / "step-00000010").mkdir(parents=True)
     discard_checkpoints(paths, {"pretrain": "pretrain-1", "train": "train-2"})
     assert sorted(p.name for p in paths.checkpoints_dir.iterdir()) == ["train-other"]
+
+
+def test_retrain_slot_admits_one_retrain_of_a_model_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from components.config import load_config
+    from components.state import ProjectPaths
+    from flows.retrain import retrain_slot
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    config = load_config(PROJECT_ROOT / "params.yaml")
+    other_model = load_config(PROJECT_ROOT / "params.yaml", overrides=["registry.model_name=b"])
+    paths = ProjectPaths(project_root=tmp_path, state_dir=tmp_path / "state")
+    events: list[str] = []
+
+    def second_retrain() -> None:
+        with retrain_slot(config, paths):
+            events.append("second entered")
+
+    with retrain_slot(config, paths):
+        assert (paths.state_dir / "retrain-ratchet-sst2.lock").exists()
+        waiting = threading.Thread(target=second_retrain)
+        waiting.start()
+        with retrain_slot(other_model, paths):  # another model's slot is free
+            events.append("other model entered")
+        time.sleep(0.5)
+        events.append("first leaves")
+    waiting.join(timeout=10)
+    assert events == ["other model entered", "first leaves", "second entered"]
+
+
+def test_retrain_slot_of_a_killed_run_is_free_again(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from components.config import load_config
+    from components.state import ProjectPaths
+    from flows.retrain import retrain_slot
+
+    hold = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from components.config import load_config\n"
+        "from components.state import ProjectPaths\n"
+        "from flows.retrain import retrain_slot\n"
+        "paths = ProjectPaths(project_root=Path(sys.argv[1]), state_dir=Path(sys.argv[1]))\n"
+        "with retrain_slot(load_config(sys.argv[2]), paths):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(tmp_path), str(PROJECT_ROOT / "params.yaml")],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    finally:
+        holder.kill()
+        holder.wait()
+    paths = ProjectPaths(project_root=tmp_path, state_dir=tmp_path)
+    entered = threading.Event()
+
+    def next_retrain() -> None:
+        with retrain_slot(load_config(PROJECT_ROOT / "params.yaml"), paths):
+            entered.set()
+
+    threading.Thread(target=next_retrain, daemon=True).start()
+    assert entered.wait(timeout=20), "the killed holder's slot was not released"

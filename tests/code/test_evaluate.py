@@ -120,7 +120,16 @@ def test_evaluate_model_writes_report(tiny_classifiers: dict, tmp_path: Path) ->
                     "expect_label": "positive",
                     "texts": ["the movie was great", "the plot was superb"],
                 },
-                {"name": "inv_num", "type": "INV", "pairs": [["a dull film 1", "a dull film 2"]]},
+                {
+                    "name": "inv_num",
+                    "type": "INV",
+                    # The model reads the polar word: the number keeps the label, a new
+                    # polar word flips it.
+                    "pairs": [
+                        ["a dull film 1", "a dull film 2"],
+                        ["the plot was dull number 3", "the plot was great number 3"],
+                    ],
+                },
             ],
         }
     )
@@ -135,7 +144,11 @@ def test_evaluate_model_writes_report(tiny_classifiers: dict, tmp_path: Path) ->
         assert key in report.metrics
     assert report.metrics["throughput_texts_per_s_batch32"] > 0
     assert [result.name for result in report.behaviour] == ["mft_pos", "inv_num"]
-    assert report.metrics["behaviour.inv_num.pass_rate"] in (0.0, 1.0)
+    assert report.metrics["behaviour.mft_pos.pass_rate"] == 1.0
+    assert report.metrics["behaviour.inv_num.pass_rate"] == 0.5
+    assert [failure["original"] for failure in report.behaviour[1].failures] == [
+        "the plot was dull number 3"
+    ]
     for name in ("confusion_matrix.png", "reliability_diagram.png", "confident_mistakes.csv"):
         assert report.artifacts[name].stat().st_size > 0
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"

@@ -65,6 +65,7 @@ class BuiltBento:
     tag: str
     registry_version: str
     env: dict[str, str]
+    model_dir: Path  # the registered model's folder, to compare served answers in-process
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +97,8 @@ def built_bento(
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    yield BuiltBento(tag=result.stdout.strip().splitlines()[-1], registry_version=version, env=env)
+    tag = result.stdout.strip().splitlines()[-1]
+    yield BuiltBento(tag=tag, registry_version=version, env=env, model_dir=model_dir)
 
 
 def free_port() -> int:

@@ -83,13 +83,19 @@ def test_classify_returns_labels_probabilities_and_model(
     }
 
 
-def test_documented_example_input_is_served(client: httpx.Client) -> None:
+def test_documented_example_input_is_served(client: httpx.Client, built_bento: BuiltBento) -> None:
+    from components.evaluate import score_texts
     from serving.service import EXAMPLE_INPUT
 
     body = classify(client, EXAMPLE_INPUT["texts"])
 
-    assert len(body["predictions"]) == len(EXAMPLE_INPUT["texts"])
-    assert {p["label"] for p in body["predictions"]} <= {"negative", "positive"}
+    # The served model answers as the same model scored in-process (fp32, deterministic).
+    expected = score_texts(built_bento.model_dir, EXAMPLE_INPUT["texts"])
+    labels = ["negative", "positive"]
+    assert [p["label"] for p in body["predictions"]] == [labels[i] for i in expected.argmax(1)]
+    for prediction, row in zip(body["predictions"], expected, strict=True):
+        served = [prediction["probabilities"][label] for label in labels]
+        assert served == pytest.approx(row.tolist(), abs=1e-4)
 
 
 def test_text_beyond_token_window_is_truncated_and_flagged(client: httpx.Client) -> None:
@@ -260,7 +266,12 @@ def auth_bento(built_bento: BuiltBento) -> BuiltBento:
     )
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
     tag = rebuilt.stdout.strip().splitlines()[-1]
-    return BuiltBento(tag=tag, registry_version=built_bento.registry_version, env=built_bento.env)
+    return BuiltBento(
+        tag=tag,
+        registry_version=built_bento.registry_version,
+        env=built_bento.env,
+        model_dir=built_bento.model_dir,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 push to the local remote and pull into a fresh clone. (Bad data leaving data/prepared
 and the remote alone is tested through the CLI in test_validate.py.)
 
-The tests share one repository (module fixture) and run in file order.
+The repository is reproduced once per module; every test gets its own copy of it
+(``dvc_project``), so the tests run alone and in any order.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,11 +61,21 @@ def set_split_seed(repo: Path, seed: int) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def project_environment(env: pytest.MonkeyPatch, state: Path) -> None:
+    """The venv's ``ratchet`` and ``dvc`` on PATH, a state folder, a git identity."""
+    env.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.setenv("RATCHET_HOME", str(state))
+    for key, value in {"NAME": "Ratchet Test", "EMAIL": "test@example.invalid"}.items():
+        env.setenv(f"GIT_AUTHOR_{key}", value)
+        env.setenv(f"GIT_COMMITTER_{key}", value)
+
+
 @pytest.fixture(scope="module")
-def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DvcProject]:
-    """A fresh git + DVC repo with the real dvc.yaml, reproduced once up to `prepare`."""
+def reproduced_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh git + DVC repo with the real dvc.yaml, reproduced once up to `prepare`;
+    the folder holds ``src`` (the data source) beside ``repo``. Tests use copies."""
     base = tmp_path_factory.mktemp("dvc")
-    source, repo, state = base / "src", base / "repo", base / "state"
+    source, repo = base / "src", base / "repo"
     write_source(source)
     repo.mkdir()
     shutil.copytree(PROJECT_ROOT / "components", repo / "components")  # stage deps
@@ -76,15 +86,22 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DvcProject
     params["data"]["source"] = "../src"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        env.setenv("RATCHET_HOME", str(state))
-        for key, value in {"NAME": "Ratchet Test", "EMAIL": "test@example.invalid"}.items():
-            env.setenv(f"GIT_AUTHOR_{key}", value)
-            env.setenv(f"GIT_COMMITTER_{key}", value)
+        project_environment(env, base / "state")
         git(repo, "init", "--quiet")
         assert ensure_dvc_repo(repo) is True
         reproduce(repo, STAGES)
-        yield DvcProject(repo=repo, source=source, remote=state / "dvc-remote")
+    return base
+
+
+@pytest.fixture
+def dvc_project(
+    reproduced_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> DvcProject:
+    """This test's own copy of the reproduced repository (git, DVC cache and all)."""
+    base = tmp_path / "dvc"
+    shutil.copytree(reproduced_project, base, symlinks=True)
+    project_environment(monkeypatch, base / "state")
+    return DvcProject(repo=base / "repo", source=base / "src", remote=base / "state" / "dvc-remote")
 
 
 def test_repro_writes_prepared_splits_recorded_in_the_lock(dvc_project: DvcProject) -> None:

@@ -133,11 +133,15 @@ def train_tiny_classifier(
     shuffle_labels: bool = False,
     steps: int = 40,
     pooling: str = "cls",
+    train: pd.DataFrame | None = None,
+    train_word_embeddings: bool = False,
 ) -> Path:
     """A tiny BERT sequence classifier trained with a few plain AdamW steps (about a second).
 
     With ``shuffle_labels`` the labels are permuted first, which makes a worse model;
     ``pooling="mean"`` builds Ratchet's mean-pooling head instead of BERT's [CLS] pooler.
+    ``train`` (``text`` and ``label`` 0/1 columns) replaces the default polar-word sentences;
+    ``train_word_embeddings`` also trains the word embeddings (a wider vocabulary).
     """
     import torch
     from transformers import AutoTokenizer
@@ -154,12 +158,14 @@ def train_tiny_classifier(
         label2id={name: i for i, name in enumerate(labels)},
     )
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    train = prepared_split(160, seed=1)
+    if train is None:
+        train = prepared_split(160, seed=1)
+    train = train.reset_index(drop=True)
     targets = train["label"].to_numpy()
     if shuffle_labels:
         targets = random.Random(7).sample(list(targets), len(targets))
     # Frozen word embeddings: most of the parameters, and not needed to separate the words.
-    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(train_word_embeddings)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=3e-3)
     model.train()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from components.behaviour import (
@@ -13,7 +15,7 @@ from components.behaviour import (
     run_behaviour_suite,
 )
 from components.errors import ConfigError
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, train_tiny_classifier
 
 SST2_SUITE = PROJECT_ROOT / "configs" / "behaviour" / "sentiment-en.yaml"
 POSITIVE = {"wonderful", "brilliant", "delight", "superb", "loved", "great", "good", "liked"}
@@ -153,3 +155,79 @@ def test_suite_for_labels_reads_the_project(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"a suite for labels \['a', 'b', 'c'\], but the data"):
         suite_for_labels(str(named), ["negative", "positive"], PROJECT_ROOT)
+
+
+# The polar words of the suite's clear-sentiment checks, in short templates (never the
+# suite's own sentences): enough for a tiny model to learn what the gated checks ask.
+PRAISE = (  # noqa: SIM905 (a word list reads better as text)
+    "delight wonderful brilliant delightful superb loved beautiful moving best funny "
+    "smart charming great gripping excellent thoughtful clever perfect warm touching "
+    "entertaining masterpiece joy good interesting liked enjoyed satisfying memorable"
+).split()
+CRITICISM = (  # noqa: SIM905 (a word list reads better as text)
+    "terrible awful boring mess dreadful hated dull lifeless worst stupid tedious "
+    "charmless weak pointless painful clumsy lazy sluggish cold tiresome unwatchable "
+    "disaster chore bad"
+).split()
+# People's names too (none of the suite's), so a name alone does not sway the model.
+TEMPLATE_SUBJECTS = ["the film", "this movie", "the story", "the acting", "the script", "it"]
+TEMPLATE_SUBJECTS += ["sam", "olivia", "noah", "priya", "kenji", "lucas", "elena", "omar"]
+NOUNS = ["film", "movie", "story", "drama", "plot", "cast"]
+FILLERS = ["", "", "from start to finish", "to watch", "of the year", "all the way", "here"]
+
+
+def suite_vocabulary_rows(count: int, seed: int = 3) -> pd.DataFrame:
+    """Praise (positive), criticism (negative) and negated praise (negative), 1:1 classes."""
+    rng = random.Random(seed)
+    rows = []
+    for index in range(count):
+        kind = index % 4  # 0, 2: praise; 1: criticism; 3: negated praise
+        words = CRITICISM if kind == 1 else PRAISE
+        word = rng.choice(words)
+        form = rng.randrange(3)
+        if kind == 3:
+            negation = rng.choice(["not", "never", "hardly"])
+            text = f"{rng.choice(TEMPLATE_SUBJECTS)} is {negation} {word}"
+        elif form == 0:
+            text = f"{rng.choice(TEMPLATE_SUBJECTS)} is {word}"
+        elif form == 1:
+            text = f"a {word} {rng.choice(NOUNS)}"
+        else:
+            text = f"{word} , {rng.choice(words)} and {rng.choice(words)}"
+        rows.append({"text": f"{text} {rng.choice(FILLERS)}".strip(), "label": int(kind in (0, 2))})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.slow
+def test_a_trained_model_passes_the_gated_checks_a_constant_one_fails(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    from components.evaluate import score_texts
+    from components.gate import behaviour_shortfalls
+
+    suite = load_behaviour_suite(SST2_SUITE)
+    model_dir = train_tiny_classifier(
+        tiny_bert_dir,
+        tmp_path / "suite-vocabulary",
+        steps=120,
+        train=suite_vocabulary_rows(400),
+        train_word_embeddings=True,
+    )
+    trained = run_behaviour_suite(suite, lambda texts: score_texts(model_dir, texts), suite.labels)
+    gated = [result for result in trained if result.min_pass_rate is not None]
+    assert [result.name for result in gated] == [
+        "mft_clear_positive",
+        "mft_clear_negative",
+        "inv_names",
+        "dir_negation_of_positive",
+    ]
+    assert behaviour_shortfalls(trained, None) == [], [(r.name, r.pass_rate) for r in gated]
+
+    def constant_negative(texts: list[str]) -> np.ndarray:
+        return np.tile([0.8, 0.2], (len(texts), 1))
+
+    constant = run_behaviour_suite(suite, constant_negative, suite.labels)
+    assert behaviour_shortfalls(constant, None) == [
+        "behaviour check mft_clear_positive passed 0.0% (0/15) < required 80.0%",
+        "behaviour check dir_negation_of_positive passed 0.0% (0/12) < required 50.0%",
+    ]

@@ -29,11 +29,11 @@ demo: install  ## run the retrain flow end to end on SST-2 with the demo profile
 	$(BIN)/ratchet demo
 
 lint: install
-	$(BIN)/ruff check components flows serving tests benchmarks
-	$(BIN)/ruff format --check components flows serving tests benchmarks
+	$(BIN)/ruff check cli components flows serving tests benchmarks
+	$(BIN)/ruff format --check cli components flows serving tests benchmarks
 
 typecheck: install
-	$(BIN)/mypy components flows serving
+	$(BIN)/mypy cli components flows serving
 
 pytest: install
 	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered $(PYTEST_ARGS)

@@ -36,10 +36,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 SST2_DEV = PROJECT_ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
-SERVING_CLI = (
-    "from flows.cli import app; from flows.cli_serving import register; "
-    "register(app); app(prog_name='ratchet')"
-)
+SERVING_CLI = "from cli.main import main; main()"
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 
 from components.fingerprints import hash_tree, update_with_file
 
-CODE_PACKAGES = ("components", "flows", "serving")
+CODE_PACKAGES = ("cli", "components", "flows", "serving")
 # The packages whose version changes what training and serving compute; the full locked
 # set is constraints.txt, hashed too when the checkout has it.
 KEY_DISTRIBUTIONS = ("torch", "transformers", "tokenizers", "safetensors", "numpy")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import get_app
+from cli.main import get_app
 from tests.conftest import PROJECT_ROOT
 
 runner = CliRunner()
@@ -55,7 +57,7 @@ def test_config_show_applies_set_override(state_dir) -> None:  # type: ignore[no
 def test_config_show_rejects_bad_override_naming_the_key(override: str, key: str) -> None:
     # A real process, so the exit code and stderr are what a shell user sees.
     completed = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "config", "show", "--params", PARAMS, "-s", override],
+        [sys.executable, "-m", "cli", "config", "show", "--params", PARAMS, "-s", override],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
@@ -64,3 +66,68 @@ def test_config_show_rejects_bad_override_naming_the_key(override: str, key: str
     assert completed.returncode == 2
     assert key in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def show_json(*args: str) -> dict[str, Any]:
+    result = runner.invoke(get_app(), list(args))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_settings_options_before_and_after_the_command(state_dir: Path, tmp_path: Path) -> None:
+    # Before the command they reach every command; after it they come last, so the
+    # command's --set wins over the root's and its --config is merged after the root's.
+    profile_a, profile_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    profile_a.write_text("train:\n  lr: 0.5\n  epochs: 7\n")
+    profile_b.write_text("train:\n  lr: 0.25\n")
+    root = ["--params", PARAMS, "--config", str(profile_a), "--set", "train.max_steps=11"]
+    command = ["--config", str(profile_b), "--set", "train.max_steps=12"]
+    train = show_json(*root, "config", "show", "--json", *command)["train"]
+    assert (train["lr"], train["epochs"], train["max_steps"]) == (0.25, 7, 12)
+
+    root_only = show_json("-s", "train.epochs=3", "-c", str(profile_b), "config", "show", "--json")
+    assert (root_only["train"]["epochs"], root_only["train"]["lr"]) == (3, 0.25)
+
+
+def test_command_params_replace_the_root_params(state_dir: Path, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.yaml")
+    result = runner.invoke(get_app(), ["--params", missing, "config", "show", "--params", PARAMS])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(get_app(), ["--params", PARAMS, "config", "show", "--params", missing])
+    assert result.exit_code == 2
+    assert "missing.yaml" in result.output
+
+
+def test_settings_load_once_and_only_when_a_command_runs(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cli import options
+
+    calls: list[tuple[Any, ...]] = []
+    real = options.load_config
+
+    def counting(*args: Any) -> Any:
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(options, "load_config", counting)
+    # --help needs no valid params.yaml: nothing is loaded.
+    result = runner.invoke(get_app(), ["--params", "nowhere.yaml", "retrain", "--help"])
+    assert result.exit_code == 0, result.output
+    assert calls == []
+    shown = show_json("config", "show", "--json", "--params", PARAMS, "-s", "train.epochs=2")
+    assert shown["train"]["epochs"] == 2
+    assert calls == [(Path(PARAMS), [], ["train.epochs=2"])]
+
+
+def test_every_command_takes_the_settings_options() -> None:
+    import typer.main
+
+    root: Any = typer.main.get_command(get_app())
+    for path in all_command_paths():
+        command = root
+        for name in path:
+            command = command.commands[name]
+        if not hasattr(command, "commands"):  # groups pass them on to their commands
+            options = {opt for param in command.params for opt in param.opts}
+            assert {"--params", "--config", "-c", "--set", "-s"} <= options, path

@@ -89,7 +89,7 @@ def command_tree() -> dict[tuple[str, ...], set[str]]:
     """Each command path, with the long options it accepts."""
     import typer.main
 
-    from flows.cli import get_app
+    from cli.main import get_app
 
     root = typer.main.get_command(get_app())
     tree: dict[tuple[str, ...], set[str]] = {}

@@ -46,7 +46,7 @@ def test_code_version_covers_every_package_and_the_locked_dependencies(
 
     from flows import keys
 
-    for package in ("components", "flows", "serving"):
+    for package in keys.CODE_PACKAGES:
         shutil.copytree(PROJECT_ROOT / package, tmp_path / package)
     shutil.copyfile(PROJECT_ROOT / "constraints.txt", tmp_path / "constraints.txt")
     original = code_version(tmp_path)

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import get_app
 from components.config import load_config
 from components.errors import ConfigError, ServingError
 from components.secrets import mask_uri_credentials, redact_override, split_secret_overrides
-from flows.cli import get_app
 from tests.conftest import PROJECT_ROOT
 
 PARAMS = str(PROJECT_ROOT / "params.yaml")
@@ -160,7 +160,8 @@ def test_ratchet_retrain_passes_secrets_through_the_environment(
 ) -> None:
     import os
 
-    from flows import cli_retrain, retrain
+    from cli import retrain as cli_retrain
+    from flows import retrain
 
     seen: dict[str, Any] = {}
 
@@ -195,8 +196,8 @@ def test_config_show_prints_stars(state_dir: Path) -> None:
 def test_empty_ratchet_api_key_is_an_error_not_no_auth(
     monkeypatch: pytest.MonkeyPatch, state_dir: Path
 ) -> None:
+    from cli.serving import serve_environment
     from components.state import ProjectPaths
-    from flows.cli_serving import serve_environment
 
     monkeypatch.setenv("RATCHET_API_KEY", "")
     paths = ProjectPaths.discover(PROJECT_ROOT)
@@ -210,8 +211,8 @@ def test_empty_ratchet_api_key_is_an_error_not_no_auth(
 def test_serve_gets_the_key_or_the_key_file(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, state_dir: Path
 ) -> None:
+    from cli.serving import serve_environment
     from components.state import ProjectPaths
-    from flows.cli_serving import serve_environment
 
     monkeypatch.delenv("RATCHET_API_KEY", raising=False)
     monkeypatch.delenv("RATCHET_API_KEY_FILE", raising=False)

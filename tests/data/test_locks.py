@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from components.errors import DataError
 from components.locks import DATA_LOCK_FILE, data_lock, data_lock_path
 from components.state import ProjectPaths
-from flows.cli import get_app
+from cli.main import get_app
 from tests.conftest import PROJECT_ROOT
 
 # Holds the lock in another process: logs "A-start", waits for the file ``go``, logs

@@ -15,7 +15,7 @@ from components.config import DataConfig
 from components.errors import DataValidationError
 from components.ingest import read_dataset
 from components.validate import validate_dataset
-from flows.cli import get_app
+from cli.main import get_app
 from tests.conftest import make_sentiment_rows
 from tests.data.conftest import write_tsv
 

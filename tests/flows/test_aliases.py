@@ -17,12 +17,12 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from cli.main import get_app
 from components import aliases, registry
 from components.config import RatchetConfig
 from components.errors import AliasChanged, RegistryError, ServingError
 from components.gate import apply_gate
 from components.state import ProjectPaths
-from flows.cli import get_app
 from tests.conftest import PROJECT_ROOT
 from tests.flows.test_deployment import prefect_server  # noqa: F401  (a fixture)
 from tests.flows.test_registry import (  # noqa: F401  (fixtures)
@@ -130,7 +130,7 @@ def test_every_alias_move_is_recorded_and_served_from_its_bento(
 ) -> None:
     """History of gated, rollback and forced moves; each left a checked Bento, and
     `ratchet serve` picks the Bento of the version holding the alias, not the newest."""
-    from flows.cli_serving import alias_bento
+    from cli.serving import alias_bento
     from flows.tasks import release_for
     from serving.build import bentoml_home, bentos_of_version, use_bentoml_home
 
@@ -151,7 +151,7 @@ def test_every_alias_move_is_recorded_and_served_from_its_bento(
     # The newest Bento is v2's, but v1 holds the alias: serve v1's.
     assert alias_bento(config, paths) == bentos["1"][0]
 
-    monkeypatch.setattr("flows.cli.console.width", 200)
+    monkeypatch.setattr("cli.options.console.width", 200)
     run_cli("registry", "promote", "2", "--reason", "hotfix", "--by", "bo", "--force")
     history = json.loads(run_cli("registry", "history", "--json"))
     assert [

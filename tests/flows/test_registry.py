@@ -18,6 +18,8 @@ import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from cli import options as cli_options
+from cli.main import get_app
 from components import registry, tracking
 from components.behaviour import load_behaviour_suite
 from components.config import RatchetConfig, ServingConfig, TrackingConfig
@@ -26,8 +28,6 @@ from components.evaluate import EvaluationReport, evaluate_model
 from components.gate import GateDecision, apply_gate, promote_manually
 from components.mlflow_model import log_classifier_model
 from components.state import ProjectPaths
-from flows import cli
-from flows.cli import get_app
 from tests.conftest import PROJECT_ROOT, prepared_split
 
 pytestmark = pytest.mark.slow
@@ -329,7 +329,7 @@ def test_cli_for_reviewers(
     reports: Callable,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(cli.console, "width", 200)  # a wide terminal: no truncated cells
+    monkeypatch.setattr(cli_options.console, "width", 200)  # a wide terminal: no truncated cells
     no_floor = config.gate.model_copy(update={"min_accuracy": 0})
     config = config.model_copy(update={"gate": no_floor})
     publish(with_secrets(config, *SECRETS[:2]), tiny_classifiers["shuffled"], reports("shuffled"))

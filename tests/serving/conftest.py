@@ -27,14 +27,8 @@ MODEL_NAME = "ratchet-sst2"
 # Tags as the registry sets them (components/registry.py): lineage plus metric.<name>.
 LINEAGE_TAGS = {"prepared_data_md5": "0123456789abcdef0123456789abcdef", "git_commit": "abc1234"}
 METRIC_TAGS = {"metric.f1_macro": "0.96"}
-# `ratchet` with only the serving commands registered: the commands under test, without
-# depending on other areas' command modules importing cleanly.
-RATCHET = [
-    sys.executable,
-    "-c",
-    "from flows.cli import app; from flows.cli_serving import register; "
-    "register(app); app(prog_name='ratchet')",
-]
+# `ratchet`, run by the interpreter running the tests.
+RATCHET = [sys.executable, "-c", "from cli.main import main; main()"]
 STARTUP_TIMEOUT_S = 120
 
 

@@ -13,10 +13,10 @@ from typing import Annotated
 
 import typer
 
+from cli.options import command, load
 from components.config import RatchetConfig
 from components.errors import ServingError
 from components.state import ProjectPaths
-from flows.cli import ConfigOption, ParamsOption, SetOption, load_settings, run_command
 
 
 def serve_command(bento_tag: str, host: str, port: int) -> list[str]:
@@ -88,62 +88,50 @@ def alias_bento(config: RatchetConfig, paths: ProjectPaths) -> str:
     return tag
 
 
-def register(app: typer.Typer) -> None:
-    """Add this area's commands to the `ratchet` app."""
+commands = typer.Typer()
+GROUPS = {None: commands}
 
-    @app.command("build")
-    def build(
-        alias: Annotated[
-            str | None, typer.Option(help="Registry alias to package (default serving.alias).")
-        ] = None,
-        version: Annotated[
-            str | None, typer.Option("--version", help="Registry version to package instead.")
-        ] = None,
-        params: ParamsOption = Path("params.yaml"),
-        config: ConfigOption = None,
-        set_: SetOption = None,
-    ) -> None:
-        """Build a Bento for a registry version, or the one behind an alias (default: champion)."""
 
-        def body() -> None:
-            from serving.build import bentoml_home, build_bento, use_bentoml_home
+@command(commands, "build")
+def build(
+    ctx: typer.Context,
+    alias: Annotated[
+        str | None, typer.Option(help="Registry alias to package (default serving.alias).")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Registry version to package instead.")
+    ] = None,
+) -> None:
+    """Build a Bento for a registry version, or the one behind an alias (default: champion)."""
+    from serving.build import bentoml_home, build_bento, use_bentoml_home
 
-            resolved, paths = load_settings(params, config, set_)
-            with use_bentoml_home(bentoml_home(paths)):
-                tag = build_bento(
-                    resolved, paths, alias=alias or resolved.serving.alias, version=version
-                )
-            typer.echo(tag)
+    resolved, paths = load(ctx)
+    with use_bentoml_home(bentoml_home(paths)):
+        tag = build_bento(resolved, paths, alias=alias or resolved.serving.alias, version=version)
+    typer.echo(tag)
 
-        run_command(body)
 
-    @app.command("serve")
-    def serve(
-        port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
-        bento: Annotated[
-            str | None,
-            typer.Option(
-                help="Bento tag to run (default: the Bento of the version holding serving.alias)."
-            ),
-        ] = None,
-        params: ParamsOption = Path("params.yaml"),
-        config: ConfigOption = None,
-        set_: SetOption = None,
-    ) -> None:
-        """Run the Bento of the version holding serving.alias (champion) on serving.host."""
-
-        def body() -> None:
-            resolved, paths = load_settings(params, config, set_)
-            tag = bento or alias_bento(resolved, paths)
-            environment = serve_environment(resolved, paths)
-            refuse_without_required_key(tag, environment)
-            command = serve_command(tag, resolved.serving.host, port or resolved.serving.port)
-            typer.echo(" ".join(command), err=True)
-            sys.stderr.flush()
-            # Become the server process, so signals (Ctrl-C, SIGTERM) reach it directly.
-            try:
-                os.execve(command[0], command, environment)
-            except OSError as error:
-                raise ServingError(f"could not start bentoml serve: {error}") from error
-
-        run_command(body)
+@command(commands, "serve")
+def serve(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
+    bento: Annotated[
+        str | None,
+        typer.Option(
+            help="Bento tag to run (default: the Bento of the version holding serving.alias)."
+        ),
+    ] = None,
+) -> None:
+    """Run the Bento of the version holding serving.alias (champion) on serving.host."""
+    resolved, paths = load(ctx)
+    tag = bento or alias_bento(resolved, paths)
+    environment = serve_environment(resolved, paths)
+    refuse_without_required_key(tag, environment)
+    command_line = serve_command(tag, resolved.serving.host, port or resolved.serving.port)
+    typer.echo(" ".join(command_line), err=True)
+    sys.stderr.flush()
+    # Become the server process, so signals (Ctrl-C, SIGTERM) reach it directly.
+    try:
+        os.execve(command_line[0], command_line, environment)
+    except OSError as error:
+        raise ServingError(f"could not start bentoml serve: {error}") from error

@@ -15,8 +15,8 @@ import typer
 from rich.panel import Panel
 from rich.table import Table
 
+from cli.options import Settings, command, console, err_console, load, settings
 from components.errors import RatchetError
-from flows.cli import ConfigOption, ParamsOption, SetOption
 
 DEMO_PROFILE = Path("configs/demo.yaml")
 PROCESS_POOL = "ratchet-process"
@@ -45,22 +45,26 @@ def failure_lines(error: BaseException) -> str:
 def run_retrain(
     params: Path, config: list[Path] | None, set_: list[str] | None, **options: Any
 ) -> dict[str, Any]:
+    """Run the retrain flow in-process with these settings options (see ``retrain_with``)."""
+    return retrain_with(Settings(params, list(config or []), list(set_ or [])), **options)
+
+
+def retrain_with(given: Settings, **options: Any) -> dict[str, Any]:
     """Run the retrain flow in-process. Secret overrides (``serving.api_key``, tracking URIs
     with credentials) reach it through this process's environment for the run, never as
     flow parameters, which Prefect stores in its database."""
     from components.secrets import split_secret_overrides
-    from flows.cli import load_settings
 
-    load_settings(params, config, set_)  # validates the config before Prefect starts
+    given.load()  # validates the config before Prefect starts
     from flows.retrain import retrain
 
-    overrides, secret_environment = split_secret_overrides(set_ or [])
+    overrides, secret_environment = split_secret_overrides(given.overrides)
     # As before, a variable the user already exported beats the setting.
     unset = {name: value for name, value in secret_environment.items() if name not in os.environ}
     with temporary_environment(unset):
         return retrain(
-            params=str(params),
-            config_files=[str(path) for path in config or []],
+            params=str(given.params),
+            config_files=[str(path) for path in given.config_files],
             overrides=overrides,
             **options,
         )
@@ -81,82 +85,63 @@ def temporary_environment(variables: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def register(app: typer.Typer) -> None:
-    """Add retrain, deploy and demo to the `ratchet` app."""
-    from flows.cli import console, err_console, run_command
+commands = typer.Typer()
+GROUPS = {None: commands}
 
-    @app.command("retrain")
-    def retrain_command(
-        params: ParamsOption = Path("params.yaml"),
-        config: ConfigOption = None,
-        set_: SetOption = None,
-        force: Annotated[bool, typer.Option("--force", help="Ignore cached steps.")] = False,
-        skip_if_unchanged: Annotated[
-            bool,
-            typer.Option("--skip-if-unchanged", help="Exit early if the champion is current."),
-        ] = False,
-    ) -> None:
-        """Run the retrain flow in-process (Prefect's ephemeral API unless PREFECT_API_URL is set).
 
-        Exit code 0 when the flow completed, whether the gate promoted or rejected the model;
-        non-zero when a step failed (validation included), with the cause in the last lines.
-        """
+@command(commands, "retrain")
+def retrain_command(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option("--force", help="Ignore cached steps.")] = False,
+    skip_if_unchanged: Annotated[
+        bool,
+        typer.Option("--skip-if-unchanged", help="Exit early if the champion is current."),
+    ] = False,
+) -> None:
+    """Run the retrain flow in-process (Prefect's ephemeral API unless PREFECT_API_URL is set).
 
-        def retrain() -> None:
-            try:
-                summary = run_retrain(
-                    params, config, set_, force=force, skip_if_unchanged=skip_if_unchanged
-                )
-            except RatchetError as error:
-                err_console.print(Panel(failure_lines(error), title="retrain failed", style="red"))
-                raise
-            console.print(Panel(summary_table(summary), title="retrain summary"))
+    Exit code 0 when the flow completed, whether the gate promoted or rejected the model;
+    non-zero when a step failed (validation included), with the cause in the last lines.
+    """
+    try:
+        summary = retrain_with(settings(ctx), force=force, skip_if_unchanged=skip_if_unchanged)
+    except RatchetError as error:
+        err_console.print(Panel(failure_lines(error), title="retrain failed", style="red"))
+        raise
+    console.print(Panel(summary_table(summary), title="retrain summary"))
 
-        run_command(retrain)
 
-    @app.command("deploy")
-    def deploy_command(
-        params: ParamsOption = Path("params.yaml"),
-        config: ConfigOption = None,
-        set_: SetOption = None,
-    ) -> None:
-        """Deploy retrain-nightly and retrain-on-demand (prefect.yaml) to a Prefect server.
+@command(commands, "deploy")
+def deploy_command(ctx: typer.Context) -> None:
+    """Deploy retrain-nightly and retrain-on-demand (prefect.yaml) to a Prefect server.
 
-        Needs PREFECT_API_URL (or tracking.prefect_api_url). Creates the process work pool
-        and the one-retrain-at-a-time concurrency limit, then runs `prefect deploy --all`.
-        Start a worker with: prefect worker start --pool ratchet-process
-        """
+    Needs PREFECT_API_URL (or tracking.prefect_api_url). Creates the process work pool
+    and the one-retrain-at-a-time concurrency limit, then runs `prefect deploy --all`.
+    Start a worker with: prefect worker start --pool ratchet-process
+    """
+    resolved, paths = load(ctx)
+    if not os.environ.get("PREFECT_API_URL"):
+        raise RatchetError(
+            "ratchet deploy needs a Prefect server: set PREFECT_API_URL "
+            "(e.g. http://127.0.0.1:4200/api after `prefect server start`)"
+        )
+    deploy_to_server(resolved, paths.project_root)
+    console.print("deployed retrain-nightly and retrain-on-demand; start a worker with")
+    console.print(f"  prefect worker start --pool {PROCESS_POOL}")
 
-        def deploy() -> None:
-            from flows.cli import load_settings
 
-            resolved, paths = load_settings(params, config, set_)
-            if not os.environ.get("PREFECT_API_URL"):
-                raise RatchetError(
-                    "ratchet deploy needs a Prefect server: set PREFECT_API_URL "
-                    "(e.g. http://127.0.0.1:4200/api after `prefect server start`)"
-                )
-            deploy_to_server(resolved, paths.project_root)
-            console.print("deployed retrain-nightly and retrain-on-demand; start a worker with")
-            console.print(f"  prefect worker start --pool {PROCESS_POOL}")
+@command(commands, "demo")
+def demo_command(ctx: typer.Context) -> None:
+    """Retrain on SST-2 with the demo profile, then serve one request from the Bento.
 
-        run_command(deploy)
-
-    @app.command("demo")
-    def demo_command(
-        params: ParamsOption = Path("params.yaml"),
-        set_: SetOption = None,
-    ) -> None:
-        """Retrain on SST-2 with the demo profile, then serve one request from the Bento."""
-
-        def demo() -> None:
-            started = time.perf_counter()
-            summary = run_retrain(params, [DEMO_PROFILE], set_)
-            console.print(Panel(summary_table(summary), title="retrain summary"))
-            console.print(f"retrain finished in {time.perf_counter() - started:.0f} s")
-            smoke_test_serving(params, [DEMO_PROFILE], set_)
-
-        run_command(demo)
+    --config files given too are merged over the demo profile."""
+    given = settings(ctx)
+    demo = Settings(given.params, [DEMO_PROFILE, *given.config_files], given.overrides)
+    started = time.perf_counter()
+    summary = retrain_with(demo)
+    console.print(Panel(summary_table(summary), title="retrain summary"))
+    console.print(f"retrain finished in {time.perf_counter() - started:.0f} s")
+    smoke_test_serving(demo)
 
 
 def deploy_to_server(config: Any, project_root: Path) -> None:
@@ -202,23 +187,22 @@ def wait_until_ready(base_url: str, timeout_seconds: float, headers: dict[str, s
     raise RatchetError(f"the server at {base_url} was not ready after {timeout_seconds:.0f} s")
 
 
-def smoke_test_serving(params: Path, profiles: list[Path], set_: list[str] | None) -> None:
+def smoke_test_serving(given: Settings) -> None:
     """Start `ratchet serve` briefly, classify two sentences, print the curl to use.
 
     The server gets the same profiles and overrides as the run, so it binds the host and
     port polled here (``--set serving.port=3100`` moves both)."""
     from components.secrets import split_secret_overrides
-    from flows.cli import console, load_settings
     from serving.middleware import configured_api_key
 
-    config, paths = load_settings(params, profiles, set_)
+    config, paths = given.load()
     port = config.serving.port
     # Secrets travel in the server's environment, not on its command line (ps shows that).
-    overrides, secret_environment = split_secret_overrides(set_ or [])
-    settings = [f"--config={profile}" for profile in profiles]
-    settings += [f"--set={override}" for override in overrides]
+    overrides, secret_environment = split_secret_overrides(given.overrides)
+    settings_options = [f"--config={profile}" for profile in given.config_files]
+    settings_options += [f"--set={override}" for override in overrides]
     server = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--params", str(params), *settings],
+        [sys.executable, "-m", "cli", "serve", "--params", str(given.params), *settings_options],
         env={**secret_environment, **os.environ},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,0 +1,62 @@
+"""`ratchet` commands for training; also the `cmd`s of the dvc.yaml stages pretrain and train.
+
+ratchet pretrain                       # data/prepared (+ corpora) -> models/pretrained
+ratchet train                          # models/pretrained -> models/finetuned
+ratchet train --set train.max_steps=50 # any key of params.yaml can be overridden
+torchrun --nproc_per_node 2 -m cli train   # DDP: gloo on CPU, NCCL on GPUs
+
+Both resume from their last checkpoint (in the state folder) when a previous run of the
+same configuration on the same data was interrupted.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.options import command, console, load
+
+InitOption = Annotated[
+    str | None,
+    typer.Option(
+        "--init", help="Model folder to fine-tune; default models/pretrained, else model.base."
+    ),
+]
+
+commands = typer.Typer()
+GROUPS = {None: commands}
+
+
+@command(commands, "pretrain")
+def pretrain(ctx: typer.Context) -> None:
+    """MLM-pretrain model.base on the training texts (+ pretrain.extra_corpora); writes
+    models/pretrained and metrics/pretrain.json. With pretrain.enabled false, copies the base."""
+    from components.pretrain import run_pretrain_stage
+
+    settings, paths = load(ctx)
+    result = run_pretrain_stage(settings, paths)
+    summary = "base copied (pretrain.enabled is false)"
+    if "perplexity_after" in result.metrics:
+        summary = (
+            f"validation perplexity {result.metrics['perplexity_before']:.2f} -> "
+            f"{result.metrics['perplexity_after']:.2f}"
+        )
+    console.print(f"{result.model_dir}: {summary}", highlight=False)
+
+
+@command(commands, "train")
+def train(ctx: typer.Context, init: InitOption = None) -> None:
+    """Fine-tune a sequence classifier on data/prepared; writes models/finetuned and
+    metrics/train.json."""
+    from components.finetune import run_train_stage
+
+    settings, paths = load(ctx)
+    result = run_train_stage(settings, paths, init)
+    metrics = result.metrics
+    console.print(
+        f"{result.model_dir}: validation accuracy {metrics['val_accuracy']:.4f} after "
+        f"{metrics['steps']:.0f} steps, {metrics['train_samples_per_second']:.1f} samples/s "
+        f"({result.info['device']}, {result.info['precision']})",
+        highlight=False,
+    )

@@ -132,7 +132,8 @@ def registry_list(
     """List versions with aliases, key metrics, data md5, gate outcome and creation time."""
 
     def body() -> None:
-        from components.registry import LISTED_METRICS, list_versions
+        from components.registry import LISTED_METRICS
+        from components.registry_reports import list_versions
 
         settings, _ = load_settings(params, config, set_)
         rows = list_versions(settings.registry.model_name)
@@ -170,7 +171,7 @@ def registry_show(
     """Show a version's model card (markdown) and aliases."""
 
     def body() -> None:
-        from components.registry import show_version
+        from components.registry_reports import show_version
 
         settings, _ = load_settings(params, config, set_)
         shown = show_version(settings.registry.model_name, version)
@@ -204,7 +205,7 @@ def registry_compare(
     """Compare two versions on A's test split: deltas (B - A), significance, diffs."""
 
     def body() -> None:
-        from components.registry import compare_versions
+        from components.registry_reports import compare_versions
 
         settings, _ = load_settings(params, config, set_)
         result = compare_versions(
@@ -271,7 +272,7 @@ def registry_promote(
     """Promote a version to champion through the gate (unless --force); records who and why."""
 
     def body() -> None:
-        from components.gate import promote_manually
+        from components.promotion import promote_manually
         from flows.tasks import release_for
 
         settings, paths = load_settings(params, config, set_)
@@ -307,7 +308,7 @@ def registry_rollback(
     """Move `champion` back to `previous-champion` (its Bento is built first if missing)."""
 
     def body() -> None:
-        from components.registry import rollback
+        from components.aliases import rollback
         from flows.tasks import release_for
 
         settings, paths = load_settings(params, config, set_)
@@ -402,10 +403,11 @@ def registry_history(
 
     def body() -> None:
         from components import aliases, registry
+        from components.alias_history import alias_history
 
         settings, _ = load_settings(params, config, set_)
         name = settings.registry.model_name
-        moves = aliases.alias_history(registry.make_client(), name)
+        moves = alias_history(registry.make_client(), name)
         if as_json:
             print_json([move.to_dict() for move in moves])
             return

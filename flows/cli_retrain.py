@@ -48,7 +48,7 @@ def run_retrain(
     """Run the retrain flow in-process. Secret overrides (``serving.api_key``, tracking URIs
     with credentials) reach it through this process's environment for the run, never as
     flow parameters, which Prefect stores in its database."""
-    from components.secrets import split_secret_overrides
+    from components.config.overrides import split_secret_overrides
     from flows.cli import load_settings
 
     load_settings(params, config, set_)  # validates the config before Prefect starts
@@ -207,7 +207,7 @@ def smoke_test_serving(params: Path, profiles: list[Path], set_: list[str] | Non
 
     The server gets the same profiles and overrides as the run, so it binds the host and
     port polled here (``--set serving.port=3100`` moves both)."""
-    from components.secrets import split_secret_overrides
+    from components.config.overrides import split_secret_overrides
     from flows.cli import console, load_settings
     from serving.middleware import configured_api_key
 

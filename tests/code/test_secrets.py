@@ -15,8 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from components.config import load_config
+from components.config.overrides import redact_override, split_secret_overrides
 from components.errors import ConfigError, ServingError
-from components.secrets import mask_uri_credentials, redact_override, split_secret_overrides
+from components.secrets import mask_uri_credentials
 from flows.cli import get_app
 from tests.conftest import PROJECT_ROOT
 

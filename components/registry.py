@@ -8,7 +8,8 @@ keeps the one before as ``previous-champion``; ``components.aliases.rollback`` m
 
 A version's evaluation run holds ``evaluation/`` (metrics files, plots, predictions) and
 ``lineage/config.yaml``, so a version can be compared, re-gated and reproduced from the
-registry alone.
+registry alone. The reviewers' read-only reports (list, show, compare) are
+``components/registry_reports.py``; alias moves under the lock are ``components/aliases.py``.
 """
 
 from __future__ import annotations

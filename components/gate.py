@@ -209,6 +209,21 @@ def champion_shortfalls(
     return []
 
 
+def class_names(
+    y_true: np.ndarray,
+    challenger_pred: np.ndarray,
+    labels: Sequence[str] | None,
+    *other_preds: np.ndarray | None,
+) -> tuple[int, list[str]]:
+    """How many classes the predictions span (at least ``labels``), and their names
+    (the ids as text when no labels are given)."""
+    others = [p for p in other_preds if p is not None]
+    classes = len(labels) if labels else int(max(y_true.max(), challenger_pred.max())) + 1
+    classes = max([classes] + [int(np.max(p)) + 1 for p in others])
+    names = list(labels) if labels else [str(index) for index in range(classes)]
+    return classes, names
+
+
 def compare_with(
     y_true: np.ndarray,
     challenger_pred: np.ndarray,
@@ -279,10 +294,7 @@ def compare_to_champion(
         The decision; ``reason`` states the outcome and the numbers behind it.
     """
     y_true, challenger_pred = np.asarray(y_true), np.asarray(challenger_pred)
-    others = [p for p in (champion_pred, best_champion_pred) if p is not None]
-    classes = len(labels) if labels else int(max(y_true.max(), challenger_pred.max())) + 1
-    classes = max([classes] + [int(np.max(p)) + 1 for p in others])
-    names = list(labels) if labels else [str(index) for index in range(classes)]
+    classes, names = class_names(y_true, challenger_pred, labels, champion_pred, best_champion_pred)
     challenger_accuracy = float(np.mean(challenger_pred == y_true))
     challenger_metric = score_metric(gate_cfg.metric, y_true, challenger_pred, classes)
     failed, recalls = floor_shortfalls(y_true, challenger_pred, names, gate_cfg)

@@ -123,7 +123,8 @@ def evaluate(
 @command(registry_app, "list")
 def registry_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List versions with aliases, key metrics, data md5, gate outcome and creation time."""
-    from components.registry import LISTED_METRICS, list_versions
+    from components.registry import LISTED_METRICS
+    from components.registry_reports import list_versions
 
     settings, _ = load(ctx)
     rows = list_versions(settings.registry.model_name)
@@ -156,7 +157,7 @@ def registry_show(
     as_json: JsonOption = False,
 ) -> None:
     """Show a version's model card (markdown) and aliases."""
-    from components.registry import show_version
+    from components.registry_reports import show_version
 
     settings, _ = load(ctx)
     shown = show_version(settings.registry.model_name, version)
@@ -185,7 +186,7 @@ def registry_compare(
     as_json: JsonOption = False,
 ) -> None:
     """Compare two versions on A's test split: deltas (B - A), significance, diffs."""
-    from components.registry import compare_versions
+    from components.registry_reports import compare_versions
 
     settings, _ = load(ctx)
     name, batch_size = settings.registry.model_name, settings.eval.batch_size
@@ -240,7 +241,7 @@ def registry_promote(
     as_json: JsonOption = False,
 ) -> None:
     """Promote a version to champion through the gate (unless --force); records who and why."""
-    from components.gate import promote_manually
+    from components.promotion import promote_manually
     from flows.tasks import release_for
 
     settings, paths = load(ctx)
@@ -269,7 +270,7 @@ def registry_rollback(
     as_json: JsonOption = False,
 ) -> None:
     """Move `champion` back to `previous-champion` (its Bento is built first if missing)."""
-    from components.registry import rollback
+    from components.aliases import rollback
     from flows.tasks import release_for
 
     settings, paths = load(ctx)
@@ -328,10 +329,11 @@ for verdict, summary in REVIEW_VERDICTS.items():
 def registry_history(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Every recorded alias move, oldest first: alias, from, to, kind, who, when, why."""
     from components import aliases, registry
+    from components.alias_history import alias_history
 
     settings, _ = load(ctx)
     name = settings.registry.model_name
-    moves = aliases.alias_history(registry.make_client(), name)
+    moves = alias_history(registry.make_client(), name)
     if as_json:
         print_json([move.to_dict() for move in moves])
         return

@@ -53,7 +53,7 @@ def retrain_with(given: Settings, **options: Any) -> dict[str, Any]:
     """Run the retrain flow in-process. Secret overrides (``serving.api_key``, tracking URIs
     with credentials) reach it through this process's environment for the run, never as
     flow parameters, which Prefect stores in its database."""
-    from components.secrets import split_secret_overrides
+    from components.config.overrides import split_secret_overrides
 
     given.load()  # validates the config before Prefect starts
     from flows.retrain import retrain
@@ -192,7 +192,7 @@ def smoke_test_serving(given: Settings) -> None:
 
     The server gets the same profiles and overrides as the run, so it binds the host and
     port polled here (``--set serving.port=3100`` moves both)."""
-    from components.secrets import split_secret_overrides
+    from components.config.overrides import split_secret_overrides
     from serving.middleware import configured_api_key
 
     config, paths = given.load()

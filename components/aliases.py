@@ -1,39 +1,35 @@
-"""Moving registry aliases safely: one writer at a time, a re-read before each move, a history.
+"""Moving registry aliases safely: a re-read before each move, under the alias lock, recorded.
 
 Every move of ``champion`` (a gated promotion, ``ratchet registry promote``, ``rollback``,
 ``approve``) and of ``pending-review`` goes through this module:
 
 1. the Bento of the version that is to hold the alias is built and checked first (the
    caller's ``release`` function, see ``serving/release.py``), outside the lock;
-2. :func:`alias_lock` is taken: an OS file lock in the state folder and, with a Prefect
-   server configured (``PREFECT_API_URL``), a Prefect global concurrency limit per
-   registered model, so machines that share a remote MLflow registry take turns too;
+2. :func:`~components.alias_lock.alias_lock` is taken (``components/alias_lock.py``);
 3. the aliases are read again; if ``champion`` is no longer the version the decision was
    based on, :class:`~components.errors.AliasChanged` is raised and nothing moves;
-4. the alias moves, and the move is appended to the model's alias history.
-
-MLflow keeps no history of alias moves (mlflow/mlflow#2169). Each move is one small JSON
-artifact ``alias-history/<UTC time>-<uuid>.json`` of one run per registered model (run
-``alias-history-<model>`` in experiment ``ratchet-registry-audit``), so the history lives
-where the registry lives, also on a remote server, and no file is ever rewritten.
+4. the alias moves, and the move is appended to the model's alias history
+   (``components/alias_history.py``).
 """
 
 from __future__ import annotations
 
-import getpass
-import json
 import logging
-import os
-import tempfile
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from components import registry
+from components.alias_history import (
+    AliasMove,
+    acting_user,
+    now_utc,
+    record_champion_move,
+    record_move,
+)
+from components.alias_lock import alias_lock, default_state_dir
 from components.errors import AliasChanged, RegistryError
 
 if TYPE_CHECKING:
@@ -44,129 +40,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ALIAS_LIMIT_PREFIX = "ratchet-alias"
-# A move holds the lock for a few registry calls (the Bento is built before), so a writer
-# that waits longer than this is waiting on a stuck process, not on a slow move.
-ALIAS_LOCK_TIMEOUT_S = 600.0
-AUDIT_EXPERIMENT = "ratchet-registry-audit"
-HISTORY_DIR = "alias-history"
-HISTORY_RUN_TAG = "alias_history_of"  # value: the registered model name
 PENDING_REVIEW = "pending-review"
 REVIEW_STATE = "review.state"  # pending -> approved | rejected | superseded
 REVIEW_CHAMPION = "review.champion_version"  # the champion the gate compared with
 
 # Builds (or finds) and checks the Bento of a registry version; returns its tag.
 Release = Callable[[str], str]
-
-
-@dataclass(frozen=True)
-class AliasMove:
-    """One alias move, as recorded in the history.
-
-    Attributes:
-        kind: ``gated`` (the gate), ``forced`` (``promote --force``), ``rollback``,
-            ``review`` (a passed challenger waits for a reviewer), ``approved``, ``rejected``.
-        from_version, to_version: who held the alias before and after (None: nobody).
-        bento: the Bento built and checked for ``to_version``, when there is one.
-    """
-
-    model: str
-    alias: str
-    from_version: str | None
-    to_version: str | None
-    kind: str
-    reason: str
-    by: str
-    at: str
-    bento: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def now_utc() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def acting_user(by: str | None) -> str:
-    return by or getpass.getuser()
-
-
-def default_state_dir() -> Path:
-    """The state folder (``$RATCHET_HOME`` or ``.ratchet`` in the working directory)."""
-    from components.state import ProjectPaths
-
-    return ProjectPaths.discover().state_dir
-
-
-def lock_file(model_name: str, state_dir: Path) -> Path:
-    return state_dir / f"alias-{registry_slug(model_name)}.lock"
-
-
-def registry_slug(model_name: str) -> str:
-    return "".join(char if char.isalnum() or char in "-_." else "-" for char in model_name)
-
-
-def alias_limit_name(model_name: str) -> str:
-    """The Prefect global concurrency limit that serialises ``model_name``'s alias moves."""
-    return f"{ALIAS_LIMIT_PREFIX}-{model_name}"
-
-
-@contextmanager
-def prefect_alias_slot(model_name: str, timeout_s: float) -> Iterator[None]:
-    """Hold the Prefect server's one-slot limit for the model (shared by every machine)."""
-    from prefect.client.orchestration import get_client
-    from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError
-    from prefect.concurrency.sync import concurrency
-
-    name = alias_limit_name(model_name)
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, limit=1)
-    try:
-        with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
-            yield
-    except AcquireConcurrencySlotTimeoutError as error:  # not a timeout inside the move
-        raise RegistryError(
-            f"another alias move of {model_name} held the Prefect concurrency limit {name!r} "
-            f"for more than {timeout_s:g} s; try again, or check the limit with "
-            f"`prefect gcl inspect {name}`"
-        ) from error
-
-
-@contextmanager
-def alias_lock(
-    model_name: str, state_dir: Path, timeout_s: float = ALIAS_LOCK_TIMEOUT_S
-) -> Iterator[None]:
-    """Hold the single alias-writer slot of a registered model.
-
-    An OS file lock in the state folder (released by the kernel if the holder dies) and,
-    when ``PREFECT_API_URL`` is set, also the Prefect global concurrency limit
-    ``ratchet-alias-<model>``, which other machines using the same server respect.
-
-    Raises:
-        RegistryError: the slot stayed taken for ``timeout_s`` seconds.
-    """
-    from filelock import FileLock, Timeout
-
-    path = lock_file(model_name, state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not thread-local: a second holder in this process must wait, as another process would.
-    lock = FileLock(path, timeout=timeout_s, thread_local=False)
-    try:
-        lock.acquire()
-    except Timeout as error:
-        raise RegistryError(
-            f"another alias move of {model_name} held {path} for more than {timeout_s:g} s; "
-            "try again once it has finished"
-        ) from error
-    try:
-        if os.environ.get("PREFECT_API_URL"):
-            with prefect_alias_slot(model_name, timeout_s):
-                yield
-        else:
-            yield
-    finally:
-        lock.release()
 
 
 def describe_version(version: str | None) -> str:
@@ -193,90 +72,6 @@ def ensure_champion_unchanged(
             f"or rollback ran meanwhile); no alias was moved. {remedy}"
         )
     return current
-
-
-# ---- history ---------------------------------------------------------------------------
-
-
-def audit_experiment_id(client: MlflowClient, model_name: str, near_version: str) -> str:
-    """The audit experiment; created beside the experiment of ``near_version``'s run, so a
-    local store keeps its artifacts in the state folder like every other run."""
-    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    run_id = registry.evaluation_run_id(registry.get_version(client, model_name, near_version))
-    home = client.get_experiment(client.get_run(run_id).info.experiment_id)
-    return str(client.create_experiment(AUDIT_EXPERIMENT, artifact_location=home.artifact_location))
-
-
-def history_run_id(
-    client: MlflowClient, model_name: str, near_version: str | None = None
-) -> str | None:
-    """The run that holds ``model_name``'s alias history; created (when ``near_version``
-    is given) the first time a move is recorded."""
-    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
-    if experiment is not None:
-        runs = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.{HISTORY_RUN_TAG} = '{model_name}'",
-            max_results=1,
-        )
-        if runs:
-            return str(runs[0].info.run_id)
-    if near_version is None:
-        return None
-    run = client.create_run(
-        audit_experiment_id(client, model_name, near_version),
-        run_name=f"alias-history-{model_name}",
-        tags={HISTORY_RUN_TAG: model_name},
-    )
-    client.set_terminated(run.info.run_id)
-    return str(run.info.run_id)
-
-
-def record_move(client: MlflowClient, move: AliasMove) -> None:
-    """Append one move to the model's alias history (a new artifact; nothing is rewritten)."""
-    near = move.to_version or move.from_version
-    run_id = history_run_id(client, move.model, near)
-    if run_id is None:  # a move with neither side: nothing happened
-        return
-    stamp = datetime.fromisoformat(move.at).strftime("%Y%m%dT%H%M%S.%fZ")
-    name = f"{HISTORY_DIR}/{stamp}-{uuid.uuid4().hex[:12]}.json"
-    client.log_text(run_id, json.dumps(move.to_dict(), indent=2), name)
-
-
-def alias_history(client: MlflowClient, model_name: str) -> list[AliasMove]:
-    """Every recorded alias move of ``model_name``, oldest first."""
-    run_id = history_run_id(client, model_name)
-    if run_id is None:
-        return []
-    files = sorted(item.path for item in client.list_artifacts(run_id, HISTORY_DIR))
-    moves = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in files:
-            local = Path(client.download_artifacts(run_id, path, tmp))
-            moves.append(AliasMove(**json.loads(local.read_text(encoding="utf-8"))))
-    return sorted(moves, key=lambda move: move.at)
-
-
-def record_champion_move(
-    client: MlflowClient,
-    model_name: str,
-    old: str | None,
-    new: str,
-    kind: str,
-    reason: str,
-    by: str | None,
-    bento: str | None,
-) -> None:
-    """Append a move of ``champion`` from ``old`` to ``new`` to the history."""
-    move = AliasMove(
-        model_name, registry.CHAMPION, old, new, kind, reason, acting_user(by), now_utc(), bento
-    )
-    record_move(client, move)
-
-
-# ---- guarded moves -----------------------------------------------------------------------
 
 
 def make_champion(
@@ -565,3 +360,65 @@ def reject(
                 now_utc(),
             ),
         )
+
+
+# ---- rollback ---------------------------------------------------------------------------
+
+
+def rollback(
+    model_name: str,
+    reason: str,
+    by: str | None = None,
+    client: MlflowClient | None = None,
+    *,
+    state_dir: Path | None = None,
+    release: Release | None = None,
+) -> tuple[str, str]:
+    """Move ``champion`` back to ``previous-champion`` and clear the latter.
+
+    ``release`` (see ``serving/release.py``) first finds or builds and checks the restored
+    version's Bento; then, under the alias lock (``components/alias_lock.py``, in
+    ``state_dir``), the aliases are read again and the move is recorded in the history.
+
+    Returns:
+        (the demoted version, the restored version).
+
+    Raises:
+        RegistryError: there is no ``previous-champion`` to go back to.
+        AliasChanged: another writer moved the aliases while the Bento was prepared.
+    """
+    client = client or registry.make_client()
+    current = registry.aliases(client, model_name)
+    previous = current.get(registry.PREVIOUS_CHAMPION)
+    if previous is None:
+        raise RegistryError(
+            f"{model_name} has no '{registry.PREVIOUS_CHAMPION}' alias to roll back to"
+        )
+    demoted = current.get(registry.CHAMPION, "")
+    bento = release(previous) if release is not None else None
+    with alias_lock(model_name, state_dir or default_state_dir()):
+        again = registry.aliases(client, model_name)
+        if (again.get(registry.CHAMPION), again.get(registry.PREVIOUS_CHAMPION)) != (
+            demoted or None,
+            previous,
+        ):
+            raise AliasChanged(
+                f"{model_name}'s aliases changed while the rollback was prepared (champion "
+                f"{describe_version(demoted or None)} -> "
+                f"{describe_version(again.get(registry.CHAMPION))}); nothing was moved. "
+                "Check `ratchet registry history` and roll back again if still wanted."
+            )
+        registry.record_actor(client, model_name, previous, "rollback", by, reason)
+        if demoted:
+            client.set_model_version_tag(model_name, demoted, "rolled_back_at", rolled_back_at())
+        client.set_registered_model_alias(model_name, registry.CHAMPION, previous)
+        client.set_model_version_tag(model_name, previous, "champion.held", "true")
+        client.delete_registered_model_alias(model_name, registry.PREVIOUS_CHAMPION)
+        record_champion_move(
+            client, model_name, demoted or None, previous, "rollback", reason, by, bento
+        )
+    return demoted, previous
+
+
+def rolled_back_at() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -33,6 +33,7 @@ from components.behaviour import (
     run_behaviour_suite,
 )
 from components.config import EvalConfig
+from components.evaluation_plots import plot_confusion_matrix, plot_reliability_diagram
 from components.first_position import cut_last_layer
 from components.truncation import truncated_mask
 
@@ -310,48 +311,6 @@ def measure_latency(
         "latency_p99_ms_batch1": float(np.percentile(timings, 99)),
         "throughput_texts_per_s_batch32": float(len(batch) / elapsed),
     }
-
-
-def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    display = skm.ConfusionMatrixDisplay(matrix, display_labels=list(labels))
-    figure, axes = plt.subplots(figsize=(4 + 0.4 * len(labels), 4 + 0.4 * len(labels)))
-    display.plot(ax=axes, cmap="Blues", colorbar=False, values_format="d")
-    axes.set_title("Confusion matrix (test split)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def plot_reliability_diagram(
-    y_true: np.ndarray, probabilities: np.ndarray, bins: int, ece: float, path: Path
-) -> Path:
-    """Top-label reliability: accuracy against confidence per bin (any number of classes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.calibration import calibration_curve
-
-    correct = (probabilities.argmax(axis=1) == y_true).astype(int)
-    confidence = probabilities.max(axis=1)
-    figure, axes = plt.subplots(figsize=(5, 5))
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
-    if len(np.unique(correct)) > 1:
-        accuracy, mean_confidence = calibration_curve(correct, confidence, n_bins=bins)
-        axes.plot(mean_confidence, accuracy, marker="o", label="model")
-    axes.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
-    axes.set_title(f"Reliability diagram (ECE {ece:.3f})")
-    axes.legend(loc="upper left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,13 @@
 Every evaluated model becomes a new version of ``registry.model_name`` with lineage tags
 (git commit and dirty flag, DVC md5s, config hash, base model and its hash, parent run,
 flow run), key metrics as tags, and a model card as its description; the alias
-``challenger`` marks the newest. The gate (``components/gate.py``) moves ``champion`` and
-keeps the one before as ``previous-champion``; :func:`rollback` moves it back.
+``challenger`` marks the newest. The gate (``components/promotion.py``) moves ``champion`` and
+keeps the one before as ``previous-champion``; ``components.aliases.rollback`` moves it back.
 
 A version's evaluation run holds ``evaluation/`` (metrics files, plots, predictions) and
 ``lineage/config.yaml``, so a version can be compared, re-gated and reproduced from the
-registry alone.
+registry alone. The reviewers' read-only reports (list, show, compare) are
+``components/registry_reports.py``; alias moves under the lock are ``components/aliases.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import getpass
 import json
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -451,204 +452,12 @@ def record_actor(
         client.set_model_version_tag(model_name, version, f"{action}.{key}", value)
 
 
-def rollback(
-    model_name: str,
-    reason: str,
-    by: str | None = None,
-    client: MlflowClient | None = None,
-    *,
-    state_dir: Path | None = None,
-    release: Callable[[str], str] | None = None,
-) -> tuple[str, str]:
-    """Move ``champion`` back to ``previous-champion`` and clear the latter.
-
-    ``release`` (see ``serving/release.py``) first finds or builds and checks the restored
-    version's Bento; then, under the alias lock (``components/aliases.py``, in
-    ``state_dir``), the aliases are read again and the move is recorded in the history.
-
-    Returns:
-        (the demoted version, the restored version).
-
-    Raises:
-        RegistryError: there is no ``previous-champion`` to go back to.
-        AliasChanged: another writer moved the aliases while the Bento was prepared.
-    """
-    from components import aliases as moves
-    from components.errors import AliasChanged
-
-    client = client or make_client()
-    current = aliases(client, model_name)
-    previous = current.get(PREVIOUS_CHAMPION)
-    if previous is None:
-        raise RegistryError(f"{model_name} has no '{PREVIOUS_CHAMPION}' alias to roll back to")
-    demoted = current.get(CHAMPION, "")
-    bento = release(previous) if release is not None else None
-    with moves.alias_lock(model_name, state_dir or moves.default_state_dir()):
-        again = aliases(client, model_name)
-        if (again.get(CHAMPION), again.get(PREVIOUS_CHAMPION)) != (demoted or None, previous):
-            raise AliasChanged(
-                f"{model_name}'s aliases changed while the rollback was prepared (champion "
-                f"{moves.describe_version(demoted or None)} -> "
-                f"{moves.describe_version(again.get(CHAMPION))}); nothing was moved. "
-                "Check `ratchet registry history` and roll back again if still wanted."
-            )
-        record_actor(client, model_name, previous, "rollback", by, reason)
-        if demoted:
-            client.set_model_version_tag(model_name, demoted, "rolled_back_at", _now())
-        client.set_registered_model_alias(model_name, CHAMPION, previous)
-        client.set_model_version_tag(model_name, previous, "champion.held", "true")
-        client.delete_registered_model_alias(model_name, PREVIOUS_CHAMPION)
-        moves.record_champion_move(
-            client, model_name, demoted or None, previous, "rollback", reason, by, bento
-        )
-    return demoted, previous
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def list_versions(model_name: str, client: MlflowClient | None = None) -> list[dict[str, Any]]:
-    """One row per version, newest first: aliases, key metrics, data md5, gate, created."""
-    client = client or make_client()
-    by_version: dict[str, list[str]] = {}
-    for alias, version in aliases(client, model_name).items():
-        by_version.setdefault(version, []).append(alias)
-    rows = []
-    versions = client.search_model_versions(f"name='{model_name}'")
-    for model_version in sorted(versions, key=lambda mv: -int(mv.version)):
-        tags = model_version.tags
-        created = datetime.fromtimestamp(model_version.creation_timestamp / 1000, UTC)
-        row: dict[str, Any] = {
-            "version": str(model_version.version),
-            "aliases": sorted(by_version.get(str(model_version.version), [])),
-            "created": created.isoformat(timespec="seconds"),
-            "prepared_data_md5": tags.get("prepared_data_md5", ""),
-            "gate": tags.get("gate.decision", ""),
-            "run_id": model_version.run_id,
-        }
-        for name in LISTED_METRICS:
-            value = tags.get(f"metric.{name}")
-            row[name] = None if value is None else float(value)
-        rows.append(row)
-    return rows
-
-
-def show_version(
-    model_name: str, version: str | int, client: MlflowClient | None = None
-) -> dict[str, Any]:
-    """A version's card (its description), aliases and tags."""
-    client = client or make_client()
-    model_version = get_version(client, model_name, version)
-    version_aliases = [a for a, v in aliases(client, model_name).items() if v == str(version)]
-    return {
-        "version": str(model_version.version),
-        "aliases": sorted(version_aliases),
-        "tags": dict(model_version.tags),
-        "model_card": model_version.description or "",
-        "run_id": model_version.run_id,
-    }
-
-
 def version_config_tree(client: MlflowClient, model_version: ModelVersion) -> dict[str, Any]:
     """The resolved config recorded with a version (``lineage/config.yaml``), as a mapping."""
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(evaluation_run_id(model_version), LINEAGE_CONFIG, tmp)
         # Versions registered before redaction existed recorded secrets in plain text.
         return redact_tree(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
-
-
-def version_config(client: MlflowClient, model_version: ModelVersion) -> dict[str, Any]:
-    """The resolved config recorded with a version, flattened to dotted keys."""
-    return tracking.flatten(version_config_tree(client, model_version))
-
-
-def diff_mappings(left: Mapping[str, Any], right: Mapping[str, Any]) -> list[dict[str, Any]]:
-    keys = sorted(set(left) | set(right))
-    return [
-        {"key": key, "a": left.get(key), "b": right.get(key)}
-        for key in keys
-        if left.get(key) != right.get(key)
-    ]
-
-
-def compare_versions(
-    model_name: str,
-    version_a: str | int,
-    version_b: str | int,
-    significance: float = 0.05,
-    batch_size: int = 64,
-    client: MlflowClient | None = None,
-) -> dict[str, Any]:
-    """Metric deltas (B - A), a paired significance test, confusion matrices, lineage diffs.
-
-    Both versions are compared on A's test split; when B was evaluated on another split,
-    B is downloaded and re-scored on A's texts with B's own recorded inference settings
-    (token window, precision), and ``rescored`` says so. The McNemar p-value is two-sided:
-    neither version is the challenger here.
-    """
-    from sklearn.metrics import confusion_matrix
-
-    from components.gate import mcnemar_exact, paired_comparison
-
-    client = client or make_client()
-    first, second = (
-        get_version(client, model_name, version_a),
-        get_version(client, model_name, version_b),
-    )
-    metrics_a = tracking.run_metrics(evaluation_run_id(first))
-    metrics_b = tracking.run_metrics(evaluation_run_id(second))
-    report_a = load_evaluation(client, model_name, str(first.version))
-    rescored = report_a.test_split_md5 != second.tags.get("test_split_md5")
-    if rescored:
-        predicted_b = score_version(client, model_name, second, report_a.texts, batch_size)
-    else:
-        predicted_b = load_evaluation(client, model_name, str(second.version)).predicted_ids
-    comparison = paired_comparison(
-        report_a.y_true, predicted_b, report_a.predicted_ids, significance
-    )
-    p_value = mcnemar_exact(
-        np.asarray(predicted_b) == report_a.y_true,
-        report_a.predicted_ids == report_a.y_true,
-        "two-sided",
-    )
-    ids = list(range(len(report_a.labels)))
-    deltas = {
-        name: {
-            "a": metrics_a.get(name),
-            "b": metrics_b.get(name),
-            "delta": metrics_b[name] - metrics_a[name],
-        }
-        for name in HEADLINE_METRICS
-        if name in metrics_a and name in metrics_b
-    }
-    tracked = [key for key in LINEAGE_TAGS if key not in ("parent_run_id", "flow_run_id")]
-    return {
-        "a": str(first.version),
-        "b": str(second.version),
-        "labels": report_a.labels,
-        "metrics": deltas,
-        "significance": {
-            "b_minus_a_accuracy": comparison.difference,
-            "mcnemar_p_value": p_value,
-            "ci_low": comparison.ci_low,
-            "ci_high": comparison.ci_high,
-            "confidence_level": comparison.confidence_level,
-            "only_b_correct": comparison.challenger_only,
-            "only_a_correct": comparison.champion_only,
-            "significant": p_value < significance,
-            "rescored": rescored,
-            "test_examples": len(report_a.y_true),
-        },
-        "confusion_matrices": {
-            "a": confusion_matrix(report_a.y_true, report_a.predicted_ids, labels=ids).tolist(),
-            "b": confusion_matrix(report_a.y_true, np.asarray(predicted_b), labels=ids).tolist(),
-        },
-        "lineage_diff": diff_mappings(
-            {k: first.tags.get(k) for k in tracked}, {k: second.tags.get(k) for k in tracked}
-        ),
-        "config_diff": diff_mappings(version_config(client, first), version_config(client, second)),
-    }
 
 
 def find_version_by_tag(

@@ -4,15 +4,15 @@ Two kinds of setting hold secrets: ``serving.api_key`` (shown as ``***`` whereve
 configuration is dumped) and the credentials inside ``tracking.*`` URIs (the user name,
 password and key-like query values of ``http://user:pass@mlflow:5000``,
 ``postgresql://u:p@db/mlflow`` or a pre-signed ``s3://...?X-Amz-Signature=...``, shown as
-``http://***@mlflow:5000``). The config's serializers (``components/config.py``), MLflow
+``http://***@mlflow:5000``). The config's serializers (``components/config/``), MLflow
 params, ``lineage/config.yaml``, ``ratchet config show``, ``registry compare`` and the
-retrain flow's Prefect parameters all go through the functions here, so there is one
+retrain flow's Prefect parameters all go through the functions here (``--set`` overrides
+through ``components/config/overrides.py``, built on :func:`redact_value`), so there is one
 answer to "what does a secret look like when it is written down": ``***``.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -91,59 +91,3 @@ def redact_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
 def redact_flat(flat: Mapping[str, Any]) -> dict[str, Any]:
     """Dotted-key settings (``serving.api_key``...) with secrets redacted."""
     return {key: redact_value(key.split("."), value) for key, value in flat.items()}
-
-
-def parse_assignment(assignment: str) -> tuple[list[str], Any] | None:
-    """``(path, value)`` of a ``dotted.key=value`` override; None when it is malformed."""
-    from components.config import parse_override
-    from components.errors import ConfigError
-
-    try:
-        return parse_override(assignment)
-    except ConfigError:
-        return None
-
-
-def redact_override(assignment: str) -> str:
-    """A ``--set dotted.key=value`` override as it may be stored or printed."""
-    parsed = parse_assignment(assignment)
-    if parsed is None:
-        return assignment
-    path, value = parsed
-    redacted = redact_value(path, value)
-    if redacted == value:
-        return assignment
-    key = assignment.partition("=")[0]
-    shown = redacted if isinstance(redacted, str) else json.dumps(redacted)
-    return f"{key}={shown}"
-
-
-def redact_overrides(assignments: Sequence[str] | None) -> list[str] | None:
-    return None if assignments is None else [redact_override(item) for item in assignments]
-
-
-def split_secret_overrides(assignments: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """Move the secret ``--set`` overrides into environment variables.
-
-    ``serving.api_key=K`` becomes ``RATCHET_API_KEY=K``, and a ``tracking.mlflow_uri`` or
-    ``tracking.prefect_api_url`` with credentials becomes ``MLFLOW_TRACKING_URI`` or
-    ``PREFECT_API_URL`` (each already beats its setting), so the retrain flow gets them
-    through the run's environment, never as a flow parameter that Prefect stores.
-
-    Returns:
-        The overrides that stay, and the variables to set for the run.
-    """
-    kept: list[str] = []
-    environment: dict[str, str] = {}
-    for assignment in assignments:
-        parsed = parse_assignment(assignment)
-        path, value = parsed if parsed is not None else ((), None)
-        variable = SECRET_ENVIRONMENT.get(tuple(path))
-        secret = variable is not None and isinstance(value, str) and value != ""
-        if secret and tuple(path) in URI_SETTINGS:
-            secret = has_uri_credentials(str(value))
-        if variable is not None and secret:
-            environment[variable] = str(value)
-        else:
-            kept.append(assignment)
-    return kept, environment

@@ -4,10 +4,10 @@ Prefect stores every flow run's parameters (``Flow.serialize_parameters``) in it
 database, where anyone with access to the API or the UI reads them. The retrain flow takes
 ``--set`` overrides as a parameter, and ``serving.api_key=...`` or a tracking URI with a
 password among them would be stored in plain text. ``ratchet retrain`` already moves those
-into the run's environment (``components.secrets.split_secret_overrides``); this class
-covers every other caller (a script, a test) by storing the overrides as
-``components.secrets.redact_override`` shows them, while the flow function itself still
-receives the values it was called with.
+into the run's environment (``components.config.overrides.split_secret_overrides``);
+this class covers every other caller (a script, a test) by storing the overrides as
+``components.config.overrides.redact_override`` shows them, while the flow function itself
+still receives the values it was called with.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from prefect import Flow
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
 
-from components.secrets import redact_overrides
+from components.config.overrides import redact_overrides
 
 OVERRIDES_PARAMETER = "overrides"
 

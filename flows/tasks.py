@@ -218,7 +218,7 @@ def register_model(
 def gate_challenger(config: RatchetConfig, paths: ProjectPaths, version: str, report: Any) -> Any:
     """Compare with the champion on the same test split; if earned, build and check the
     challenger's Bento, then move the alias under the alias lock."""
-    from components.gate import apply_gate
+    from components.promotion import apply_gate
 
     return apply_gate(
         config.registry.model_name,

@@ -180,7 +180,7 @@ def config_rows(model: type[BaseModel], prefix: str, values: dict[str, Any]) -> 
 
 
 def config_reference() -> str:
-    """The key tables of docs/configuration.md, from components/config.py and params.yaml."""
+    """The key tables of docs/configuration.md, from components/config/ and params.yaml."""
     from components.config import RatchetConfig, load_config
 
     values = load_config(PROJECT_ROOT / "params.yaml").model_dump(mode="json")
@@ -200,7 +200,7 @@ def documented_reference() -> str:
 
 def test_configuration_reference_is_current() -> None:
     assert documented_reference() == config_reference(), (
-        "docs/configuration.md is out of date with components/config.py or params.yaml; "
+        "docs/configuration.md is out of date with components/config/ or params.yaml; "
         "rewrite it with: PYTHONPATH=$PWD .venv/bin/python -m tests.code.test_docs"
     )
 

@@ -9,10 +9,10 @@ from scipy import stats
 
 from components.behaviour import CheckResult
 from components.config import GateConfig
-from components.gate import (
+from components.gate import compare_to_champion
+from components.gate_stats import (
     bootstrap_accuracy_difference,
     bootstrap_metric_differences,
-    compare_to_champion,
     mcnemar_exact,
     paired_comparison,
     score_metric,

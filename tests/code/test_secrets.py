@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from cli.main import get_app
 from components.config import load_config
+from components.config.overrides import redact_override, split_secret_overrides
 from components.errors import ConfigError, ServingError
-from components.secrets import mask_uri_credentials, redact_override, split_secret_overrides
+from components.secrets import mask_uri_credentials
 from tests.conftest import PROJECT_ROOT
 
 PARAMS = str(PROJECT_ROOT / "params.yaml")

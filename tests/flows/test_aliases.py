@@ -18,10 +18,10 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from cli.main import get_app
-from components import aliases, registry
+from components import alias_history, alias_lock, aliases, registry, registry_reports
 from components.config import RatchetConfig
 from components.errors import AliasChanged, RegistryError, ServingError
-from components.gate import apply_gate
+from components.promotion import apply_gate
 from components.state import ProjectPaths
 from tests.conftest import PROJECT_ROOT
 from tests.flows.test_deployment import prefect_server  # noqa: F401  (a fixture)
@@ -76,7 +76,7 @@ def test_a_rollback_between_decision_and_move_aborts_the_gate(
         record_decision(client, model, version, d)
         if version == challenger and d.promote:
             # A reviewer's rollback lands after the gate compared v3 with v2.
-            registry.rollback(name, reason="bad canary", by="ana")
+            aliases.rollback(name, reason="bad canary", by="ana")
 
     monkeypatch.setattr(registry, "record_decision", decide_then_someone_rolls_back)
     with pytest.raises(AliasChanged, match="champion changed from v2 to v1 after the decision"):
@@ -103,14 +103,14 @@ def test_one_alias_writer_at_a_time(
     publish(config, tiny_classifiers["good"], reports("good"))
 
     finished: list[tuple[str, str]] = []
-    with aliases.alias_lock(name, state_dir):
+    with alias_lock.alias_lock(name, state_dir):
         with (
             pytest.raises(RegistryError, match=f"another alias move of {name} held .* 0.2 s"),
-            aliases.alias_lock(name, state_dir, timeout_s=0.2),
+            alias_lock.alias_lock(name, state_dir, timeout_s=0.2),
         ):
             pass
         rollback = threading.Thread(
-            target=lambda: finished.append(registry.rollback(name, reason="r", by="ana"))
+            target=lambda: finished.append(aliases.rollback(name, reason="r", by="ana"))
         )
         rollback.start()
         time.sleep(1.0)
@@ -141,7 +141,7 @@ def test_every_alias_move_is_recorded_and_served_from_its_bento(
     for kind in ("shuffled", "good"):
         version = register_only(config, tiny_classifiers[kind], reports(kind))
         apply_gate(name, version, reports(kind), config.gate, release=release)
-    registry.rollback(name, reason="bad canary", by="ana", release=release)
+    aliases.rollback(name, reason="bad canary", by="ana", release=release)
     tags = {v: registry.version_tags(MlflowClient(), name, v) for v in ("1", "2")}
     assert tags["1"]["champion.held"] == tags["2"]["champion.held"] == "true"
 
@@ -167,9 +167,9 @@ def test_every_alias_move_is_recorded_and_served_from_its_bento(
     assert history[2]["reason"] == "bad canary" and history[3]["reason"].endswith("hotfix")
     assert [m["at"] for m in history] == sorted(m["at"] for m in history)
     client = MlflowClient()
-    run_id = aliases.history_run_id(client, name)
+    run_id = alias_history.history_run_id(client, name)
     assert run_id is not None
-    files = client.list_artifacts(run_id, aliases.HISTORY_DIR)
+    files = client.list_artifacts(run_id, alias_history.HISTORY_DIR)
     assert len(files) == 4 and all(f.path.endswith(".json") for f in files)  # one per move
     table = run_cli("registry", "history")
     assert "rollback" in table and "bad canary" in table and "forced" in table
@@ -192,7 +192,10 @@ def test_a_challenger_waits_for_review_when_approval_is_required(
     tags = registry.version_tags(client, name, "2")
     assert (tags["review.state"], tags["review.champion_version"]) == ("pending", "1")
     assert tags["review.gate_reason"] == decision.reason and "McNemar" in decision.reason
-    assert "## Review\n\n**PENDING** by the gate" in registry.show_version(name, "2")["model_card"]
+    assert (
+        "## Review\n\n**PENDING** by the gate"
+        in registry_reports.show_version(name, "2")["model_card"]
+    )
     with pytest.raises(RegistryError, match="needs a reason"):
         aliases.approve(client, name, "2", " ", "ana", release=None, state_dir=state_dir)
 
@@ -208,13 +211,13 @@ def test_a_challenger_waits_for_review_when_approval_is_required(
     tags = registry.version_tags(client, name, "2")
     assert (tags["review.state"], tags["review.by"]) == ("approved", "ana")
     assert tags["review.reason"] == "reviewed the slices" and tags["champion.held"] == "true"
-    card = registry.show_version(name, "2")["model_card"]
+    card = registry_reports.show_version(name, "2")["model_card"]
     assert "## Review\n\n**APPROVED** by ana at " in card and "reviewed the slices" in card
 
     # v3 passes against v2 and waits; a rollback to v1 meanwhile voids that comparison.
     version, decision = publish(reviewed, tiny_classifiers["good"], reports("good"))
     assert (version, decision.outcome) == ("3", "pending-review")
-    registry.rollback(name, reason="incident", by="ana")
+    aliases.rollback(name, reason="incident", by="ana")
     params = ["--params", str(PROJECT_ROOT / "params.yaml")]
     refused = CliRunner().invoke(get_app(), ["registry", "approve", "3", "--reason", "ok", *params])
     assert refused.exit_code == 5
@@ -233,7 +236,7 @@ def test_a_challenger_waits_for_review_when_approval_is_required(
         "cy",
         "rejected",
     )
-    kinds = [(m.alias, m.kind) for m in aliases.alias_history(client, name)]
+    kinds = [(m.alias, m.kind) for m in alias_history.alias_history(client, name)]
     assert kinds == [
         ("champion", "gated"),
         ("pending-review", "review"),
@@ -266,13 +269,13 @@ def test_a_failed_bento_leaves_the_alias_where_it_was(
         "blocked before the alias move: the Bento failed: building the Bento failed: no space"
     )
     assert registry.gate_pending(tags)  # the next retrain tries again
-    assert [m.kind for m in aliases.alias_history(MlflowClient(), name)] == ["gated"]
+    assert [m.kind for m in alias_history.alias_history(MlflowClient(), name)] == ["gated"]
 
 
 HOLD_SLOT = """
 import sys, time
 from pathlib import Path
-from components.aliases import alias_lock
+from components.alias_lock import alias_lock
 with alias_lock("ratchet-sst2", Path(sys.argv[1]), timeout_s=float(sys.argv[2])):
     print("held", flush=True)
     time.sleep(float(sys.argv[3]))

@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import f1_score
 
-from components import registry, tracking
+from components import registry, registry_reports, tracking
 from components.config import GateConfig, RatchetConfig
 from components.evaluate import (
     EVAL_FILE,
@@ -27,8 +27,9 @@ from components.evaluate import (
     fingerprint_split,
     predictions_frame,
 )
-from components.gate import GateDecision, apply_gate
+from components.gate import GateDecision
 from components.mlflow_model import log_classifier_model
+from components.promotion import apply_gate
 from components.state import ProjectPaths
 from tests.conftest import PROJECT_ROOT
 
@@ -218,7 +219,7 @@ def test_a_champion_is_rescored_with_its_own_inference_settings(
     champion_ids = score_texts(tiny_classifiers["good"], texts, 32, 8).argmax(axis=1)
     assert decision.comparison is not None
     assert decision.comparison.champion_accuracy == pytest.approx((champion_ids == y_true).mean())
-    compared = registry.compare_versions(name, "2", "1")
+    compared = registry_reports.compare_versions(name, "2", "1")
     assert settings == [(8, "fp32")] * 2
     assert compared["significance"]["rescored"]
     assert compared["significance"]["b_minus_a_accuracy"] == pytest.approx(

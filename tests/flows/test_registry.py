@@ -20,13 +20,14 @@ from typer.testing import CliRunner
 
 from cli import options as cli_options
 from cli.main import get_app
-from components import registry, tracking
+from components import aliases, registry, registry_reports, tracking
 from components.behaviour import load_behaviour_suite
 from components.config import RatchetConfig, ServingConfig, TrackingConfig
 from components.errors import GateRejected, RegistryError
 from components.evaluate import EvaluationReport, evaluate_model
-from components.gate import GateDecision, apply_gate, promote_manually
+from components.gate import GateDecision
 from components.mlflow_model import log_classifier_model
+from components.promotion import apply_gate, promote_manually
 from components.state import ProjectPaths
 from tests.conftest import PROJECT_ROOT, prepared_split
 
@@ -158,13 +159,13 @@ def test_better_challenger_promoted_and_rollback(
         "previous-champion": "1",
     }
 
-    demoted, restored = registry.rollback(config.registry.model_name, reason="bad canary", by="ana")
+    demoted, restored = aliases.rollback(config.registry.model_name, reason="bad canary", by="ana")
     assert (demoted, restored) == ("2", "1")
     assert current_aliases(config) == {"challenger": "2", "champion": "1"}
     tags = MlflowClient().get_model_version(config.registry.model_name, "1").tags
     assert (tags["rollback.by"], tags["rollback.reason"]) == ("ana", "bad canary")
     with pytest.raises(RegistryError, match="no 'previous-champion' alias"):
-        registry.rollback(config.registry.model_name, reason="again")
+        aliases.rollback(config.registry.model_name, reason="again")
 
 
 def test_crash_before_alias_move_leaves_champion(
@@ -278,7 +279,7 @@ def test_list_show_compare(
     publish(config, tiny_classifiers["good"], reports("good"))
     publish(config, tiny_classifiers["shuffled"], reports("shuffled"))
 
-    rows = registry.list_versions(name)
+    rows = registry_reports.list_versions(name)
     assert [(row["version"], row["aliases"], row["gate"]) for row in rows] == [
         ("2", ["challenger"], "rejected"),
         ("1", ["champion"], "promoted"),
@@ -286,11 +287,11 @@ def test_list_show_compare(
     assert rows[1]["accuracy"] == pytest.approx(reports("good").accuracy, abs=1e-6)
     assert rows[0]["prepared_data_md5"] == "bbbb.dir"
 
-    shown = registry.show_version(name, "1")
+    shown = registry_reports.show_version(name, "1")
     assert shown["model_card"].startswith(f"# {name} — version 1")
     assert shown["aliases"] == ["champion"]
 
-    compared = registry.compare_versions(name, "1", "2")
+    compared = registry_reports.compare_versions(name, "1", "2")
     good_acc, bad_acc = reports("good").accuracy, reports("shuffled").accuracy
     assert compared["metrics"]["accuracy"]["delta"] == pytest.approx(bad_acc - good_acc)
     assert compared["significance"]["b_minus_a_accuracy"] == pytest.approx(bad_acc - good_acc)

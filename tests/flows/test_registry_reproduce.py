@@ -15,9 +15,9 @@ from components.config import RatchetConfig
 from components.errors import RegistryError
 from components.evaluate import evaluate_model
 from components.finetune import run_finetuning
-from components.gate import apply_gate
 from components.mlflow_model import log_classifier_model
 from components.prepare import PreparedData, load_prepared, write_prepared
+from components.promotion import apply_gate
 from components.reproduce import materialize_dvc_dir, reproduce_version
 from components.state import ProjectPaths
 from components.versioning import directory_md5

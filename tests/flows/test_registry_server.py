@@ -16,8 +16,8 @@ import pytest
 from components import registry, tracking
 from components.config import EvalConfig, RatchetConfig
 from components.evaluate import evaluate_model
-from components.gate import apply_gate
 from components.mlflow_model import log_classifier_model
+from components.promotion import apply_gate
 from components.state import ProjectPaths
 from tests.conftest import PROJECT_ROOT, prepared_split
 
@@ -101,7 +101,7 @@ def test_register_gate_and_load_champion_over_http(
     client = registry.make_client()
     assert registry.aliases(client, name) == {"champion": "1", "challenger": "2"}
     # The alias history lives on the server too: one gated move, none for the rejection.
-    from components.aliases import alias_history
+    from components.alias_history import alias_history
 
     moves = alias_history(client, name)
     assert [(m.alias, m.from_version, m.to_version, m.kind) for m in moves] == [

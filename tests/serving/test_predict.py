@@ -181,13 +181,20 @@ def test_the_bento_includes_every_project_module_the_service_imports() -> None:
         source = queue.pop()
         needed.add(source)
         for node in ast.walk(ast.parse((root / source).read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                # `from package import module` imports a module too.
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
             for name in names:
-                if name.split(".")[0] in ("components", "serving"):
-                    path = name.replace(".", "/") + ".py"
-                    if (root / path).is_file() and path not in needed:
+                if name.split(".")[0] not in ("components", "serving"):
+                    continue
+                parts = name.split(".")
+                # A module, a package's __init__, and the __init__ of every package above.
+                paths = ["/".join(parts) + ".py", "/".join(parts) + "/__init__.py"]
+                paths += ["/".join(parts[:end]) + "/__init__.py" for end in range(1, len(parts))]
+                for path in paths:
+                    if (root / path).is_file() and path not in needed and path not in queue:
                         queue.append(path)
     assert "components/first_position.py" in needed
+    assert "components/config/overrides.py" in needed  # a package's modules count too
     assert needed - included == set()

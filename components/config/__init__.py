@@ -1,0 +1,63 @@
+"""One typed configuration for the whole platform, loaded from ``params.yaml``.
+
+``params.yaml`` is the single source: DVC reads it for stage params, and the flows,
+the CLI and the tests load it through :func:`load_config`. Overrides come from extra
+YAML files merged over it (``--config FILE``) and from ``--set dotted.key=value``.
+Unknown keys and wrong types are rejected with a message naming the key.
+
+One module per group of sections (``data``, ``model`` with ``pretrain`` and ``train``,
+``gate`` with ``eval``, ``serving`` with ``registry`` and ``tracking``), the whole in
+``root``, the override parsing in ``overrides``; import the names from this package.
+"""
+
+from components.config.base import Section
+from components.config.data import DataChecksConfig, DataConfig, SplitConfig
+from components.config.gate import GATE_METRICS, EvalConfig, GateConfig, GateMetric
+from components.config.model import ModelConfig, PretrainConfig, ScratchModelConfig, TrainConfig
+from components.config.overrides import (
+    deep_merge,
+    is_quoted,
+    parse_override,
+    read_yaml_mapping,
+    set_dotted,
+)
+from components.config.root import (
+    DEFAULT_PARAMS_FILE,
+    UNHASHED_KEYS,
+    UPKEEP_KEYS,
+    RatchetConfig,
+    config_from_mapping,
+    describe_validation_error,
+    load_config,
+)
+from components.config.serving import RegistryConfig, ServingConfig, TrackingConfig
+
+__all__ = [
+    "DEFAULT_PARAMS_FILE",
+    "GATE_METRICS",
+    "UNHASHED_KEYS",
+    "UPKEEP_KEYS",
+    "DataChecksConfig",
+    "DataConfig",
+    "EvalConfig",
+    "GateConfig",
+    "GateMetric",
+    "ModelConfig",
+    "PretrainConfig",
+    "RatchetConfig",
+    "RegistryConfig",
+    "ScratchModelConfig",
+    "Section",
+    "ServingConfig",
+    "SplitConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "config_from_mapping",
+    "deep_merge",
+    "describe_validation_error",
+    "is_quoted",
+    "load_config",
+    "parse_override",
+    "read_yaml_mapping",
+    "set_dotted",
+]

@@ -1,0 +1,96 @@
+"""The ``registry``, ``serving`` and ``tracking`` sections: where models live and run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import (
+    Field,
+    SecretStr,
+    field_serializer,
+    field_validator,
+)
+
+from components.config.base import Section
+from components.secrets import REDACTED, mask_uri_credentials
+
+
+class RegistryConfig(Section):
+    model_name: str = Field("ratchet-sst2", min_length=1, description="Registered model name.")
+    experiment: str = Field("ratchet", min_length=1, description="MLflow experiment name.")
+
+
+class ServingConfig(Section):
+    host: str = Field("127.0.0.1", description="Address `ratchet serve` binds.")
+    port: int = Field(3000, ge=1, le=65535, description="Port `ratchet serve` binds.")
+    alias: str = Field("champion", description="Registry alias a Bento is built from.")
+    max_texts: int = Field(64, ge=1, description="Most texts in one request.")
+    max_chars: int = Field(10_000, ge=1, description="Longest text accepted, in characters.")
+    max_body_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        description="Largest request body (413 above it). The default holds max_texts texts "
+        "of max_chars plain ASCII characters; JSON spends up to 6 bytes on an escaped or "
+        "non-ASCII character (12 on an emoji), so raise it for long non-Latin texts.",
+    )
+    max_batch_size: int = Field(64, ge=1, description="Adaptive batching: most texts a batch.")
+    max_latency_ms: int = Field(
+        10_000, ge=1, description="Adaptive batching: a request queued longer gets 503."
+    )
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="Inference dtype on CPU.")
+    num_threads: int | None = Field(None, ge=1, description="torch threads; null = cores.")
+    api_key: SecretStr | None = Field(
+        None,
+        description="Required X-API-Key when set; RATCHET_API_KEY overrides it. Shown and "
+        "stored as *** everywhere (MLflow params, lineage, reports) and never hashed; prefer "
+        "RATCHET_API_KEY or api_key_file to keeping the key in params.yaml.",
+    )
+    api_key_file: str | None = Field(
+        None,
+        description="A file holding the API key (e.g. a mounted secret), read when the "
+        "server starts; relative to the project root. RATCHET_API_KEY_FILE overrides it.",
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty key would turn authentication off: null says that, "" is a mistake.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty: set a key or null (no authentication)")
+        return value
+
+    @field_serializer("api_key")
+    def _redact_api_key(self, value: SecretStr | None) -> str | None:
+        return None if value is None else REDACTED
+
+
+class TrackingConfig(Section):
+    mlflow_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; null uses SQLite in the state folder. "
+        "MLFLOW_TRACKING_URI overrides it.",
+    )
+    prefect_api_url: str | None = Field(
+        None, description="Prefect API; null uses the ephemeral API. PREFECT_API_URL overrides."
+    )
+    dvc_remote_url: str | None = Field(
+        None, description="DVC remote (e.g. s3://bucket/path); null uses the state folder."
+    )
+    cache_max_age_days: float | None = Field(
+        14,
+        ge=0,
+        description="Step caches in the state folder (model folders in artifacts/, "
+        "checkpoints/, evaluations/) that no run has written or reused for this many days "
+        "are deleted when a retrain starts; registered models and Bentos are never touched. "
+        "null keeps every cache.",
+    )
+
+    @field_serializer("mlflow_uri", "prefect_api_url", "dvc_remote_url")
+    def _mask_credentials(self, uri: str | None) -> str | None:
+        return None if uri is None else mask_uri_credentials(uri)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() (a log line, a traceback) mask credentials as dumps do.
+        for name, value in super().__repr_args__():
+            yield name, mask_uri_credentials(value) if isinstance(value, str) else value

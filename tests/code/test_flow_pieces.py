@@ -61,7 +61,7 @@ def test_code_version_covers_every_package_and_the_locked_dependencies(
             path.write_bytes(saved)
 
     assert code_version(tmp_path) == original  # stable across calls on an unchanged tree
-    assert changed(tmp_path / "components" / "config.py", "\n# edited\n") != original
+    assert changed(tmp_path / "components" / "config" / "gate.py", "\n# edited\n") != original
     assert changed(tmp_path / "flows" / "retrain.py", "\n# edited\n") != original
     assert changed(tmp_path / "serving" / "service.py", "\n# edited\n") != original
     # Only Python sources count: notes beside them do not change what the steps execute.

@@ -12,14 +12,15 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, BertForMaskedLM
 
-from components.cpu_speedups import (
+from components.kernels.cpu_speedups import (
     PackedMaskDropout,
     SparseEmbeddingGradient,
     apply_cpu_speedups,
     swap_dropouts,
 )
 from components.modeling import classifier_from_pretrained
-from components.training import LoopSettings, build_optimizer, run_loop
+from components.training.loop import LoopSettings, run_loop
+from components.training.optimization import build_optimizer
 from tests.conftest import prepared_split
 
 

@@ -7,7 +7,7 @@ uninterrupted one would have.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -85,3 +85,18 @@ def pad_batch(
 
 def move_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def micro_batches(
+    source: BatchSource, epoch: int, position: int
+) -> Iterator[tuple[int, int, list[int]]]:
+    """Endless (epoch, position, indices) stream starting at a saved data position (the
+    ``position``-th batch of ``epoch``)."""
+    while True:
+        batches = source.epoch_batches(epoch)
+        if not batches:
+            raise TrainingError("the training data yields no batch (too few examples?)")
+        while position < len(batches):
+            yield epoch, position, batches[position]
+            position += 1
+        epoch, position = epoch + 1, 0

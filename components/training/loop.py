@@ -33,7 +33,7 @@ from components.kernels.cpu_speedups import (
     apply_cpu_speedups,
 )
 from components.logs import progress_disabled
-from components.training.batching import BatchSource, move_to
+from components.training.batching import BatchSource, micro_batches, move_to
 from components.training.checkpoints import (
     CheckpointSchedule,
     CheckpointWriter,
@@ -90,19 +90,6 @@ class LoopResult:
     metrics: dict[str, float] = field(default_factory=dict)
     precision: Precision = "fp32"
     device: str = "cpu"
-
-
-def micro_batches(source: BatchSource, state: TrainState) -> Iterator[tuple[int, int, list[int]]]:
-    """Endless (epoch, position, indices) stream starting at the saved data position."""
-    epoch, position = state.epoch, state.batch_in_epoch
-    while True:
-        batches = source.epoch_batches(epoch)
-        if not batches:
-            raise TrainingError("the training data yields no batch (too few examples?)")
-        while position < len(batches):
-            yield epoch, position, batches[position]
-            position += 1
-        epoch, position = epoch + 1, 0
 
 
 @dataclass
@@ -167,7 +154,7 @@ def run_loop(
     """
     run = start_run(model, settings, checkpoint_dir, context or DistributedContext(), lr_scales)
     state, context = run.state, run.context
-    stream = micro_batches(source, state)
+    stream = micro_batches(source, state.epoch, state.batch_in_epoch)
     bar = tqdm(
         total=settings.total_steps,
         initial=state.step,
@@ -245,11 +232,20 @@ def start_run(
         context.world_size,
         f", resumed at step {state.step}" if state.step else "",
     )
-    writer = CheckpointWriter(checkpoint_dir) if checkpoint_dir is not None else None
     return LoopRun(
-        model, trained, ddp, optimizer, scheduler, settings, context, device, precision, state,
-        best_weights, writer,
-    )  # fmt: skip
+        model=model,
+        trained=trained,
+        ddp=ddp,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        settings=settings,
+        context=context,
+        device=device,
+        precision=precision,
+        state=state,
+        best_weights=best_weights,
+        writer=CheckpointWriter(checkpoint_dir) if checkpoint_dir is not None else None,
+    )
 
 
 def resume_state(

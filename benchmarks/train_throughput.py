@@ -49,11 +49,13 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from components.base_model import shipped_model_dir  # noqa: E402
 from components.config import load_config  # noqa: E402
-from components.finetune import encode_texts, evaluate_accuracy, run_finetuning  # noqa: E402
+from components.finetune import run_finetuning  # noqa: E402
+from components.finetune_run import encode_texts, evaluate_accuracy  # noqa: E402
+from components.hardware import cpu_has_native_bf16  # noqa: E402
 from components.logs import progress_disabled, setup_logging  # noqa: E402
 from components.prepare import PreparedData  # noqa: E402
 from components.state import QUIET_ENVIRONMENT  # noqa: E402
-from components.training import cpu_has_native_bf16, length_grouped_batches  # noqa: E402
+from components.training.batching import length_grouped_batches  # noqa: E402
 
 SST2 = PROJECT_ROOT.parent / "shared" / "data" / "sst2"
 LABELS = ["negative", "positive"]

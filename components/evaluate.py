@@ -34,7 +34,7 @@ from components.behaviour import (
 )
 from components.config import EvalConfig
 from components.evaluation_plots import plot_confusion_matrix, plot_reliability_diagram
-from components.first_position import cut_last_layer
+from components.kernels.first_position import cut_last_layer
 from components.truncation import truncated_mask
 
 TEXT_COLUMN = "text"
@@ -78,7 +78,7 @@ class TextClassifier:
             limits.append(max_length)
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         if precision == "bf16":
-            from components.training import cpu_has_native_bf16
+            from components.hardware import cpu_has_native_bf16
 
             precision = "bf16" if cpu_has_native_bf16() else "fp32"
         return cls(tokenizer, model, labels, min(limits), precision)

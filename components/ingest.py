@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import math
-import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import pandas as pd
 
 from components.config import DataConfig
 from components.errors import ConfigError, DataError
+from components.files import replace_folder
 from components.state import ProjectPaths
 
 logger = logging.getLogger(__name__)
@@ -376,16 +376,6 @@ def stage_snapshot(source: str, project_root: Path, raw_dir: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return staging
-
-
-def replace_folder(new: Path, target: Path) -> None:
-    """Swap ``new`` into ``target`` with renames; the old folder is deleted last, so a
-    crash leaves either the old folder or the new one in place, never neither."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def snapshot_source(source: str, project_root: Path, raw_dir: Path) -> list[Path]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +26,12 @@ import pandas as pd
 
 from components.config import DataConfig
 from components.errors import DataError
+from components.files import atomic_dir
 from components.ingest import (
     RawDataset,
     class_names,
     label_mapping,
     read_dataset,
-    replace_folder,
 )
 from components.state import ProjectPaths
 from components.validate import normalise_text, validate_dataset
@@ -196,11 +194,8 @@ def write_prepared(prepared: PreparedData, out_dir: Path, source: str = "") -> d
     Returns:
         The manifest: labels, source and per split its stats and ``md5`` (DVC's file md5).
     """
-    staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     manifest: dict[str, Any] = {"labels": prepared.labels, "source": source, "splits": {}}
-    try:
+    with atomic_dir(out_dir) as staging:
         for name in SPLIT_NAMES:
             path = staging / f"{name}.parquet"
             prepared.split(name).to_parquet(path, index=False)
@@ -208,9 +203,6 @@ def write_prepared(prepared: PreparedData, out_dir: Path, source: str = "") -> d
             manifest["splits"][name] = {**stats, "md5": file_md5(path)}
         manifest_text = json.dumps(manifest, indent=2) + "\n"
         (staging / MANIFEST_FILE).write_text(manifest_text, encoding="utf-8")
-        replace_folder(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful swap
     return manifest
 
 

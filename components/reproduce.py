@@ -144,7 +144,8 @@ def rebuild_model(config: RatchetConfig, workspace: ProjectPaths) -> Path:
     data = load_prepared(workspace.prepared_dir)
     init_model = resolve_base_model(config.model.base, workspace.project_root)
     if config.pretrain.enabled:
-        from components.pretrain import gather_pretraining_texts, run_pretraining
+        from components.pretrain import run_pretraining
+        from components.pretrain_corpus import gather_pretraining_texts
 
         texts = gather_pretraining_texts(config, workspace).texts
         init_model = str(

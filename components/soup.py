@@ -4,20 +4,40 @@ Fine-tunes of one pretrained model that differ only in their seed end in the sam
 of the loss, so the mean of their weights is itself a good model, and often better than
 each of them (Wortsman et al., 2022, "Model soups"). Unlike an ensemble, the soup costs
 the same to serve as one model.
+
+:func:`run_soup_finetuning` fine-tunes the members (resuming unfinished ones after a
+crash) and :func:`average_model_folders` writes their mean.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 import shutil
+import tempfile
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from components.config import RatchetConfig
 from components.errors import TrainingError
+from components.files import atomic_dir, write_metrics
+from components.finetune_run import (
+    FinetuneResult,
+    check_finetune_inputs,
+    finetune_once,
+    score_saved_model,
+)
+from components.prepare import PreparedData
+from components.training.loop import MetricsCallback
+from components.training.resume import RUN_KEY_FILE
+from components.training.runtime import Precision, broadcast_from_main, init_distributed
+
+logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIX = ".safetensors"
 
@@ -85,18 +105,19 @@ def average_model_folders(member_dirs: Sequence[Path], output_dir: Path) -> Path
     The config and tokenizer are the first member's (they are the same in all). Weights
     are summed in fp32 one member at a time, so memory holds two models, not all of them.
     The folder is assembled beside ``output_dir`` and renamed into place, so a crash
-    leaves the previous folder (or, in the instant between the two, none), never a
-    half-written one.
+    leaves the previous folder or the new one, never a half-written one.
 
     Raises:
         TrainingError: the members cannot be averaged (see :func:`check_soup_members`).
     """
     names = check_soup_members(member_dirs)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(member_dirs[0], partial, ignore=shutil.ignore_patterns(f"*{WEIGHT_SUFFIX}"))
-    try:
+    with atomic_dir(output_dir) as folder:
+        shutil.copytree(
+            member_dirs[0],
+            folder,
+            ignore=shutil.ignore_patterns(f"*{WEIGHT_SUFFIX}"),
+            dirs_exist_ok=True,
+        )
         for file_name in names:
             first = load_file(member_dirs[0] / file_name)
             totals = {
@@ -113,11 +134,158 @@ def average_model_folders(member_dirs: Sequence[Path], output_dir: Path) -> Path
                 for name, value in first.items()
             }
             # Hugging Face loaders expect the "format" metadata that save_pretrained writes.
-            save_file(averaged, partial / file_name, metadata={"format": "pt"})
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(partial, output_dir)
+            save_file(averaged, folder / file_name, metadata={"format": "pt"})
     return output_dir
+
+
+# Counts and durations that add up over a soup's members.
+SUMMED_METRICS = (
+    "steps",
+    "samples_seen",
+    "train_seconds",
+    "train_cpu_seconds",
+    "orchestration_seconds",
+    "checkpoints_written",
+)
+
+
+def run_soup_finetuning(
+    config: RatchetConfig,
+    data: PreparedData,
+    init_model: str,
+    output_dir: Path,
+    checkpoint_dir: Path | None = None,
+    on_metrics: MetricsCallback | None = None,
+) -> FinetuneResult:
+    """Fine-tune once per seed (``train.seed``, then ``train.soup_seeds``) from the same
+    ``init_model`` and save the uniform average of the runs' weights.
+
+    The members share their start: the init model, the new head's initial weights and,
+    when ``train.max_train_samples`` or ``max_eval_samples`` pick a subset, the rows; they
+    differ in data order and dropout. Each member checkpoints into ``seed-<n>/`` under
+    ``checkpoint_dir`` and, once finished, keeps its model in ``seed-<n>-model/`` with its
+    metrics in ``seed-<n>.json`` until the soup is written. A rerun after a crash therefore
+    retrains only the unfinished members, each from its last checkpoint; without a
+    ``checkpoint_dir`` the members live in a temporary folder and nothing resumes.
+
+    Returns:
+        The soup's folder; ``val_accuracy``/``val_loss`` are the soup's own,
+        ``seed_<n>_val_accuracy`` each member's (on the same rows), and the step,
+        sample and time counts are summed over the members.
+    """
+    check_finetune_inputs(config, data, init_model)
+    if checkpoint_dir is None:
+        with tempfile.TemporaryDirectory(prefix="ratchet-soup-") as scratch:
+            return run_soup_finetuning(
+                config, data, init_model, output_dir, Path(scratch), on_metrics
+            )
+    context = init_distributed()
+    seeds = [config.train.seed, *config.train.soup_seeds]
+    done = checkpoint_dir / "soup.json"
+    finished_soup = load_recorded_result(done, output_dir)
+    if finished_soup is None:
+        members = train_soup_members(config, data, init_model, checkpoint_dir, on_metrics)
+        metrics = soup_metrics(seeds, members)
+        info = {**members[0].info, "soup_seeds": ",".join(str(seed) for seed in seeds)}
+        if context.is_main:
+            average_model_folders([member.model_dir for member in members], output_dir)
+            # Scored at the members' precision, not a fresh timing that could differ.
+            precision = cast(Precision, info["precision"])
+            metrics.update(score_saved_model(config, data, output_dir, precision))
+            # From here a rerun reuses the soup, so a kill during the clean-up below
+            # never sends members back to training.
+            write_metrics(done, metrics, info)
+        finished_soup = FinetuneResult(model_dir=output_dir, metrics=metrics, info=info)
+    if context.enabled:
+        finished_soup = broadcast_from_main(finished_soup)  # every rank reports the soup
+    if context.is_main:
+        for seed in seeds:
+            shutil.rmtree(checkpoint_dir / f"seed-{seed}-model", ignore_errors=True)
+            shutil.rmtree(checkpoint_dir / f"seed-{seed}", ignore_errors=True)
+            (checkpoint_dir / f"seed-{seed}.json").unlink(missing_ok=True)
+        done.unlink(missing_ok=True)
+        (checkpoint_dir / RUN_KEY_FILE).unlink(missing_ok=True)
+    member_scores = [finished_soup.metrics[f"seed_{seed}_val_accuracy"] for seed in seeds]
+    logger.info(
+        "model soup of %d fine-tunes: val_accuracy %.4f (members: %s)",
+        len(seeds),
+        finished_soup.metrics["val_accuracy"],
+        ", ".join(f"{score:.4f}" for score in member_scores),
+    )
+    return finished_soup
+
+
+def train_soup_members(
+    config: RatchetConfig,
+    data: PreparedData,
+    init_model: str,
+    workdir: Path,
+    on_metrics: MetricsCallback | None,
+) -> list[FinetuneResult]:
+    """Fine-tune (or reuse, when a record says it finished) one member per seed."""
+    context = init_distributed()
+    seeds = [config.train.seed, *config.train.soup_seeds]
+    members: list[FinetuneResult] = []
+    for seed in seeds:
+        member_dir, record = workdir / f"seed-{seed}-model", workdir / f"seed-{seed}.json"
+        finished = load_recorded_result(record, member_dir)
+        if context.enabled:
+            # Rank 0's view decides, so every rank trains the same members.
+            finished = broadcast_from_main(finished)
+        if finished is not None:
+            logger.info("soup member seed %d already fine-tuned; reusing it", seed)
+            members.append(finished)
+            continue
+        logger.info("soup member %d of %d: seed %d", len(members) + 1, len(seeds), seed)
+        member_config = config.model_copy(
+            update={"train": config.train.model_copy(update={"seed": seed, "soup_seeds": []})}
+        )
+        members.append(
+            finetune_once(
+                member_config,
+                data,
+                init_model,
+                member_dir,
+                workdir / f"seed-{seed}",
+                offset_steps(on_metrics, sum(m.metrics["steps"] for m in members)),
+                start_seed=config.train.seed,
+                on_saved=partial(record_result, record),
+            )
+        )
+    return members
+
+
+def record_result(record: Path, result: FinetuneResult) -> None:
+    write_metrics(record, result.metrics, result.info)
+
+
+def offset_steps(on_metrics: MetricsCallback | None, offset: float) -> MetricsCallback | None:
+    """A member's per-step metrics numbered after the previous members' steps, so the
+    members' curves follow each other in one MLflow run instead of overlapping."""
+    if on_metrics is None or not offset:
+        return on_metrics
+    return lambda step, metrics: on_metrics(step + int(offset), metrics)
+
+
+def load_recorded_result(record: Path, model_dir: Path) -> FinetuneResult | None:
+    """A finished run's result: its metrics file and its model folder both exist."""
+    if not (record.is_file() and (model_dir / "config.json").is_file()):
+        return None
+    saved = json.loads(record.read_text())  # write_metrics' layout: the metrics + "info"
+    info = saved.pop("info")
+    return FinetuneResult(model_dir=model_dir, metrics=saved, info=info)
+
+
+def soup_metrics(seeds: Sequence[int], members: Sequence[FinetuneResult]) -> dict[str, float]:
+    """Summed counts and times, the members' mean training loss and each member's score."""
+    metrics = {name: sum(m.metrics.get(name, 0.0) for m in members) for name in SUMMED_METRICS}
+    metrics["train_samples_per_second"] = metrics["samples_seen"] / max(
+        metrics["train_seconds"], 1e-9
+    )
+    metrics["train_loss"] = sum(m.metrics["train_loss"] for m in members) / len(members)
+    metrics["train_examples"] = members[0].metrics["train_examples"]
+    metrics["val_examples"] = members[0].metrics["val_examples"]
+    metrics["soup_members"] = float(len(members))
+    for seed, member in zip(seeds, members, strict=True):
+        metrics[f"seed_{seed}_val_accuracy"] = member.metrics["val_accuracy"]
+    return metrics

@@ -70,6 +70,16 @@ class ProjectPaths:
         return self.project_root / "models"
 
     @property
+    def pretrained_dir(self) -> Path:
+        """The pretrain stage's output, the model fine-tuning starts from."""
+        return self.models_dir / "pretrained"
+
+    @property
+    def finetuned_dir(self) -> Path:
+        """The train stage's output, the candidate that evaluation and the gate judge."""
+        return self.models_dir / "finetuned"
+
+    @property
     def metrics_dir(self) -> Path:
         """Small JSON metrics files that DVC stages declare as metrics."""
         return self.project_root / "metrics"

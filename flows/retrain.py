@@ -263,7 +263,7 @@ def training_keys(
     ``train``): each hashes the prepared data, the config sections the step reads (and,
     for pretraining, the bytes of ``pretrain.extra_corpora``), the upstream model's key
     and the code version."""
-    from components.pretrain import corpora_fingerprint
+    from components.pretrain_corpus import corpora_fingerprint
 
     base = resolve_base_model(config.model.base, paths.project_root)
     code = code_version()

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.files import write_atomically
+
 
 @dataclass
 class StepRecord:
@@ -45,12 +47,9 @@ class RunRecord:
         self.save()
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = asdict(self)
         payload["path"] = str(self.path)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
-        temporary.replace(self.path)
+        write_atomically(self.path, json.dumps(payload, indent=2, default=str))
 
     @classmethod
     def load(cls, path: Path) -> RunRecord:

@@ -68,7 +68,7 @@ def validate_data(
     A snapshot that passes replaces ``data/raw``; one that fails stays in ``data/incoming``
     (where the error's file and line numbers point), so ``data/raw`` only ever holds
     validated data."""
-    from components.ingest import replace_folder
+    from components.files import replace_folder
     from components.validate import run_validation
 
     # The summary names data/raw, as the DVC stage's does, so dvc.lock reads the same
@@ -130,7 +130,8 @@ def pretrain_model(
 ) -> dict[str, Any]:
     """Masked-language-model pretraining; resumes from ``checkpoints/<cache_key>``."""
     from components import tracking
-    from components.pretrain import gather_pretraining_texts, run_pretraining
+    from components.pretrain import run_pretraining
+    from components.pretrain_corpus import gather_pretraining_texts
 
     corpus = gather_pretraining_texts(config, paths)
     with tracking.metrics_logger(run_id) as on_metrics:

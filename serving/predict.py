@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from components.hardware import cpu_has_native_bf16
+
 logger = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16"]
 
 # Texts are scored in chunks of similar length so one long text does not pad the rest.
 DEFAULT_CHUNK_SIZE = 32
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @dataclass(frozen=True)
@@ -32,15 +33,6 @@ class Classifier:
     labels: list[str]
     max_length: int
     precision: Precision
-
-
-def cpu_supports_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU has native bf16 instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
 def container_cores() -> int:
@@ -80,7 +72,7 @@ def load_classifier(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import components.modeling  # noqa: F401  (registers the mean-pooling classifier)
-    from components.first_position import cut_last_layer
+    from components.kernels.first_position import cut_last_layer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
@@ -90,7 +82,7 @@ def load_classifier(
     if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:
         limits.append(int(tokenizer.model_max_length))
     window = min(limits) if max_length is None else min([max_length, *limits])
-    if precision == "bf16" and not cpu_supports_bf16():
+    if precision == "bf16" and not cpu_has_native_bf16():
         # Without native bf16 the CPU emulates it: slower than fp32, for no gain.
         logger.warning("serving.precision is bf16 but this CPU lacks bf16 support; using fp32")
         precision = "fp32"

@@ -12,14 +12,15 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, BertForMaskedLM
 
-from components.cpu_speedups import (
+from components.kernels.cpu_speedups import (
     PackedMaskDropout,
     SparseEmbeddingGradient,
     apply_cpu_speedups,
     swap_dropouts,
 )
 from components.modeling import classifier_from_pretrained
-from components.training import LoopSettings, build_optimizer, run_loop
+from components.training.loop import LoopSettings, run_loop
+from components.training.optimization import build_optimizer
 from tests.conftest import prepared_split
 
 
@@ -228,6 +229,7 @@ def test_the_loop_with_speedups_ends_where_it_ends_without_and_undoes_them(
             max_grad_norm=0.5,
             checkpoint_every_minutes=None,
             cpu_speedups=enabled,
+            precision="fp32",  # the maths under test; auto times bf16 on an AMX CPU, per run
         )
         outcome = run_loop(model, batches, settings)
         finals[enabled] = (model.state_dict(), outcome.state.loss_sum)

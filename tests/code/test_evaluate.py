@@ -171,13 +171,13 @@ def test_models_are_scored_at_the_serving_precision(
 ) -> None:
     """bf16 (serving.precision) scores under bf16 autocast, as the Bento does, and falls
     back to fp32 on a CPU without native bf16, as the Bento does."""
-    from components import training
+    from components import hardware
     from components.evaluate import TextClassifier
 
     texts = prepared_split(16, seed=2)["text"].tolist()
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
     assert TextClassifier.load(tiny_classifiers["good"], precision="bf16").precision == "fp32"
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
     bf16 = TextClassifier.load(tiny_classifiers["good"], precision="bf16")
     assert bf16.precision == "bf16"
     fp32 = TextClassifier.load(tiny_classifiers["good"]).predict_proba(texts)

@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from components.finetune import run_finetuning
-from components.first_position import (
+from components.kernels.first_position import (
     FirstPositionLayer,
     cut_last_layer,
     last_layer_at_first_position,

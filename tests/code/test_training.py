@@ -12,35 +12,30 @@ import pandas as pd
 import pytest
 import torch
 
-from components import training
 from components.config import load_config
 from components.errors import ConfigError, TrainingError
-from components.finetune import count_total_steps, run_finetuning
+from components.finetune import run_finetuning
+from components.finetune_run import count_total_steps
+from components.masked_lm import make_nsp_pairs, mask_tokens
 from components.prepare import PreparedData
-from components.pretrain import (
-    chunk_token_ids,
-    make_nsp_pairs,
-    mask_tokens,
-    read_corpus,
-    run_pretraining,
-)
+from components.pretrain import run_pretraining
+from components.pretrain_corpus import chunk_token_ids, read_corpus
 from components.state import ProjectPaths
-from components.training import (
+from components.training import optimization, resume, runtime
+from components.training.batching import length_grouped_batches, pad_batch
+from components.training.checkpoints import (
     CheckpointSchedule,
     CheckpointWriter,
-    DistributedContext,
-    LoopSettings,
     TrainState,
     checkpoint_payload,
-    choose_precision,
-    length_grouped_batches,
-    linear_lr_factor,
+    clear_checkpoints,
     list_checkpoints,
     load_latest_checkpoint,
-    pad_batch,
-    run_loop,
     save_checkpoint,
 )
+from components.training.loop import LoopSettings, run_loop
+from components.training.optimization import linear_lr_factor
+from components.training.runtime import DistributedContext, choose_precision
 from tests.conftest import PROJECT_ROOT
 
 _RNG = random.Random(1)
@@ -109,13 +104,11 @@ def test_pad_batch_pads_to_longest() -> None:
 def test_checkpoint_round_trip_restores_rng_and_keeps_the_last_two(tmp_path: Path) -> None:
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
-    scheduler = training.linear_schedule(optimizer, 1, 10)
+    scheduler = optimization.linear_schedule(optimizer, 1, 10)
     torch.manual_seed(3)
     for step in (1, 2, 3):
         state = TrainState(step=step, epoch=1, batch_in_epoch=step * 2, best_metric=0.5)
-        save_checkpoint(
-            tmp_path, model, optimizer, scheduler, state, [training.capture_rng_state()]
-        )
+        save_checkpoint(tmp_path, model, optimizer, scheduler, state, [runtime.capture_rng_state()])
     expected_draw = torch.rand(4)
     (tmp_path / ".tmp-step-00000004-99").mkdir()  # a write killed half-way
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
@@ -123,7 +116,7 @@ def test_checkpoint_round_trip_restores_rng_and_keeps_the_last_two(tmp_path: Pat
     assert loaded is not None
     payload, state = loaded
     assert (state.step, state.batch_in_epoch, state.best_metric) == (3, 6, 0.5)
-    training.restore_rng_state(payload["rng"][0])
+    runtime.restore_rng_state(payload["rng"][0])
     assert torch.equal(torch.rand(4), expected_draw)
     assert torch.equal(payload["model"]["weight"], model.weight.detach())
 
@@ -131,7 +124,7 @@ def test_checkpoint_round_trip_restores_rng_and_keeps_the_last_two(tmp_path: Pat
 def test_background_checkpoint_holds_the_state_at_submission(tmp_path: Path) -> None:
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
-    scheduler = training.linear_schedule(optimizer, 1, 10)
+    scheduler = optimization.linear_schedule(optimizer, 1, 10)
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
     weight_at_submit = model.weight.detach().clone()
@@ -191,7 +184,7 @@ def test_run_key_ignores_checkpoint_cadence_but_not_what_the_run_computes(
 
     def key(*overrides: str) -> str:
         config = load_config(PROJECT_ROOT / "params.yaml", overrides=list(overrides))
-        return training.run_key(config, paths)
+        return resume.run_key(config, paths)
 
     base = key()
     assert key("train.checkpoint_every_minutes=30", "train.checkpoint_every_steps=7") == base
@@ -218,10 +211,10 @@ def test_explicit_precision_is_kept_and_auto_avoids_emulated_bf16(
     cpu = torch.device("cpu")
     assert choose_precision("bf16", cpu) == "bf16"
     assert choose_precision("fp32", cpu) == "fp32"
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert choose_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(training, "bf16_speedup_on_cpu", lambda: 2.5)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "bf16_speedup_on_cpu", lambda: 2.5)
     assert choose_precision("auto", cpu) == "bf16"
 
 
@@ -229,24 +222,24 @@ def test_a_runs_precision_is_decided_once_and_kept_for_its_resume(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     cpu, checkpoints = torch.device("cpu"), tmp_path / "checkpoints"
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     measured = {"speedup": 1.1}
-    monkeypatch.setattr(training, "bf16_speedup_on_cpu", lambda: measured["speedup"])
+    monkeypatch.setattr(runtime, "bf16_speedup_on_cpu", lambda: measured["speedup"])
     # A slow timing (a busy machine) picks fp32; the resumed run keeps it, whatever its
     # own timing says, so it computes what the interrupted run did.
-    assert training.run_precision("auto", cpu, checkpoint_dir=checkpoints) == "fp32"
+    assert runtime.run_precision("auto", cpu, checkpoint_dir=checkpoints) == "fp32"
     measured["speedup"] = 4.0
-    assert training.run_precision("auto", cpu, checkpoint_dir=checkpoints) == "fp32"
-    assert training.run_precision("auto", cpu) == "bf16"  # no checkpoints: decided afresh
-    training.clear_checkpoints(checkpoints)  # a finished run: the next one decides again
-    assert training.run_precision("auto", cpu, checkpoint_dir=checkpoints) == "bf16"
-    training.clear_checkpoints(checkpoints)
+    assert runtime.run_precision("auto", cpu, checkpoint_dir=checkpoints) == "fp32"
+    assert runtime.run_precision("auto", cpu) == "bf16"  # no checkpoints: decided afresh
+    clear_checkpoints(checkpoints)  # a finished run: the next one decides again
+    assert runtime.run_precision("auto", cpu, checkpoint_dir=checkpoints) == "bf16"
+    clear_checkpoints(checkpoints)
     # A deterministic run decides by the CPU's features, never by a timing.
     measured["speedup"] = 0.5
-    assert training.run_precision("auto", cpu, deterministic=True) == "bf16"
-    assert training.run_precision("fp32", cpu, deterministic=True) == "fp32"
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
-    assert training.run_precision("auto", cpu, True, checkpoints) == "fp32"
+    assert runtime.run_precision("auto", cpu, deterministic=True) == "bf16"
+    assert runtime.run_precision("fp32", cpu, deterministic=True) == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.run_precision("auto", cpu, True, checkpoints) == "fp32"
 
 
 def test_total_steps_follow_epochs_accumulation_and_cap() -> None:
@@ -385,9 +378,9 @@ def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(
     tmp_path: Path,
 ) -> None:
     model = LinearRegression()
-    optimizer = training.build_optimizer(model, 0.1, 0.0, torch.device("cpu"))
-    scheduler = training.linear_schedule(optimizer, 0, 5)
-    two_ranks = [training.capture_rng_state(), training.capture_rng_state()]
+    optimizer = optimization.build_optimizer(model, 0.1, 0.0, torch.device("cpu"))
+    scheduler = optimization.linear_schedule(optimizer, 0, 5)
+    two_ranks = [runtime.capture_rng_state(), runtime.capture_rng_state()]
     state = TrainState(step=2, batch_in_epoch=2, world_size=2)
     save_checkpoint(tmp_path, model, optimizer, scheduler, state, two_ranks)
     settings = LoopSettings(total_steps=5, lr=0.1, weight_decay=0.0, warmup_fraction=0.0)
@@ -411,9 +404,9 @@ def test_run_key_follows_the_init_model(tmp_path: Path, tiny_bert_dir: Path) -> 
     other = tmp_path / "other-init"
     shutil.copytree(tiny_bert_dir, other)
     (other / "config.json").write_text((other / "config.json").read_text() + " ")
-    key_a = training.run_key(config, paths, model_fingerprint(str(tiny_bert_dir)))
-    assert key_a == training.run_key(config, paths, model_fingerprint(str(tiny_bert_dir)))
-    assert key_a != training.run_key(config, paths, model_fingerprint(str(other)))
+    key_a = resume.run_key(config, paths, model_fingerprint(str(tiny_bert_dir)))
+    assert key_a == resume.run_key(config, paths, model_fingerprint(str(tiny_bert_dir)))
+    assert key_a != resume.run_key(config, paths, model_fingerprint(str(other)))
 
 
 def test_a_checkpoint_resumes_only_the_run_that_wrote_it(
@@ -434,11 +427,11 @@ def test_a_checkpoint_resumes_only_the_run_that_wrote_it(
     assert key_a != key_b
     # What the run with init A left when it was killed.
     checkpoints = tmp_path / "checkpoints"
-    training.claim_checkpoint_dir(checkpoints, key_a)
+    resume.claim_checkpoint_dir(checkpoints, key_a)
     model = LinearRegression()
-    optimizer = training.build_optimizer(model, 0.1, 0.0, torch.device("cpu"))
-    scheduler = training.linear_schedule(optimizer, 0, 5)
-    rng = [training.capture_rng_state()]
+    optimizer = optimization.build_optimizer(model, 0.1, 0.0, torch.device("cpu"))
+    scheduler = optimization.linear_schedule(optimizer, 0, 5)
+    rng = [runtime.capture_rng_state()]
     save_checkpoint(checkpoints, model, optimizer, scheduler, TrainState(step=1), rng)
     with pytest.raises(TrainingError) as refused:
         run_finetuning(config, data, str(init_b), tmp_path / "out", checkpoints)
@@ -447,22 +440,22 @@ def test_a_checkpoint_resumes_only_the_run_that_wrote_it(
     assert not (tmp_path / "out").exists()
     assert list_checkpoints(checkpoints)  # refused, not deleted
     # Checkpoints that record no key (written before keys were recorded) are refused too.
-    (checkpoints / training.RUN_KEY_FILE).unlink()
+    (checkpoints / resume.RUN_KEY_FILE).unlink()
     with pytest.raises(TrainingError, match="its key is not recorded"):
         run_finetuning(config, data, str(tiny_bert_dir), tmp_path / "out", checkpoints)
     # An empty folder, or one the same run wrote, is taken.
     fresh = tmp_path / "fresh"
-    training.claim_checkpoint_dir(fresh, key_a)
-    training.claim_checkpoint_dir(fresh, key_a)
-    assert (fresh / training.RUN_KEY_FILE).read_text() == key_a
-    training.claim_checkpoint_dir(fresh, key_b)  # nothing to resume: it records B now
-    assert (fresh / training.RUN_KEY_FILE).read_text() == key_b
+    resume.claim_checkpoint_dir(fresh, key_a)
+    resume.claim_checkpoint_dir(fresh, key_a)
+    assert (fresh / resume.RUN_KEY_FILE).read_text() == key_a
+    resume.claim_checkpoint_dir(fresh, key_b)  # nothing to resume: it records B now
+    assert (fresh / resume.RUN_KEY_FILE).read_text() == key_b
 
 
 def test_extra_corpora_lines_that_repeat_held_out_texts_are_left_out(tmp_path: Path) -> None:
     """MLM on the test sentences is leakage, even when a corpus spells them differently."""
     from components.prepare import write_prepared
-    from components.pretrain import gather_pretraining_texts
+    from components.pretrain_corpus import gather_pretraining_texts
 
     paths = ProjectPaths(project_root=tmp_path, state_dir=tmp_path / "state")
     labelled = pd.DataFrame(

@@ -14,13 +14,10 @@ from safetensors.torch import load_file
 
 from components.config import RatchetConfig, load_config
 from components.errors import ConfigError
-from components.finetune import (
-    encode_texts,
-    evaluate_accuracy,
-    layerwise_lr_scales,
-    run_finetuning,
-)
-from components.training import build_optimizer
+from components.finetune import run_finetuning
+from components.finetune_run import encode_texts, evaluate_accuracy
+from components.model_surgery import layerwise_lr_scales
+from components.training.optimization import build_optimizer
 from tests.conftest import PROJECT_ROOT
 from tests.model.train_worker import LABELS, sentiment_data
 

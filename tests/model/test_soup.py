@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from components import finetune
+from components import finetune_run, soup
 from components.config import RatchetConfig
 from components.errors import ConfigError, TrainingError
-from components.finetune import encode_texts, evaluate_accuracy, run_finetuning
+from components.finetune import run_finetuning
+from components.finetune_run import encode_texts, evaluate_accuracy
 from components.soup import average_model_folders
 from tests.model.test_finetune import DETERMINISTIC, tiny_settings
 from tests.model.train_worker import sentiment_data
@@ -34,7 +35,7 @@ def test_soup_weights_are_the_mean_of_the_runs_with_each_seed(
     data = sentiment_data(64)
     # The members: runs with their own seed, started like the seed-42 run (head init, rows).
     singles = {
-        seed: finetune.finetune_once(
+        seed: finetune_run.finetune_once(
             soup_settings(tiny_bert_dir, f"train.seed={seed}"),
             data,
             str(tiny_bert_dir),
@@ -91,9 +92,9 @@ def test_reruns_after_crashes_never_retrain_a_finished_member(
     averaged: list[Path] = []
     crash_at: set[str] = {"member 7"}
     train_member, average, score = (
-        finetune.finetune_once,
-        finetune.average_model_folders,
-        finetune.score_saved_model,
+        soup.finetune_once,
+        soup.average_model_folders,
+        soup.score_saved_model,
     )
 
     def train_or_crash(member: RatchetConfig, *args: object, **kwargs: object) -> object:
@@ -111,9 +112,9 @@ def test_reruns_after_crashes_never_retrain_a_finished_member(
             raise RuntimeError("killed")
         return score(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(finetune, "finetune_once", train_or_crash)
-    monkeypatch.setattr(finetune, "average_model_folders", average_and_record)
-    monkeypatch.setattr(finetune, "score_saved_model", score_or_crash)
+    monkeypatch.setattr(soup, "finetune_once", train_or_crash)
+    monkeypatch.setattr(soup, "average_model_folders", average_and_record)
+    monkeypatch.setattr(soup, "score_saved_model", score_or_crash)
 
     def rerun_crashing_at(*points: str) -> None:
         crash_at.clear()
@@ -131,16 +132,16 @@ def test_reruns_after_crashes_never_retrain_a_finished_member(
     assert trained == [42, 7, 7]  # only the unfinished member trained again
     assert averaged == [output]
     # 3. Killed while cleaning up after the soup was recorded.
-    real_rmtree = finetune.shutil.rmtree
+    real_rmtree = soup.shutil.rmtree
 
     def rmtree_once(path: Path, *args: object, **kwargs: object) -> None:
         real_rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
         if Path(path).parent == checkpoints:  # the first member folder cleaned up
-            monkeypatch.setattr(finetune.shutil, "rmtree", real_rmtree)
+            monkeypatch.setattr(soup.shutil, "rmtree", real_rmtree)
             raise RuntimeError("killed")
 
     crash_at.clear()
-    monkeypatch.setattr(finetune.shutil, "rmtree", rmtree_once)
+    monkeypatch.setattr(soup.shutil, "rmtree", rmtree_once)
     with pytest.raises(RuntimeError, match="killed"):
         run_finetuning(config, data, str(tiny_bert_dir), output, checkpoints)
     assert (checkpoints / "soup.json").is_file()
@@ -223,13 +224,13 @@ def test_members_train_and_validate_on_the_primary_seeds_rows(
         "train.max_eval_samples=20",
     )
     picks: list[tuple[int | None, int]] = []
-    original = finetune.select_rows
+    original = finetune_run.select_rows
 
     def record_pick(frame: object, max_samples: int | None, seed: int) -> object:
         picks.append((max_samples, seed))
         return original(frame, max_samples, seed)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(finetune, "select_rows", record_pick)
+    monkeypatch.setattr(finetune_run, "select_rows", record_pick)
     run_finetuning(config, sentiment_data(64), str(tiny_bert_dir), tmp_path / "soup")
     # Both members' training and validation rows, and the soup's scoring rows.
     assert sorted(set(picks)) == [(20, 42), (48, 42)]

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from components import finetune  # noqa: E402
+from components import finetune, finetune_run  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.prepare import PreparedData  # noqa: E402
 from tests.conftest import PROJECT_ROOT, make_sentiment_rows  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
         [f"model.base={args.tiny_bert}", *args.overrides],
     )
     rank = int(os.environ.get("RANK", "0"))
-    original_loop = finetune.run_loop
+    original_loop = finetune_run.run_loop
 
     def loop_saving_weights(model: torch.nn.Module, *rest: object, **options: object) -> object:
         outcome = original_loop(model, *rest, **options)  # type: ignore[arg-type]
@@ -66,7 +66,7 @@ def main() -> None:
         torch.save(model.state_dict(), args.out_dir / f"weights-rank{rank}.pt")
         return outcome
 
-    finetune.run_loop = loop_saving_weights  # type: ignore[assignment]
+    finetune_run.run_loop = loop_saving_weights  # type: ignore[assignment]
 
     def maybe_kill(step: int, metrics: dict[str, float]) -> None:
         if step != args.kill_at:

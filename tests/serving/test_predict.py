@@ -49,7 +49,7 @@ def test_served_and_evaluated_cls_models_compute_the_last_layer_at_cls_only(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from components.evaluate import TextClassifier
-    from components.first_position import FirstPositionLayer
+    from components.kernels.first_position import FirstPositionLayer
 
     texts = ["a fine film", "dull , slow and far too long for what it says", "ok"]
     whole = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir).eval()
@@ -73,11 +73,11 @@ def test_served_and_evaluated_cls_models_compute_the_last_layer_at_cls_only(
 
 
 def test_bf16_falls_back_to_fp32_without_cpu_support(tiny_classifier_dir: Path) -> None:
-    from serving.predict import cpu_supports_bf16
+    from components.hardware import cpu_has_native_bf16
 
     classifier = load_classifier(tiny_classifier_dir, precision="bf16")
 
-    assert classifier.precision == ("bf16" if cpu_supports_bf16() else "fp32")
+    assert classifier.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert predict_texts(classifier, ["fine"])[0]["label"] in {"negative", "positive"}
 
 
@@ -195,6 +195,6 @@ def test_the_bento_includes_every_project_module_the_service_imports() -> None:
                 for path in paths:
                     if (root / path).is_file() and path not in needed and path not in queue:
                         queue.append(path)
-    assert "components/first_position.py" in needed
+    assert "components/kernels/first_position.py" in needed
     assert "components/config/overrides.py" in needed  # a package's modules count too
     assert needed - included == set()

@@ -148,7 +148,7 @@ def deploy_to_server(config: Any, project_root: Path) -> None:
     """Work pool + concurrency limit + `prefect deploy --all` from prefect.yaml."""
     from prefect.client.orchestration import get_client
 
-    from flows.retrain import concurrency_limit_name, ensure_concurrency_limit
+    from flows.slots import concurrency_limit_name, ensure_concurrency_limit
 
     ensure_concurrency_limit(concurrency_limit_name(config))
     with get_client(sync_client=True) as client:

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from components.behaviour import AUTO
 from components.config import RatchetConfig, config_from_mapping
 from components.errors import RegistryError
 from components.state import ProjectPaths, dvc_remote_url
+
+if TYPE_CHECKING:
+    from components.evaluate import EvaluationReport
 
 TIMING_PREFIXES = ("latency_", "throughput_")
 
@@ -215,20 +218,7 @@ def reproduce_version(
             config.serving.precision,
         )
         registered = registry.load_evaluation(client, model_name, version)
-        differences = {
-            name: {
-                "registered": value,
-                "reproduced": report.metrics[name],
-                "delta": report.metrics[name] - value,
-            }
-            for name, value in sorted(registered.metrics.items())
-            if name in report.metrics and not name.startswith(TIMING_PREFIXES)
-        }
-        if registered.test_split_md5 != report.test_split_md5:
-            notes.append("the materialised test split differs from the registered one")
-            differing = len(report.predicted_ids)
-        else:
-            differing = int(np.sum(registered.predicted_ids != report.predicted_ids))
+        differences, differing = compare_to_registered(registered, report, notes)
         return ReproduceReport(
             version=str(version),
             workspace=str(root) if keep else "",
@@ -239,3 +229,23 @@ def reproduce_version(
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def compare_to_registered(
+    registered: EvaluationReport, reproduced: EvaluationReport, notes: list[str]
+) -> tuple[dict[str, dict[str, float]], int]:
+    """Metric deltas (timings left out) and how many test predictions differ; a test
+    split that differs is noted and counts every prediction as differing."""
+    differences = {
+        name: {
+            "registered": value,
+            "reproduced": reproduced.metrics[name],
+            "delta": reproduced.metrics[name] - value,
+        }
+        for name, value in sorted(registered.metrics.items())
+        if name in reproduced.metrics and not name.startswith(TIMING_PREFIXES)
+    }
+    if registered.test_split_md5 != reproduced.test_split_md5:
+        notes.append("the materialised test split differs from the registered one")
+        return differences, len(reproduced.predicted_ids)
+    return differences, int(np.sum(registered.predicted_ids != reproduced.predicted_ids))

@@ -13,16 +13,13 @@ in the state folder and on the MLflow parent run, whether it completed or failed
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun, State
-from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 
 from components.base_model import model_fingerprint, resolve_base_model
@@ -30,59 +27,21 @@ from components.config import RatchetConfig, load_config
 from components.errors import ConfigError
 from components.state import ProjectPaths, configure_environment
 from flows import tasks
-from flows.keys import code_version, step_key
+from flows.caches import (
+    discard_checkpoints,
+    mark_caches_used,
+    prune_caches,
+    run_cached,
+    training_keys,
+)
+from flows.keys import code_version
 from flows.redacted_flow import with_redacted_overrides
 from flows.run_record import RunRecord, render_report
+from flows.slots import retrain_slot
 
-RETRAIN_LIMIT_PREFIX = "ratchet-retrain"
 DATA_STAGES = ["ingest", "validate", "prepare"]
 
 T = TypeVar("T")
-
-
-def concurrency_limit_name(config: RatchetConfig) -> str:
-    """One slot per registered model: two retrains never race on the same aliases."""
-    return f"{RETRAIN_LIMIT_PREFIX}-{config.registry.model_name}"
-
-
-def ensure_concurrency_limit(name: str) -> None:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, limit=1)
-
-
-@contextmanager
-def retrain_slot(config: RatchetConfig, paths: ProjectPaths) -> Iterator[None]:
-    """Hold the registry's single retrain slot for the whole run.
-
-    Against a Prefect server this is a global concurrency limit (the server expires the
-    lease of a run that died). Prefect's ephemeral API keeps leases in the memory of a
-    per-process server, so a killed run would hold its slot for ever; there an OS file
-    lock on the state folder (``filelock``) does the job, and the kernel releases it when
-    a process dies.
-    """
-    from filelock import FileLock, Timeout
-
-    if os.environ.get("PREFECT_API_URL"):
-        name = concurrency_limit_name(config)
-        ensure_concurrency_limit(name)
-        with concurrency(name, occupy=1, timeout_seconds=6 * 3600, strict=True):
-            yield
-        return
-    lock_path = paths.state_dir / f"retrain-{config.registry.model_name}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    # Not thread-local: a second retrain in this process waits, as another process would.
-    lock = FileLock(lock_path, thread_local=False)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        logging.getLogger(__name__).info("another retrain holds %s; waiting", lock_path)
-        lock.acquire(timeout=-1)
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def ensure_dvc_sees_data_config(config: RatchetConfig, params: str) -> None:
@@ -254,84 +213,6 @@ def train_models(
         )
     record.update_summary(train_metrics=finetuned["metrics"])
     return finetuned["model_dir"], key
-
-
-def training_keys(
-    config: RatchetConfig, paths: ProjectPaths, md5s: dict[str, Any]
-) -> dict[str, str]:
-    """The cache keys of the training steps this config runs (``pretrain`` when enabled,
-    ``train``): each hashes the prepared data, the config sections the step reads (and,
-    for pretraining, the bytes of ``pretrain.extra_corpora``), the upstream model's key
-    and the code version."""
-    from components.pretrain_corpus import corpora_fingerprint
-
-    base = resolve_base_model(config.model.base, paths.project_root)
-    code = code_version()
-    keys: dict[str, str] = {}
-    upstream = step_key("base", model_fingerprint(base))
-    if config.pretrain.enabled:
-        keys["pretrain"] = upstream = step_key(
-            "pretrain",
-            md5s["prepared_data_md5"],
-            config.section_hash("pretrain", "model"),
-            corpora_fingerprint(config, paths),
-            upstream,
-            code,
-        )
-    keys["train"] = step_key(
-        "train", md5s["prepared_data_md5"], config.section_hash("train", "model"), upstream, code
-    )
-    return keys
-
-
-def discard_checkpoints(paths: ProjectPaths, keys: dict[str, str]) -> None:
-    """Delete the checkpoints of ``keys``: a forced run trains from scratch, it does not
-    resume what an earlier run of the same key left behind."""
-    import shutil
-
-    for key in keys.values():
-        folder = paths.checkpoints_dir / key
-        if folder.exists():
-            logging.getLogger(__name__).info("--force: deleting the checkpoints in %s", folder)
-            shutil.rmtree(folder)
-
-
-def mark_caches_used(paths: ProjectPaths, keys: dict[str, str]) -> None:
-    """Date the step caches of ``keys`` as used now, so pruning spares them."""
-    for key in keys.values():
-        if (paths.artifacts_dir / key).is_dir():
-            os.utime(paths.artifacts_dir / key)
-
-
-def prune_caches(config: RatchetConfig, paths: ProjectPaths) -> None:
-    from components.state import prune_step_caches
-
-    max_age = config.tracking.cache_max_age_days
-    if max_age is None:
-        return
-    pruned = prune_step_caches(paths, max_age)
-    if pruned:
-        get_run_logger().info(
-            "deleted %d step caches unused for %g days: %s",
-            len(pruned),
-            max_age,
-            ", ".join(folder.name for folder in pruned),
-        )
-
-
-def run_cached(
-    task: Any, record: RunRecord, name: str, force: bool, model_dir: Path, **arguments: Any
-) -> dict[str, Any]:
-    """Run a cached task; rerun it when forced or when its cached model folder is gone."""
-    fresh = force or not (model_dir / "config.json").is_file()
-    started = time.perf_counter()
-    state = task.with_options(refresh_cache=fresh)(**arguments, return_state=True)
-    result: dict[str, Any] = state.result()
-    status = "cached" if state.name == "Cached" else "done"
-    if Path(result["model_dir"]).is_dir():
-        os.utime(result["model_dir"])  # the folder's age is its last use
-    record.add_step(name, status, time.perf_counter() - started, {"model_dir": result["model_dir"]})
-    return result
 
 
 def existing_version_for(config: RatchetConfig, train_key: str) -> str | None:

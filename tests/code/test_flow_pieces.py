@@ -138,7 +138,7 @@ def test_pretrain_key_follows_the_bytes_of_the_extra_corpora(
 ) -> None:
     from components.config import load_config
     from components.state import ProjectPaths
-    from flows.retrain import training_keys
+    from flows.caches import training_keys
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("a first unlabelled line\nanother line\n", encoding="utf-8")
@@ -158,7 +158,7 @@ def test_pretrain_key_follows_the_bytes_of_the_extra_corpora(
 
 def test_force_discards_the_checkpoints_of_its_keys(tmp_path: Path) -> None:
     from components.state import ProjectPaths
-    from flows.retrain import discard_checkpoints
+    from flows.caches import discard_checkpoints
 
     paths = ProjectPaths(project_root=tmp_path, state_dir=tmp_path / "state")
     for key in ("pretrain-1", "train-2", "train-other"):
@@ -175,7 +175,7 @@ def test_retrain_slot_admits_one_retrain_of_a_model_at_a_time(
 
     from components.config import load_config
     from components.state import ProjectPaths
-    from flows.retrain import retrain_slot
+    from flows.slots import retrain_slot
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     config = load_config(PROJECT_ROOT / "params.yaml")
@@ -207,14 +207,14 @@ def test_retrain_slot_of_a_killed_run_is_free_again(tmp_path: Path) -> None:
 
     from components.config import load_config
     from components.state import ProjectPaths
-    from flows.retrain import retrain_slot
+    from flows.slots import retrain_slot
 
     hold = (
         "import sys, time\n"
         "from pathlib import Path\n"
         "from components.config import load_config\n"
         "from components.state import ProjectPaths\n"
-        "from flows.retrain import retrain_slot\n"
+        "from flows.slots import retrain_slot\n"
         "paths = ProjectPaths(project_root=Path(sys.argv[1]), state_dir=Path(sys.argv[1]))\n"
         "with retrain_slot(load_config(sys.argv[2]), paths):\n"
         "    print('held', flush=True)\n"

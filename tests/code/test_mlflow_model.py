@@ -39,12 +39,18 @@ def test_serving_files_refuse_pickled_weights(tmp_path: Path) -> None:
     assert class_names(source) == ["neg", "pos"]
 
 
+def experiment_in(state_dir: Path) -> str:
+    """An experiment whose artifacts stay in the test's state folder: the default
+    experiment of a SQLite store writes them to ./mlruns in the working directory."""
+    return mlflow.create_experiment("ratchet", artifact_location=(state_dir / "art").as_uri())
+
+
 @pytest.mark.slow
 def test_logged_model_predicts_and_holds_no_pickles(
     tiny_classifiers: dict[str, Path], state_dir: Path, tmp_path: Path
 ) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{state_dir / 'mlflow.db'}")
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=experiment_in(state_dir)):
         info = log_classifier_model(tiny_classifiers["good"])
     assert info.signature.outputs.input_names()[:2] == ["label", "score"]
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "m")))
@@ -96,7 +102,7 @@ def test_mean_pooling_model_loads_without_ratchet(
 ) -> None:
     uri = f"sqlite:///{state_dir / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=experiment_in(state_dir)):
         info = log_classifier_model(tiny_mean_classifier)
     script = tmp_path / "load.py"
     script.write_text(LOAD_WITHOUT_RATCHET, encoding="utf-8")

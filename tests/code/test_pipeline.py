@@ -115,3 +115,11 @@ def test_params_hash_follows_exactly_the_declared_keys() -> None:
         assert (params_hash(other, pretrain) != params_hash(config, pretrain)) is changes
     assert is_enabled(config, pretrain)
     assert not is_enabled(load_config(params, overrides=["pretrain.enabled=false"]), pretrain)
+
+
+def test_show_lists_the_stages_in_order_with_their_data() -> None:
+    shown = runner.invoke(get_app(), ["pipeline", "show"])
+    assert shown.exit_code == 0, shown.output
+    lines = [line for line in shown.output.splitlines() if " (" in line and "): `" in line]
+    assert [line.split(" (")[0] for line in lines] == PIPELINE.names()
+    assert "train (model): `ratchet train`; reads data/prepared, models/pretrained" in shown.output

@@ -28,15 +28,23 @@ def dvc_yaml(
         Path | None,
         typer.Option("--output", help="Where to write; default dvc.yaml beside params.yaml."),
     ] = None,
+    code_root: Annotated[
+        str,
+        typer.Option(
+            "--code-root",
+            help="The project root as seen from the output's folder (../.. for "
+            "models/<name>/dvc.yaml), so source dependencies point back at it.",
+        ),
+    ] = ".",
 ) -> None:
     """Write dvc.yaml from the pipeline declared in components/pipeline.py."""
     from components.pipeline import check_dvc_yaml, write_dvc_yaml
 
     target = output or settings(ctx).params.resolve().parent / "dvc.yaml"
     if check:
-        check_dvc_yaml(target)
+        check_dvc_yaml(target, code_root=code_root)
         console.print(f"{target} matches the pipeline declaration", highlight=False)
-    elif write_dvc_yaml(target):
+    elif write_dvc_yaml(target, code_root=code_root):
         console.print(f"wrote {target}", highlight=False)
     else:
         console.print(f"{target} is up to date", highlight=False)

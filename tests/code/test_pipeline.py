@@ -60,8 +60,12 @@ def test_every_declared_source_file_exists() -> None:
     assert missing == []
 
 
-def test_a_model_folder_pipeline_points_back_at_the_sources() -> None:
-    stages = yaml.safe_load(render_dvc_yaml(code_root="../.."))["stages"]
+def test_a_model_folder_pipeline_points_back_at_the_sources(tmp_path: Path) -> None:
+    target = tmp_path / "models" / "ner" / "dvc.yaml"
+    options = ["--output", str(target), "--code-root", "../.."]
+    written = runner.invoke(get_app(), ["pipeline", "dvc-yaml", *options])
+    assert written.exit_code == 0, written.output
+    stages = yaml.safe_load(target.read_text())["stages"]
     assert stages["prepare"]["deps"][:3] == [
         "data/raw",
         "metrics/data_validation.json",

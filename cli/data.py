@@ -25,7 +25,6 @@ DataOption = Annotated[
     str | None,
     typer.Option("--data", help="File, folder or hf:<name>; default data.source."),
 ]
-STAGES = ("ingest", "validate", "prepare")
 
 commands = typer.Typer()
 data_app = typer.Typer(help="Version data with DVC: push, pull, commit, lineage.")
@@ -119,12 +118,14 @@ def transfer_data(ctx: typer.Context, direction: str) -> None:
 @command(data_app, "commit")
 def data_commit(ctx: typer.Context) -> None:
     """Record data/raw and data/prepared made outside `dvc repro` in dvc.lock."""
+    from components.pipeline import PIPELINE
     from components.versioning import commit_stage_outputs
 
     _, paths = load(ctx)
+    stages = PIPELINE.names("data")
     with data_lock(paths.raw_dir.parent):
-        commit_stage_outputs(paths.project_root, STAGES)
-    console.print(f"committed stages {', '.join(STAGES)}", highlight=False)
+        commit_stage_outputs(paths.project_root, stages)
+    console.print(f"committed stages {', '.join(stages)}", highlight=False)
 
 
 @command(data_app, "lineage")

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from components.state import ProjectPaths
+from components.pipeline import PIPELINE
 from components.versioning import locked_md5, workspace_md5
 
 
@@ -39,16 +39,17 @@ def workspace_lineage(project_root: Path) -> dict[str, Any]:
         ``raw_data_md5``, ``prepared_data_md5`` (str or None when absent) and
         ``data_matches_lock`` (bool).
     """
-    paths = ProjectPaths(project_root=project_root, state_dir=project_root)
     commit = git_output(project_root, "rev-parse", "HEAD")
     status = git_output(project_root, "status", "--porcelain", "--untracked-files=no")
     lineage: dict[str, Any] = {
         "git_commit": commit,
         "git_dirty": None if status is None else bool(status),
-        "raw_data_md5": workspace_md5(paths.raw_dir),
-        "prepared_data_md5": workspace_md5(paths.prepared_dir),
     }
-    lineage["data_matches_lock"] = lineage["raw_data_md5"] == locked_md5(
-        project_root, "data/raw"
-    ) and lineage["prepared_data_md5"] == locked_md5(project_root, "data/prepared")
+    # The outputs the pipeline declaration tags for lineage: data/raw, data/prepared.
+    outputs = PIPELINE.lineage_outputs()
+    for tag, out_path in outputs.items():
+        lineage[tag] = workspace_md5(project_root / out_path)
+    lineage["data_matches_lock"] = all(
+        lineage[tag] == locked_md5(project_root, out_path) for tag, out_path in outputs.items()
+    )
     return lineage

@@ -75,6 +75,7 @@ def run_pretraining(
     output_dir: Path,
     checkpoint_dir: Path | None = None,
     on_metrics: MetricsCallback | None = None,
+    base_model: str | None = None,
 ) -> PretrainResult:
     """Continue pretraining ``model.base`` (or train from scratch) on ``texts`` with MLM.
 
@@ -89,6 +90,9 @@ def run_pretraining(
             it was written by a run with the same resume key (settings, texts and base
             model: see :func:`pretrain_resume_key`), else a ``TrainingError`` is raised.
         on_metrics: per-step metrics callback.
+        base_model: ``model.base`` as the caller resolved it against its project root;
+            when not given, an absolute path, a hub id or the shipped model (a relative
+            path is then taken from the working directory).
 
     Returns:
         The folder and metrics incl. ``perplexity_before`` and ``perplexity_after``.
@@ -96,7 +100,7 @@ def run_pretraining(
     from transformers import AutoTokenizer
 
     settings, runtime = config.pretrain, config.train
-    base = resolve_base_model(config.model.base)  # relative to the working directory
+    base = base_model or resolve_base_model(config.model.base)
     context = start_process(settings.seed, runtime.deterministic, runtime.num_threads)
     tokenizer = AutoTokenizer.from_pretrained(base)
     source, held_out = masked_lm_sources(tokenizer, texts, config, context)
@@ -238,18 +242,19 @@ def run_pretrain_stage(
     """The ``pretrain`` stage: data/prepared (+ corpora) -> models/pretrained and
     metrics/pretrain.json. With ``pretrain.enabled: false`` the base is copied instead."""
     output_dir = paths.pretrained_dir
+    base = resolve_base_model(config.model.base, paths.project_root)
     if not config.pretrain.enabled:
-        base = resolve_base_model(config.model.base, paths.project_root)
         if is_main_process():
             copy_base_model(base, output_dir)
         result = PretrainResult(output_dir, {}, {"base_model": base, "objective": "none"})
     else:
-        base = resolve_base_model(config.model.base, paths.project_root)
         start = "from-scratch" if config.pretrain.from_scratch else model_fingerprint(base)
         key = run_key(config, paths, start, corpora_fingerprint(config, paths))
         checkpoints = paths.checkpoints_dir / f"pretrain-{key}"
         corpus = gather_pretraining_texts(config, paths)
-        trained = run_pretraining(config, corpus.texts, output_dir, checkpoints, on_metrics)
+        trained = run_pretraining(
+            config, corpus.texts, output_dir, checkpoints, on_metrics, base_model=base
+        )
         result = replace(trained, metrics={**trained.metrics, **corpus.metrics})
     if is_main_process():
         write_metrics(paths.metrics_dir / "pretrain.json", result.metrics, result.info)

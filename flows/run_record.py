@@ -2,7 +2,13 @@
 
 The flow appends to it after every step and it is written to disk each time, so a crash
 loses nothing; the Prefect completion/failure hooks render it as a markdown report in the
-state folder and attach it to the MLflow parent run.
+state folder, publish it as the flow run's Prefect artifact and attach it to the MLflow
+parent run.
+
+Kept beside Prefect's own records on purpose: Prefect's task states do not say whether a
+training step was cached because of our key or how long each step took against the
+others, they live in a server a killed ephemeral run takes with it, and the record (a
+file) is what the failure hook and `ratchet demo` read back.
 """
 
 from __future__ import annotations

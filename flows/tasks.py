@@ -88,13 +88,15 @@ def prepare_data(config: RatchetConfig, paths: ProjectPaths) -> dict[str, Any]:
 
 @task(name="version-data")
 def version_data(paths: ProjectPaths, stages: list[str]) -> dict[str, str | None]:
-    """Record the data stages' outputs in ``dvc.lock``; return the raw and prepared md5s."""
+    """Record the data stages' outputs in ``dvc.lock``; return the md5s the lineage
+    records (``raw_data_md5``, ``prepared_data_md5``: the declaration's lineage tags)."""
     from components import versioning
+    from components.pipeline import PIPELINE
 
     versioning.commit_stage_outputs(paths.project_root, stages)
     return {
-        "raw_data_md5": versioning.locked_md5(paths.project_root, "data/raw"),
-        "prepared_data_md5": versioning.locked_md5(paths.project_root, "data/prepared"),
+        tag: versioning.locked_md5(paths.project_root, out_path)
+        for tag, out_path in PIPELINE.lineage_outputs().items()
     }
 
 
@@ -116,35 +118,19 @@ def push_data(config: RatchetConfig, paths: ProjectPaths) -> str:
 
 
 @task(name="measure-truncation")
-def measure_truncation(config: RatchetConfig, paths: ProjectPaths) -> dict[str, float]:
+def measure_truncation(
+    config: RatchetConfig, paths: ProjectPaths, base_model: str | None = None
+) -> dict[str, float]:
     """Share of train and test texts longer than ``model.max_length`` tokens (base
     model's tokenizer): ``data.truncated_fraction_train`` / ``_test``."""
     from components.truncation import measure_prepared_truncation
 
-    return measure_prepared_truncation(config, paths)
+    return measure_prepared_truncation(config, paths, base_model)
 
 
-@task(name="pretrain", cache_key_fn=cache_key_from_argument, persist_result=True)
-def pretrain_model(
-    config: RatchetConfig, paths: ProjectPaths, cache_key: str, output_dir: Path, run_id: str
-) -> dict[str, Any]:
-    """Masked-language-model pretraining; resumes from ``checkpoints/<cache_key>``."""
-    from components import tracking
-    from components.pretrain import run_pretraining
-    from components.pretrain_corpus import gather_pretraining_texts
-
-    corpus = gather_pretraining_texts(config, paths)
-    with tracking.metrics_logger(run_id) as on_metrics:
-        result = run_pretraining(
-            config, corpus.texts, output_dir, paths.checkpoints_dir / cache_key, on_metrics
-        )
-    metrics = {**result.metrics, **corpus.metrics}
-    tracking.log_metrics(run_id, metrics)
-    return {"model_dir": str(result.model_dir), "metrics": metrics, "info": result.info}
-
-
-@task(name="train", cache_key_fn=cache_key_from_argument, persist_result=True)
-def finetune_model(
+@task(cache_key_fn=cache_key_from_argument, persist_result=True)
+def model_stage(
+    stage: str,
     config: RatchetConfig,
     paths: ProjectPaths,
     cache_key: str,
@@ -152,16 +138,15 @@ def finetune_model(
     output_dir: Path,
     run_id: str,
 ) -> dict[str, Any]:
-    """Sequence-classification fine-tuning; resumes from ``checkpoints/<cache_key>``."""
+    """One model stage of the pipeline declaration (``pretrain``, ``train``: its node in
+    ``components/model_stages.py``) from ``init_model``; resumes from
+    ``checkpoints/<cache_key>``. The flow names each run after its stage."""
     from components import tracking
-    from components.finetune import run_finetuning
-    from components.prepare import load_prepared
+    from components.model_stages import MODEL_NODES, ModelStageRun
 
-    data = load_prepared(paths.prepared_dir)
     with tracking.metrics_logger(run_id) as on_metrics:
-        result = run_finetuning(
-            config, data, init_model, output_dir, paths.checkpoints_dir / cache_key, on_metrics
-        )
+        run = ModelStageRun(init_model, output_dir, paths.checkpoints_dir / cache_key, on_metrics)
+        result = MODEL_NODES[stage](config, paths, run)
     tracking.log_metrics(run_id, result.metrics)
     return {"model_dir": str(result.model_dir), "metrics": result.metrics, "info": result.info}
 
@@ -173,22 +158,9 @@ def evaluate_model(
     """Score the frozen test split: metrics, plots, slices, latency, behavioural checks,
     at the settings the model will be served with (``model.max_length``,
     ``serving.precision``)."""
-    from components.behaviour import suite_for_labels
-    from components.evaluate import evaluate_model as evaluate
-    from components.prepare import load_prepared
+    from components.model_stages import evaluate_node
 
-    data = load_prepared(paths.prepared_dir)
-    suite, _ = suite_for_labels(config.eval.behaviour_checks, data.labels, paths.project_root)
-    return evaluate(
-        model_dir,
-        data.test,
-        data.labels,
-        config.eval,
-        output_dir,
-        suite,
-        config.model.max_length,
-        config.serving.precision,
-    )
+    return evaluate_node(config, paths, model_dir, output_dir, paths.project_root)
 
 
 @task(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,14 +89,16 @@ def config_from_mapping(raw: dict[str, Any]) -> RatchetConfig:
 
 
 def load_config(
-    params_file: str | Path | None = DEFAULT_PARAMS_FILE,
+    params_file: str | Path | Mapping[str, Any] | None = DEFAULT_PARAMS_FILE,
     config_files: Sequence[str | Path] = (),
     overrides: Sequence[str] = (),
 ) -> RatchetConfig:
     """Load ``params.yaml``, merge extra YAML files over it, then apply ``--set`` overrides.
 
     Args:
-        params_file: the base parameters; ``None`` starts from the built-in defaults.
+        params_file: the base parameters, or their mapping when already read (the
+            flow reads params.yaml once, for this and for its DVC check); ``None``
+            starts from the built-in defaults.
         config_files: YAML files merged over the base in order (profiles such as demo).
         overrides: ``dotted.key=value`` strings applied last; values are parsed as YAML.
 
@@ -107,7 +110,9 @@ def load_config(
             wrong type; the message names the key.
     """
     raw: dict[str, Any] = {}
-    if params_file is not None:
+    if isinstance(params_file, Mapping):
+        raw = copy.deepcopy(dict(params_file))
+    elif params_file is not None:
         raw = read_yaml_mapping(Path(params_file))
     for extra in config_files:
         raw = deep_merge(raw, read_yaml_mapping(Path(extra)))

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from components.base_model import model_fingerprint
 from components.errors import ConfigError, DataValidationError
 from flows.keys import cache_key_from_argument, code_version, step_key
 from flows.retrain import ensure_dvc_sees_data_config
@@ -242,3 +243,32 @@ def test_retrain_slot_of_a_killed_run_is_free_again(tmp_path: Path) -> None:
 
     threading.Thread(target=next_retrain, daemon=True).start()
     assert entered.wait(timeout=20), "the killed holder's slot was not released"
+
+
+def test_training_keys_follow_the_params_the_pipeline_declares(tiny_bert_dir: Path) -> None:
+    """The flow's cache keys hash exactly the params keys dvc.yaml lists for a stage, so a
+    setting that reruns `dvc repro`'s pretrain stage (train.precision) reruns the flow's."""
+    from components.config import load_config
+    from components.model_stages import MODEL_NODES
+    from components.pipeline import PIPELINE
+    from components.state import ProjectPaths
+    from flows.caches import training_keys
+
+    assert list(MODEL_NODES) == PIPELINE.names("model")
+    params = PROJECT_ROOT / "params.yaml"
+    settings = [f"model.base={tiny_bert_dir}", "pretrain.extra_corpora=[]"]
+    paths = ProjectPaths(project_root=PROJECT_ROOT, state_dir=PROJECT_ROOT / ".ratchet")
+    md5s = {"prepared_data_md5": "abc.dir"}
+    keys = training_keys(load_config(params, overrides=settings), paths, md5s)
+    fp32 = training_keys(
+        load_config(params, overrides=[*settings, "train.precision=fp32"]), paths, md5s
+    )
+    assert list(keys) == ["pretrain", "train"]
+    assert fp32["pretrain"] != keys["pretrain"]
+    # With pretraining off, training starts from the base: the key is the one it always was.
+    config = load_config(params, overrides=[*settings, "pretrain.enabled=false"])
+    base = step_key("base", model_fingerprint(str(tiny_bert_dir)))
+    expected = step_key(
+        "train", "abc.dir", config.section_hash("train", "model"), base, code_version()
+    )
+    assert training_keys(config, paths, md5s, str(tiny_bert_dir)) == {"train": expected}

@@ -75,6 +75,22 @@ def bentoml_home() -> Path:
     return Path(BentoMLContainer.bentoml_home.get())
 
 
+def published_reports() -> dict[str, str]:
+    """``flow run name -> markdown`` of the run reports published as Prefect artifacts."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.retrain import REPORT_ARTIFACT_KEY
+
+    key = ArtifactFilter(key=ArtifactFilterKey(any_=[REPORT_ARTIFACT_KEY]))
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=key)
+    return {
+        str(artifact.description).removeprefix("retrain run ").split(":")[0]: str(artifact.data)
+        for artifact in artifacts
+    }
+
+
 def step_statuses(state_dir: Path, summary_version: str | None = None) -> list[dict]:
     records = sorted((state_dir / "reports").glob("*.json"), key=lambda p: p.stat().st_mtime)
     return json.loads(records[-1].read_text())["steps"]
@@ -150,6 +166,11 @@ def test_first_run_promotes_and_builds_then_rerun_is_cached(
     assert "train" not in {step["name"] for step in step_statuses(state_dir)}
     assert registry_state()[0] == ["1"]
     assert all(folder.stat().st_mtime >= started - 1 for folder in model_folders)
+    # Each run's report is also the flow run's Prefect artifact.
+    reports = {path.stem: path.read_text() for path in (state_dir / "reports").glob("*.md")}
+    published = published_reports()
+    assert len(reports) == 3
+    assert {name: published.get(name) for name in reports} == reports
 
     # The API key is in no MLflow param, artifact or tag, no Prefect flow-run parameter,
     # no report, no Bento: grep every byte the three runs left.

@@ -137,3 +137,25 @@ def test_stages_write_the_dvc_outputs(tiny_bert_dir: Path, tmp_path: Path) -> No
     assert (tmp_path / "models" / "finetuned" / "model.safetensors").is_file()
     metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert metrics["steps"] == 4 and 0 <= metrics["val_accuracy"] <= 1
+
+
+def test_pretrain_stage_finds_a_relative_base_from_another_working_directory(
+    tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """model.base is resolved once, against the project root: the stage used to resolve
+    it again inside run_pretraining against the working directory, and stopped there."""
+    import shutil
+
+    project = tmp_path / "project"
+    paths = ProjectPaths(project_root=project, state_dir=project / ".ratchet")
+    write_prepared(paths.prepared_dir)
+    shutil.copytree(tiny_bert_dir, project / "base")
+    config = tiny_settings(
+        Path("base"), "pretrain.max_steps=1", "pretrain.extra_corpora=[]", "pretrain.eval_texts=4"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = run_pretrain_stage(config, paths)
+    assert result.info["base_model"] == str((project / "base").resolve())
+    assert (paths.pretrained_dir / "model.safetensors").is_file()

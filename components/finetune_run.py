@@ -26,7 +26,7 @@ from components.files import save_pretrained_atomically
 from components.kernels.first_position import last_layer_at_first_position
 from components.model_surgery import freeze_lower_weights, layerwise_lr_scales
 from components.prepare import PreparedData
-from components.training.batching import length_grouped_batches, pad_batch
+from components.training.batching import BatchOrder, pad_batch
 from components.training.checkpoints import clear_checkpoints
 from components.training.loop import LoopResult, LoopSettings, MetricsCallback, run_loop
 from components.training.runtime import DistributedContext, Precision, choose_device
@@ -60,29 +60,21 @@ class FinetuneJob:
     on_metrics: MetricsCallback | None = None
 
 
+@dataclass
 class ClassificationBatches:
     """Tokenised texts and labels served as length-grouped, dynamically padded batches."""
 
-    def __init__(
-        self,
-        encoded: list[list[int]],
-        labels: Sequence[int],
-        batch_size: int,
-        seed: int,
-        pad_id: int,
-        grouped: bool = True,
-        context: DistributedContext | None = None,
-        pad_multiple: int = 1,
-    ) -> None:
-        self.encoded, self.labels = encoded, list(labels)
-        self.lengths = [len(ids) for ids in encoded]
-        self.batch_size, self.seed, self.pad_id = batch_size, seed, pad_id
-        self.grouped, self.context, self.pad_multiple = grouped, context, pad_multiple
+    encoded: list[list[int]]
+    labels: list[int]
+    order: BatchOrder
+    pad_id: int
+    pad_multiple: int = 1
+
+    def __post_init__(self) -> None:
+        self.lengths = [len(ids) for ids in self.encoded]
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        return length_grouped_batches(
-            self.lengths, self.batch_size, self.seed, epoch, self.grouped, self.context
-        )
+        return self.order.batches(self.lengths, epoch)
 
     def collate(self, indices: list[int], step: int) -> dict[str, torch.Tensor]:
         batch = pad_batch([self.encoded[i] for i in indices], self.pad_id, self.pad_multiple)
@@ -258,11 +250,8 @@ def finetune_once(
     source = ClassificationBatches(
         train_encoded,
         train_rows["label"].astype(int).tolist(),
-        train_cfg.batch_size,
-        train_cfg.seed,
+        BatchOrder(train_cfg.batch_size, train_cfg.seed, train_cfg.length_grouped, context),
         tokenizer.pad_token_id,
-        train_cfg.length_grouped,
-        context,
         pad_multiple=8 if device.type == "cuda" else 1,
     )
     settings = finetune_loop_settings(train_cfg, len(source.epoch_batches(0)), precision)

@@ -36,8 +36,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,307 +45,27 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from benchmarks._throughput_baselines import (  # noqa: E402
+    load_sst2,
+    matmul_peak_flops,
+    require_accelerate,
+    run_trainer_baseline,
+    training_flops_per_token,
+)
+from benchmarks._throughput_ratchet import (  # noqa: E402
+    dev_accuracy,
+    loop_samples_per_second,
+    padded_tokens_of_our_batches,
+    run_ratchet_bare,
+    run_ratchet_orchestrated,
+)
 from components.base_model import shipped_model_dir  # noqa: E402
-from components.config import load_config  # noqa: E402
-from components.finetune import run_finetuning  # noqa: E402
-from components.finetune_run import encode_texts, evaluate_accuracy  # noqa: E402
 from components.hardware import cpu_has_native_bf16  # noqa: E402
-from components.logs import progress_disabled, setup_logging  # noqa: E402
-from components.prepare import PreparedData  # noqa: E402
+from components.logs import setup_logging  # noqa: E402
 from components.state import QUIET_ENVIRONMENT  # noqa: E402
-from components.training.batching import length_grouped_batches  # noqa: E402
-
-SST2 = PROJECT_ROOT.parent / "shared" / "data" / "sst2"
-LABELS = ["negative", "positive"]
-LR, WEIGHT_DECAY, WARMUP_FRACTION, SEED = 5e-5, 0.01, 0.06, 42
 
 
-def load_sst2(rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A seeded slice of SST-2 train and the full dev set, as prepared-data frames."""
-    train = pd.read_csv(SST2 / "train.tsv", sep="\t", quoting=3)
-    dev = pd.read_csv(SST2 / "dev.tsv", sep="\t", quoting=3)
-    frames = []
-    for frame in (train.sample(n=rows, random_state=SEED), dev):
-        frame = frame.rename(columns={"sentence": "text"}).reset_index(drop=True)
-        frame["text"] = frame["text"].str.strip()
-        frame["label_name"] = [LABELS[label] for label in frame["label"]]
-        frames.append(frame)
-    return frames[0], frames[1]
-
-
-def matmul_peak_flops(dtype: torch.dtype, size: int = 1536, seconds: float = 2.0) -> float:
-    """Measured dense matmul FLOP/s for ``dtype`` on this machine."""
-    left, right = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    left @ right
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        left @ right
-        count += 1
-    return 2 * size**3 * count / (time.perf_counter() - start)
-
-
-def training_flops_per_token(config: Any, sequence_length: float) -> float:
-    """fwd+bwd FLOPs per processed token: 6 x non-embedding weights + attention scores."""
-    hidden, layers = config.hidden_size, config.num_hidden_layers
-    weights = layers * (4 * hidden * hidden + 2 * hidden * config.intermediate_size)
-    weights += hidden * hidden  # pooler
-    return 6 * weights + 12 * layers * sequence_length * hidden
-
-
-def require_accelerate() -> None:
-    """The Trainer baselines need ``accelerate``, an optional extra (Ratchet's own loop
-    does not): stop with the install command before any run starts."""
-    try:
-        import accelerate  # noqa: F401
-    except ImportError:
-        sys.exit(
-            "benchmarks/train_throughput.py: the Hugging Face Trainer baselines need "
-            "accelerate, which Ratchet itself does not; install the benchmark extra:\n"
-            "    .venv/bin/pip install --constraint constraints.txt --editable '.[bench]'"
-        )
-
-
-def run_trainer_baseline(
-    name: str, train: pd.DataFrame, steps: int, batch_size: int, max_length: int, padded: bool
-) -> dict[str, Any]:
-    """A plain Trainer run; (a) pads to max_length, (b) pads dynamically, length-grouped."""
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-        default_data_collator,
-    )
-
-    base = str(shipped_model_dir())
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    encoded = tokenizer(
-        train["text"].tolist(),
-        truncation=True,
-        max_length=max_length,
-        padding="max_length" if padded else False,
-    )
-    dataset = [
-        {**{key: encoded[key][i] for key in encoded}, "labels": int(label)}
-        for i, label in enumerate(train["label"])
-    ]
-    torch.manual_seed(SEED)
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
-    bf16 = (not padded) and (torch.cuda.is_available() or cpu_has_native_bf16())
-    arguments = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix=f"bench-{name}-"),
-        per_device_train_batch_size=batch_size,
-        max_steps=steps,
-        learning_rate=LR,
-        weight_decay=WEIGHT_DECAY,
-        warmup_steps=int(WARMUP_FRACTION * steps),
-        max_grad_norm=1.0,
-        lr_scheduler_type="linear",
-        seed=SEED,
-        bf16=bf16,
-        use_cpu=not torch.cuda.is_available(),  # the Trainer refuses CPU bf16 without it
-        train_sampling_strategy="random" if padded else "group_by_length",
-        save_strategy="no",
-        report_to="none",
-        logging_steps=max(steps, 1),
-        disable_tqdm=progress_disabled(),
-        dataloader_pin_memory=False,
-    )
-    trainer = Trainer(
-        model=model,
-        args=arguments,
-        train_dataset=dataset,  # type: ignore[arg-type]
-        data_collator=default_data_collator if padded else DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
-    )
-    cpu_start = time.process_time()
-    output = trainer.train()
-    cpu_seconds = time.process_time() - cpu_start
-    lengths = [len(ids) for ids in encoded["input_ids"]]
-    return {
-        "name": name,
-        "samples_per_second": output.metrics["train_samples_per_second"],
-        "train_seconds": output.metrics["train_runtime"],
-        "samples_per_cpu_second": steps * batch_size / cpu_seconds,
-        "model": trainer.model,
-        "bf16": bf16,
-        "mean_padded_length": float(max_length) if padded else None,
-        "mean_length": sum(lengths) / len(lengths),
-    }
-
-
-def ratchet_config(
-    steps: int,
-    batch_size: int,
-    max_length: int,
-    checkpoint_every: int | None,
-    extra_overrides: tuple[str, ...] = (),
-) -> Any:
-    """The shipped params.yaml with the benchmark's shared settings; ``checkpoint_every``
-    None keeps the shipped checkpoint cadence, a number replaces it with that step count."""
-    cadence = (
-        []
-        if checkpoint_every is None
-        else [
-            f"train.checkpoint_every_steps={checkpoint_every}",
-            "train.checkpoint_every_minutes=null",
-        ]
-    )
-    return load_config(
-        PROJECT_ROOT / "params.yaml",
-        overrides=[
-            f"train.max_steps={steps}",
-            "train.epochs=100",
-            f"train.batch_size={batch_size}",
-            f"model.max_length={max_length}",
-            f"train.lr={LR}",
-            f"train.weight_decay={WEIGHT_DECAY}",
-            f"train.warmup_fraction={WARMUP_FRACTION}",
-            f"train.seed={SEED}",
-            f"train.eval_every_steps={steps}",
-            "train.early_stopping_patience=null",
-            "train.max_train_samples=null",
-            *cadence,
-            *extra_overrides,
-        ],
-    )
-
-
-def run_ratchet_bare(
-    train: pd.DataFrame,
-    dev: pd.DataFrame,
-    steps: int,
-    batch_size: int,
-    max_length: int,
-    extra_overrides: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """run_finetuning alone: no Prefect, no MLflow, no checkpoints (the overhead baseline),
-    with ``extra_overrides`` applied for a ``--variant``."""
-    workdir = Path(tempfile.mkdtemp(prefix="bench-ratchet-bare-"))
-    config = ratchet_config(steps, batch_size, max_length, steps, extra_overrides)
-    data = PreparedData(train=train, validation=dev, test=dev, labels=LABELS)
-    step_seconds: list[float] = []
-
-    def record_step(step: int, metrics: dict[str, float]) -> None:
-        step_seconds.append(batch_size / metrics["samples_per_second"])
-
-    start = time.perf_counter()
-    result = run_finetuning(
-        config, data, str(shipped_model_dir()), workdir / "model", on_metrics=record_step
-    )
-    # The second half of the steps: past torch.compile's first compilations and
-    # recompilations for new sequence lengths, so compiled and eager compare steady states.
-    second_half = step_seconds[len(step_seconds) // 2 :]
-    return {
-        "result": result,
-        "wall_seconds": time.perf_counter() - start,
-        "steady_samples_per_second": batch_size * len(second_half) / sum(second_half),
-    }
-
-
-def run_ratchet_orchestrated(
-    train: pd.DataFrame,
-    dev: pd.DataFrame,
-    steps: int,
-    batch_size: int,
-    max_length: int,
-    checkpoint_every: int | None,
-) -> dict[str, Any]:
-    """run_finetuning as the flow runs it: a Prefect task inside a flow, an MLflow run with
-    per-step metrics logged in batches, and atomic checkpoints every ``checkpoint_every``
-    steps (None: at the shipped cadence). Returns the task's wall time and its parts."""
-    workdir = Path(tempfile.mkdtemp(prefix="bench-ratchet-"))
-    config = ratchet_config(steps, batch_size, max_length, checkpoint_every)
-    data = PreparedData(train=train, validation=dev, test=dev, labels=LABELS)
-    base = str(shipped_model_dir())
-    os.environ.setdefault("PREFECT_HOME", str(workdir / "prefect"))
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
-    import mlflow
-    from prefect import flow, task
-
-    from components import tracking
-
-    # Creating a new store (schema migrations) happens once per store, not per training
-    # run; it is timed and reported on its own.
-    store_start = time.perf_counter()
-    mlflow.set_experiment("bench")
-    timings: dict[str, float] = {"store_creation": time.perf_counter() - store_start}
-
-    @task(name="train")
-    def train_task() -> Any:
-        mlflow_start = time.perf_counter()
-        with mlflow.start_run(run_name="bench-train") as run:
-            timings["mlflow"] = time.perf_counter() - mlflow_start
-            with tracking.metrics_logger(run.info.run_id) as on_metrics:
-                inner_start = time.perf_counter()
-                result = run_finetuning(
-                    config, data, base, workdir / "model", workdir / "checkpoints", on_metrics
-                )
-                timings["inner"] = time.perf_counter() - inner_start
-                flush_start = time.perf_counter()
-            timings["mlflow"] += time.perf_counter() - flush_start
-        return result
-
-    @flow(name="bench-train")
-    def train_flow() -> Any:
-        task_start = time.perf_counter()
-        result = train_task()
-        timings["task"] = time.perf_counter() - task_start
-        return result
-
-    flow_start = time.perf_counter()
-    result = train_flow()
-    flow_seconds = time.perf_counter() - flow_start
-    return {
-        "result": result,
-        "wall_seconds": timings["task"],
-        "wrapper_seconds": timings["task"] - timings["inner"] - timings["mlflow"],
-        "mlflow_seconds": timings["mlflow"],
-        "store_creation_seconds": timings["store_creation"],
-        # Starting the ephemeral API server and the flow run: once per retrain, and
-        # absent against a running Prefect server.
-        "flow_startup_seconds": flow_seconds - timings["task"],
-    }
-
-
-def loop_samples_per_second(metrics: dict[str, Any]) -> float:
-    """Samples per second of Ratchet's loop, steps and in-loop orchestration included
-    (evaluation excluded, as the Trainer's ``train_samples_per_second`` excludes it)."""
-    return metrics["samples_seen"] / (metrics["train_seconds"] + metrics["orchestration_seconds"])
-
-
-def padded_tokens_of_our_batches(
-    train: pd.DataFrame, steps: int, batch_size: int, max_length: int
-) -> tuple[float, float]:
-    """(padded, real) tokens per example that Ratchet's loop processes in ``steps`` steps."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(shipped_model_dir()))
-    lengths = [len(ids) for ids in encode_texts(tokenizer, train["text"].tolist(), max_length)]
-    batches: list[list[int]] = []
-    epoch = 0
-    while len(batches) < steps:
-        batches += length_grouped_batches(lengths, batch_size, SEED, epoch)
-        epoch += 1
-    batches = batches[:steps]
-    examples = sum(len(b) for b in batches)
-    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    real = sum(lengths[i] for b in batches for i in b)
-    return padded / examples, real / examples
-
-
-def dev_accuracy(model: torch.nn.Module, dev: pd.DataFrame, max_length: int) -> float:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(shipped_model_dir()))
-    encoded = encode_texts(tokenizer, dev["text"].tolist(), max_length)
-    model = model.float().to("cpu")
-    scores = evaluate_accuracy(model, encoded, dev["label"].tolist(), 64, tokenizer.pad_token_id)
-    return scores["val_accuracy"]
-
-
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=8000, help="SST-2 training rows")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -384,25 +102,19 @@ def main() -> None:
         "train.freeze_embeddings=true; repeatable",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args()
-    require_accelerate()
-    setup_logging(logging.WARNING)
-    os.environ.setdefault("RATCHET_NO_PROGRESS", "1")
-    for name, value in QUIET_ENVIRONMENT.items():  # telemetry off, as in the flow
-        os.environ.setdefault(name, value)
-    steps = args.steps or args.rows // args.batch_size
-    a_steps = args.baseline_a_steps or steps
-    train, dev = load_sst2(args.rows)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"native bf16 {cpu_has_native_bf16()}, cuda {torch.cuda.is_available()}"
-    )
-    print(f"data: {args.rows} SST-2 train rows, batch {args.batch_size}, {steps} steps")
+    return parser.parse_args()
 
-    def rate(run: dict[str, Any]) -> float:
-        return loop_samples_per_second(run["result"].metrics)
 
+def rate(run: dict[str, Any]) -> float:
+    """Samples per second of one Ratchet run (its loop, in-loop orchestration included)."""
+    return loop_samples_per_second(run["result"].metrics)
+
+
+def run_rounds(
+    args: argparse.Namespace, train: pd.DataFrame, dev: pd.DataFrame, steps: int
+) -> tuple[list[dict[str, Any]], float]:
+    """``--rounds`` rounds of (b), Ratchet bare, the variants and Ratchet orchestrated, in
+    turn; returns the rounds' runs and (b)'s dev accuracy (from the first round)."""
     rounds: list[dict[str, Any]] = []
     baseline_b_accuracy = 0.0
     for index in range(args.rounds):
@@ -432,6 +144,23 @@ def main() -> None:
             f"{rate(bare_run):.1f}, orchestrated {rate(ours_run):.1f} samples/s"
             + "".join(f", {variant} {rate(run):.1f}" for variant, run in variant_runs.items())
         )
+    return rounds, baseline_b_accuracy
+
+
+def measure_figures(
+    args: argparse.Namespace,
+    rounds: list[dict[str, Any]],
+    baseline_b_accuracy: float,
+    train: pd.DataFrame,
+    dev: pd.DataFrame,
+    steps: int,
+) -> tuple[dict[str, Any], float, float, float]:
+    """Baseline (a), the FLOP/s figures and the medians over ``rounds``.
+
+    Returns:
+        The figures, and the achieved, bf16-peak and fp32-peak FLOP/s.
+    """
+    a_steps = args.baseline_a_steps or steps
     # Accounting details come from the first round; rates and ratios are medians.
     bare, ours = rounds[0]["bare"], rounds[0]["ours"]
     result = ours["result"]
@@ -548,13 +277,28 @@ def main() -> None:
             ),
             "accuracy": rounds[0]["variants"][variant]["result"].metrics["val_accuracy"],
         }
+    return figures, achieved, peak_bf16, peak_fp32
+
+
+def print_summary(
+    figures: dict[str, Any], rounds: int, achieved: float, peak_bf16: float, peak_fp32: float
+) -> None:
+    """The figures as JSON, then the human summary (achieved and peak FLOP/s as measured)."""
+    ours_sps, bare_sps = figures["ratchet_samples_per_second"], figures["bare_samples_per_second"]
+    ratio_b_each, bare_ratio_b_each = (
+        figures["ratio_vs_b_each_round"],
+        figures["bare_ratio_vs_b_each_round"],
+    )
+    a_steps, orchestration = figures["baseline_a_steps"], figures["orchestration_seconds"]
+    end_to_end = figures["end_to_end_overhead_fraction"]
+    end_to_end_each = figures["end_to_end_overhead_fraction_each_pair"]
     print(json.dumps(figures, indent=2))
     print(
         f"\nsamples/s  (a) {figures['baseline_a_samples_per_second']:.1f}   "
         f"(b) {figures['baseline_b_samples_per_second']:.1f}   "
         f"ratchet {ours_sps:.1f}\n"
         f"ratio      vs (a) {figures['ratio_vs_a']:.1f}x   vs (b) {figures['ratio_vs_b']:.2f}x"
-        f" (median of {args.rounds} round(s): "
+        f" (median of {rounds} round(s): "
         f"{', '.join(f'{each:.2f}x' for each in ratio_b_each)})"
         f"   (per CPU-second: {figures['cpu_ratio_vs_a']:.1f}x, {figures['cpu_ratio_vs_b']:.2f}x)"
         f"; bare loop {bare_sps:.1f} samples/s, {figures['bare_ratio_vs_b']:.2f}x (b) "
@@ -565,15 +309,17 @@ def main() -> None:
         f"bf16 matmul peak ({peak_bf16 / 1e9:.1f} GFLOP/s), "
         f"{figures['fraction_of_best_peak']:.1%} of the best peak (fp32 {peak_fp32 / 1e9:.1f})\n"
         f"overhead   orchestration {orchestration:.2f} s = "
-        f"{figures['orchestration_fraction']:.1%} of {metrics['train_seconds']:.1f} s training "
-        f"(in loop {metrics['orchestration_seconds']:.2f} s, Prefect task "
-        f"{ours['wrapper_seconds']:.2f} s, MLflow run {ours['mlflow_seconds']:.2f} s); "
-        f"end to end {ours['wall_seconds']:.1f} s vs {bare['wall_seconds']:.1f} s bare; "
-        f"median over {len(pairs)} pair(s) {end_to_end:+.1%} "
+        f"{figures['orchestration_fraction']:.1%} of {figures['train_seconds']:.1f} s training "
+        f"(in loop {figures['in_loop_orchestration_seconds']:.2f} s, Prefect task "
+        f"{figures['prefect_wrapper_seconds']:.2f} s, "
+        f"MLflow run {figures['mlflow_run_seconds']:.2f} s); "
+        f"end to end {figures['orchestrated_wall_seconds']:.1f} s "
+        f"vs {figures['bare_wall_seconds']:.1f} s bare; "
+        f"median over {len(end_to_end_each)} pair(s) {end_to_end:+.1%} "
         f"({', '.join(f'{each:+.1%}' for each in end_to_end_each)}); checkpoints written "
         f"{', '.join(f'{n:.0f}' for n in figures['checkpoints_written_each_pair'])}\n"
-        f"one-off    MLflow store creation {ours['store_creation_seconds']:.1f} s, "
-        f"ephemeral Prefect start + flow run {ours['flow_startup_seconds']:.1f} s"
+        f"one-off    MLflow store creation {figures['mlflow_store_creation_seconds']:.1f} s, "
+        f"ephemeral Prefect start + flow run {figures['flow_startup_seconds']:.1f} s"
     )
     for variant, row in figures["variants"].items():
         print(
@@ -583,9 +329,32 @@ def main() -> None:
             f"{', '.join(f'{each:.2f}x' for each in row['ratio_vs_bare_each_round'])}), "
             f"{row['ratio_vs_a']:.1f}x vs (a), {row['ratio_vs_b']:.2f}x vs (b); second-half "
             f"steady state {row['steady_samples_per_second']:.1f} vs "
-            f"{bare['steady_samples_per_second']:.1f}; accuracy {row['accuracy']:.4f} vs "
+            f"{figures['bare_steady_samples_per_second']:.1f}; accuracy {row['accuracy']:.4f} vs "
             f"{figures['bare_accuracy']:.4f}"
         )
+
+
+def main() -> None:
+    args = parse_arguments()
+    require_accelerate()
+    setup_logging(logging.WARNING)
+    os.environ.setdefault("RATCHET_NO_PROGRESS", "1")
+    for name, value in QUIET_ENVIRONMENT.items():  # telemetry off, as in the flow
+        os.environ.setdefault(name, value)
+    steps = args.steps or args.rows // args.batch_size
+    train, dev = load_sst2(args.rows)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"native bf16 {cpu_has_native_bf16()}, cuda {torch.cuda.is_available()}"
+    )
+    print(f"data: {args.rows} SST-2 train rows, batch {args.batch_size}, {steps} steps")
+
+    rounds, baseline_b_accuracy = run_rounds(args, train, dev, steps)
+    figures, achieved, peak_bf16, peak_fp32 = measure_figures(
+        args, rounds, baseline_b_accuracy, train, dev, steps
+    )
+    print_summary(figures, args.rounds, achieved, peak_bf16, peak_fp32)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
 

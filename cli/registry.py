@@ -35,7 +35,7 @@ ByOption = Annotated[
 ]
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why; recorded on the version.")]
 ForceOption = Annotated[
-    bool, typer.Option("--force", help="Skip the gate's checks (recorded as forced).")
+    bool, typer.Option("--force", help="promote only: skip the gate's checks (recorded as forced).")
 ]
 KeepOption = Annotated[
     bool, typer.Option("--keep", help="Keep the temporary workspace for inspection.")
@@ -231,37 +231,6 @@ def registry_compare(
         console.print(diff if rows else f"{title}: identical", highlight=False)
 
 
-@command(registry_app, "promote")
-def registry_promote(
-    ctx: typer.Context,
-    version: VersionArgument,
-    reason: ReasonOption,
-    by: ByOption = None,
-    force: ForceOption = False,
-    as_json: JsonOption = False,
-) -> None:
-    """Promote a version to champion through the gate (unless --force); records who and why."""
-    from components.promotion import promote_manually
-    from flows.tasks import release_for
-
-    settings, paths = load(ctx)
-    decision = promote_manually(
-        settings.registry.model_name,
-        version,
-        settings.gate,
-        reason,
-        by,
-        force,
-        batch_size=settings.eval.batch_size,
-        release=release_for(settings, paths),
-        state_dir=paths.state_dir,
-    )
-    if as_json:
-        print_json(decision.to_dict())
-    else:
-        print_decision(decision)
-
-
 @command(registry_app, "rollback")
 def registry_rollback(
     ctx: typer.Context,
@@ -286,28 +255,54 @@ def registry_rollback(
     )
 
 
-REVIEW_VERDICTS = {
+VERDICTS = {
+    "promote": "Promote a version to champion through the gate (unless --force); records who "
+    "and why.",
     "approve": "Approve the version awaiting review (`pending-review`): it becomes champion.",
     "reject": "Reject the version awaiting review: `pending-review` is cleared, champion stays.",
 }
 
 
-def registry_review(
+def registry_verdict(
     ctx: typer.Context,
     version: VersionArgument,
     reason: ReasonOption,
     by: ByOption = None,
+    force: ForceOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Approve or reject the version awaiting review: the command's name says which."""
+    """A reviewer's verdict on a version, recorded with who and why; the command's name
+    says which: promote (through the gate unless --force), approve or reject."""
     from components import aliases, registry
+    from components.errors import RegistryError
+    from flows.tasks import release_for
 
+    verdict = ctx.info_name
+    if force and verdict != "promote":
+        raise RegistryError(f"--force applies to `registry promote` only, not to {verdict}")
     settings, paths = load(ctx)
     name = settings.registry.model_name
-    client = registry.make_client()
-    if ctx.info_name == "approve":
-        from flows.tasks import release_for
+    if verdict == "promote":
+        from components.promotion import promote_manually
 
+        decision = promote_manually(
+            name,
+            version,
+            settings.gate,
+            reason,
+            by,
+            force,
+            batch_size=settings.eval.batch_size,
+            release=release_for(settings, paths),
+            state_dir=paths.state_dir,
+        )
+        if as_json:
+            print_json(decision.to_dict())
+        else:
+            print_decision(decision)
+        return
+    client = registry.make_client()
+    if verdict == "approve":
         release = release_for(settings, paths)
         previous = aliases.approve(
             client, name, version, reason, by, release=release, state_dir=paths.state_dir
@@ -321,8 +316,8 @@ def registry_review(
     report(as_json, {"rejected": version, "champion": champion}, line)
 
 
-for verdict, summary in REVIEW_VERDICTS.items():
-    command(registry_app, verdict, help=summary)(registry_review)
+for verdict, summary in VERDICTS.items():
+    command(registry_app, verdict, help=summary)(registry_verdict)
 
 
 @command(registry_app, "history")

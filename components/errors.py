@@ -8,21 +8,26 @@ from __future__ import annotations
 
 
 class RatchetError(Exception):
-    """Base class for errors a user can act on."""
+    """Base class for errors a user can act on.
+
+    A subclass states the CLI's exit code for it in its header, ``class
+    ConfigError(RatchetError, exit_code=2)``; without one it inherits its parent's.
+    """
 
     exit_code = 1
 
+    def __init_subclass__(cls, exit_code: int | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
-class ConfigError(RatchetError):
+
+class ConfigError(RatchetError, exit_code=2):
     """The configuration is invalid: unknown key, wrong type, missing path."""
 
-    exit_code = 2
 
-
-class DataError(RatchetError):
+class DataError(RatchetError, exit_code=3):
     """The input data cannot be read (missing file, malformed CSV, bad encoding)."""
-
-    exit_code = 3
 
 
 class DataValidationError(DataError):
@@ -37,16 +42,12 @@ class DataValidationError(DataError):
         self.failures = failures or []
 
 
-class TrainingError(RatchetError):
+class TrainingError(RatchetError, exit_code=4):
     """Training could not start or could not finish (bad hyper-parameters, NaN loss)."""
 
-    exit_code = 4
 
-
-class RegistryError(RatchetError):
+class RegistryError(RatchetError, exit_code=5):
     """The MLflow model registry is not in the state an operation needs."""
-
-    exit_code = 5
 
 
 class AliasChanged(RegistryError):
@@ -54,19 +55,13 @@ class AliasChanged(RegistryError):
     nothing was moved, and the decision has to be made again."""
 
 
-class GateRejected(RatchetError):
+class GateRejected(RatchetError, exit_code=6):
     """A manual promotion was refused by the promotion gate."""
 
-    exit_code = 6
 
-
-class ServingError(RatchetError):
+class ServingError(RatchetError, exit_code=7):
     """A Bento could not be built or served."""
 
-    exit_code = 7
 
-
-class VersioningError(RatchetError):
+class VersioningError(RatchetError, exit_code=8):
     """A DVC or git operation failed (no repository, remote unreachable, missing outputs)."""
-
-    exit_code = 8

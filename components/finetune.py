@@ -20,7 +20,12 @@ from pathlib import Path
 from components.base_model import model_fingerprint, resolve_base_model
 from components.config import RatchetConfig
 from components.files import write_metrics
-from components.finetune_run import FinetuneResult, check_finetune_inputs, finetune_once
+from components.finetune_run import (
+    FinetuneJob,
+    FinetuneResult,
+    check_finetune_inputs,
+    finetune_once,
+)
 from components.fingerprints import texts_fingerprint
 from components.prepare import PreparedData, load_prepared
 from components.soup import run_soup_finetuning
@@ -64,9 +69,8 @@ def run_finetuning(
     if checkpoint_dir is not None:
         check_finetune_inputs(config, data, init_model)
         claim_checkpoint_dir(checkpoint_dir, finetune_resume_key(config, data, init_model))
-    if config.train.soup_seeds:
-        return run_soup_finetuning(config, data, init_model, output_dir, checkpoint_dir, on_metrics)
-    return finetune_once(config, data, init_model, output_dir, checkpoint_dir, on_metrics)
+    job = FinetuneJob(config, data, init_model, output_dir, checkpoint_dir, on_metrics)
+    return run_soup_finetuning(job) if config.train.soup_seeds else finetune_once(job)
 
 
 def finetune_resume_key(config: RatchetConfig, data: PreparedData, init_model: str) -> str:

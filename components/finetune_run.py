@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,59 +26,55 @@ from components.files import save_pretrained_atomically
 from components.kernels.first_position import last_layer_at_first_position
 from components.model_surgery import freeze_lower_weights, layerwise_lr_scales
 from components.prepare import PreparedData
-from components.training.batching import length_grouped_batches, pad_batch
+from components.training.batching import BatchOrder, pad_batch
 from components.training.checkpoints import clear_checkpoints
 from components.training.loop import LoopResult, LoopSettings, MetricsCallback, run_loop
-from components.training.runtime import (
-    DistributedContext,
-    Precision,
-    choose_device,
-    run_precision,
-    start_process,
-)
+from components.training.runtime import DistributedContext, Precision, choose_device
+from components.training.stage import TrainedModel, loop_settings, start_run
 
 logger = logging.getLogger(__name__)
 
 
+FinetuneResult = TrainedModel  # the stage's name for what it hands on
+
+
 @dataclass(frozen=True)
-class FinetuneResult:
-    """Where the fine-tuned model was written and how training went.
+class FinetuneJob:
+    """What a fine-tuning (one run, or a soup of several) is asked to do.
 
     Attributes:
-        model_dir: the Hugging Face folder (safetensors, tokenizer, ``id2label``).
-        metrics: ``val_accuracy``, ``val_loss``, ``train_loss``, ``steps``,
-            ``train_samples_per_second``, ``train_seconds``, ``orchestration_seconds``, ...
-        info: non-numeric facts about the run (device, precision, init model).
+        config: ``train.*``, ``model.max_length`` and ``model.pooling`` are used.
+        data: prepared splits; ``data.labels`` become ``id2label``.
+        init_model: a Hugging Face folder (the pretraining output or the base) or hub id.
+        output_dir: where the model folder is written (rank 0 only under DDP).
+        checkpoint_dir: checkpoints go here (and are resumed from); None: no checkpoints.
+        on_metrics: per-step metrics callback (loss, lr, grad_norm, samples_per_second,
+            val_accuracy/val_loss when evaluated).
     """
 
-    model_dir: Path
-    metrics: dict[str, float]
-    info: dict[str, str] = field(default_factory=dict)
+    config: RatchetConfig
+    data: PreparedData
+    init_model: str
+    output_dir: Path
+    checkpoint_dir: Path | None = None
+    on_metrics: MetricsCallback | None = None
 
 
+@dataclass
 class ClassificationBatches:
     """Tokenised texts and labels served as length-grouped, dynamically padded batches."""
 
-    def __init__(
-        self,
-        encoded: list[list[int]],
-        labels: Sequence[int],
-        batch_size: int,
-        seed: int,
-        pad_id: int,
-        grouped: bool = True,
-        context: DistributedContext | None = None,
-        pad_multiple: int = 1,
-    ) -> None:
-        self.encoded, self.labels = encoded, list(labels)
-        self.lengths = [len(ids) for ids in encoded]
-        self.batch_size, self.seed, self.pad_id = batch_size, seed, pad_id
-        self.grouped, self.context, self.pad_multiple = grouped, context, pad_multiple
+    encoded: list[list[int]]
+    labels: list[int]
+    order: BatchOrder
+    pad_id: int
+    pad_multiple: int = 1
+
+    def __post_init__(self) -> None:
+        self.lengths = [len(ids) for ids in self.encoded]
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        return length_grouped_batches(
-            self.lengths, self.batch_size, self.seed, epoch, self.grouped, self.context
-        )
+        return self.order.batches(self.lengths, epoch)
 
     def collate(self, indices: list[int], step: int) -> dict[str, torch.Tensor]:
         batch = pad_batch([self.encoded[i] for i in indices], self.pad_id, self.pad_multiple)
@@ -215,18 +211,14 @@ class ValidationScorer:
 
 
 def finetune_once(
-    config: RatchetConfig,
-    data: PreparedData,
-    init_model: str,
-    output_dir: Path,
-    checkpoint_dir: Path | None = None,
-    on_metrics: MetricsCallback | None = None,
+    job: FinetuneJob,
     start_seed: int | None = None,
     on_saved: Callable[[FinetuneResult], None] | None = None,
 ) -> FinetuneResult:
     """One fine-tuning run with ``train.seed`` (``train.soup_seeds`` is not read).
 
     Args:
+        job: the settings, data, init model and folders of the run.
         start_seed: seed of what a soup's members share (default ``train.seed``): the
             rows picked when ``train.max_train_samples`` / ``max_eval_samples`` cap them,
             and the initial weights of the new classification head. Members then differ
@@ -236,19 +228,17 @@ def finetune_once(
     """
     from transformers import AutoTokenizer
 
+    config, data, init_model = job.config, job.data, job.init_model
+    checkpoint_dir = job.checkpoint_dir
     check_finetune_inputs(config, data, init_model)
     train_cfg, max_length = config.train, config.model.max_length
-    context = start_process(train_cfg.seed, train_cfg.deterministic, train_cfg.num_threads)
+    context, device, precision = start_run(train_cfg.seed, train_cfg, checkpoint_dir)
     tokenizer = AutoTokenizer.from_pretrained(init_model)
     start_seed = train_cfg.seed if start_seed is None else start_seed
     train_rows = select_rows(data.train, train_cfg.max_train_samples, start_seed)
     train_encoded = encode_texts(tokenizer, train_rows["text"].tolist(), max_length)
     val_rows = select_rows(data.validation, train_cfg.max_eval_samples, start_seed)
     val_encoded = encode_texts(tokenizer, val_rows["text"].tolist(), max_length)
-    device = choose_device(context)
-    precision = run_precision(
-        train_cfg.precision, device, train_cfg.deterministic, checkpoint_dir, context
-    )
     score = ValidationScorer(
         val_encoded,
         val_rows["label"].astype(int).tolist(),
@@ -260,11 +250,8 @@ def finetune_once(
     source = ClassificationBatches(
         train_encoded,
         train_rows["label"].astype(int).tolist(),
-        train_cfg.batch_size,
-        train_cfg.seed,
+        BatchOrder(train_cfg.batch_size, train_cfg.seed, train_cfg.length_grouped, context),
         tokenizer.pad_token_id,
-        train_cfg.length_grouped,
-        context,
         pad_multiple=8 if device.type == "cuda" else 1,
     )
     settings = finetune_loop_settings(train_cfg, len(source.epoch_batches(0)), precision)
@@ -283,12 +270,12 @@ def finetune_once(
             evaluate=score,
             metric_name="val_accuracy",
             checkpoint_dir=checkpoint_dir,
-            on_metrics=on_metrics,
+            on_metrics=job.on_metrics,
             context=context,
             lr_scales=lr_scales,
         )
     result = summarise_run(
-        outcome, score, model, train_cfg, init_model, output_dir, len(train_encoded)
+        outcome, score, model, train_cfg, init_model, job.output_dir, len(train_encoded)
     )
     if context.is_main:
         save_finetuned(model, tokenizer, max_length, result, checkpoint_dir, on_saved)
@@ -320,25 +307,16 @@ def finetune_loop_settings(
     train_cfg: TrainConfig, batches_per_epoch: int, precision: Precision
 ) -> LoopSettings:
     """The loop's settings from ``train.*``, with the run's resolved precision."""
-    return LoopSettings(
-        total_steps=count_total_steps(
-            batches_per_epoch, train_cfg.epochs, train_cfg.grad_accum_steps, train_cfg.max_steps
-        ),
-        lr=train_cfg.lr,
-        weight_decay=train_cfg.weight_decay,
-        warmup_fraction=train_cfg.warmup_fraction,
+    total_steps = count_total_steps(
+        batches_per_epoch, train_cfg.epochs, train_cfg.grad_accum_steps, train_cfg.max_steps
+    )
+    return replace(
+        loop_settings(train_cfg, train_cfg, precision, total_steps, "fine-tune"),
         max_grad_norm=train_cfg.max_grad_norm,
         grad_accum_steps=train_cfg.grad_accum_steps,
         eval_every_steps=train_cfg.eval_every_steps,
         early_stopping_patience=train_cfg.early_stopping_patience,
         keep=train_cfg.keep,
-        checkpoint_every_steps=train_cfg.checkpoint_every_steps,
-        checkpoint_every_minutes=train_cfg.checkpoint_every_minutes,
-        seed=train_cfg.seed,
-        precision=precision,
-        compile=train_cfg.compile,
-        cpu_speedups=train_cfg.cpu_speedups,
-        description="fine-tune",
     )
 
 

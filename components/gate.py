@@ -84,6 +84,19 @@ class GateDecision:
     def to_dict(self) -> dict[str, Any]:
         return {"outcome": self.outcome, **asdict(self)}
 
+    @classmethod
+    def under(cls, gate_cfg: GateConfig, **outcome: Any) -> GateDecision:
+        """A decision taken under ``gate_cfg``: its thresholds, metric and full settings
+        recorded beside the ``outcome`` fields (promote, reason, the scores...)."""
+        return cls(
+            **outcome,
+            min_accuracy=gate_cfg.min_accuracy,
+            tolerance=gate_cfg.tolerance,
+            significance=gate_cfg.significance,
+            metric=gate_cfg.metric,
+            settings=gate_cfg.model_dump(),
+        )
+
 
 def behaviour_shortfalls(
     results: Sequence[CheckResult],
@@ -314,29 +327,23 @@ def compare_to_champion(
         failed += champion_shortfalls(current, gate_cfg)
     if best is not None:
         failed += champion_shortfalls(best, gate_cfg, best=True)
-    promote = not failed
     headline = (
         f"{gate_cfg.metric} {challenger_metric:.4f} (accuracy {challenger_accuracy:.4f}) on "
         f"{len(y_true)} test examples"
     )
-    reason = decision_reason(failed, headline, baseline, current, best)
-    return GateDecision(
-        promote=promote,
-        reason=reason,
+    return GateDecision.under(
+        gate_cfg,
+        promote=not failed,
+        reason=decision_reason(failed, headline, baseline, current, best),
         challenger_accuracy=challenger_accuracy,
-        min_accuracy=gate_cfg.min_accuracy,
-        tolerance=gate_cfg.tolerance,
-        significance=gate_cfg.significance,
         comparison=current,
         failed_conditions=failed,
         behaviour_failures=behaviour_failures,
         champion_version=champion_version if current is not None else None,
-        metric=gate_cfg.metric,
         challenger_metric=challenger_metric,
         test_examples=len(y_true),
         class_recall=recalls,
         majority=baseline,
         best_comparison=best,
         best_champion_version=best_champion_version if best is not None else None,
-        settings=gate_cfg.model_dump(),
     )

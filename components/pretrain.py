@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,32 +41,13 @@ from components.state import ProjectPaths
 from components.training.checkpoints import clear_checkpoints
 from components.training.loop import LoopResult, LoopSettings, MetricsCallback, run_loop
 from components.training.resume import claim_checkpoint_dir, resume_key, run_key
-from components.training.runtime import (
-    DistributedContext,
-    Precision,
-    choose_device,
-    is_main_process,
-    run_precision,
-    start_process,
-)
+from components.training.runtime import DistributedContext, Precision, is_main_process
+from components.training.stage import TrainedModel, loop_settings, start_run
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PretrainResult:
-    """Where the pretrained model was written and how it went.
-
-    Attributes:
-        model_dir: Hugging Face folder that fine-tuning can start from.
-        metrics: ``perplexity_before``, ``perplexity_after``, ``train_loss``, ``steps``,
-            ``train_samples_per_second``, ...
-        info: non-numeric facts (device, precision, base model, objective).
-    """
-
-    model_dir: Path
-    metrics: dict[str, float]
-    info: dict[str, str] = field(default_factory=dict)
+PretrainResult = TrainedModel  # the stage's name for what it hands on
 
 
 def run_pretraining(
@@ -99,17 +80,12 @@ def run_pretraining(
     """
     from transformers import AutoTokenizer
 
-    settings, runtime = config.pretrain, config.train
+    settings = config.pretrain
     base = base_model or resolve_base_model(config.model.base)
-    context = start_process(settings.seed, runtime.deterministic, runtime.num_threads)
+    claim_checkpoint_dir(checkpoint_dir, pretrain_resume_key(config, texts, base))
+    context, device, precision = start_run(settings.seed, config.train, checkpoint_dir)
     tokenizer = AutoTokenizer.from_pretrained(base)
     source, held_out = masked_lm_sources(tokenizer, texts, config, context)
-    device = choose_device(context)
-    if checkpoint_dir is not None:
-        claim_checkpoint_dir(checkpoint_dir, pretrain_resume_key(config, texts, base))
-    precision = run_precision(
-        runtime.precision, device, runtime.deterministic, checkpoint_dir, context
-    )
     model = build_mlm_model(config, base, len(tokenizer)).to(device)
     # Loaded before training, so a base that cannot be read again fails before any compute.
     kept_parts = {} if settings.from_scratch else base_parts_left_out(model, base)
@@ -176,19 +152,8 @@ def masked_lm_sources(
 
 def pretrain_loop_settings(config: RatchetConfig, precision: Precision) -> LoopSettings:
     """The loop's settings from ``pretrain.*`` (and the runtime ``train.*`` keys)."""
-    settings, runtime = config.pretrain, config.train
-    return LoopSettings(
-        total_steps=settings.max_steps,
-        lr=settings.lr,
-        weight_decay=settings.weight_decay,
-        warmup_fraction=settings.warmup_fraction,
-        checkpoint_every_steps=runtime.checkpoint_every_steps,
-        checkpoint_every_minutes=runtime.checkpoint_every_minutes,
-        seed=settings.seed,
-        precision=precision,
-        compile=runtime.compile,
-        cpu_speedups=runtime.cpu_speedups,
-        description="pretrain",
+    return loop_settings(
+        config.pretrain, config.train, precision, config.pretrain.max_steps, "pretrain"
     )
 
 

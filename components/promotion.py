@@ -11,7 +11,9 @@ promotion, through the same gate unless forced.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -178,10 +180,29 @@ def apply_gate(
             ``components.aliases.conclude_gate``); no alias moved.
     """
     client = client or registry.make_client()
-    champion = registry.version_by_alias(client, model_name, registry.CHAMPION)
-    champion_version = None if champion is None else str(champion.version)
-    contender = champion_version is not None and champion_version != str(challenger_version)
-    champion_labels = json.loads(champion.tags.get("labels", "null")) if champion else None
+    version = str(challenger_version)
+    decide = partial(
+        gate_against_champions, client, model_name, version, report, gate_cfg, batch_size
+    )
+    return settle(client, model_name, version, gate_cfg, decide, release, state_dir, by)
+
+
+def gate_against_champions(
+    client: MlflowClient,
+    model_name: str,
+    challenger_version: str,
+    report: EvaluationReport,
+    gate_cfg: GateConfig,
+    batch_size: int,
+    champion_version: str | None,
+) -> GateDecision:
+    """The gate's decision on a registered challenger against ``champion_version`` (the
+    current champion, None when there is none) and the best former champion."""
+    contender = champion_version is not None and champion_version != challenger_version
+    champion_labels = None
+    if champion_version is not None:
+        champion = registry.get_version(client, model_name, champion_version)
+        champion_labels = json.loads(champion.tags.get("labels", "null"))
     if contender and champion_labels is not None and champion_labels != list(report.labels):
         decision = labels_differ_decision(report, gate_cfg, champion_version, champion_labels)
     else:
@@ -194,14 +215,31 @@ def apply_gate(
             champion_version,
             batch_size,
         )
-    decision = replace(
-        decision, challenger_version=str(challenger_version), test_split_md5=report.test_split_md5
+    return replace(
+        decision, challenger_version=challenger_version, test_split_md5=report.test_split_md5
     )
+
+
+def settle(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    gate_cfg: GateConfig,
+    decide: Callable[[str | None], GateDecision],
+    release: Release | None,
+    state_dir: Path | None,
+    by: str | None,
+) -> GateDecision:
+    """Decide on ``version`` against the current champion (``decide(champion_version)``),
+    then conclude: record the decision, build and check the Bento, move the aliases
+    (:func:`components.aliases.conclude_gate`; the alias move checks that the champion
+    is still the one decided against)."""
+    champion_version = registry.aliases(client, model_name).get(registry.CHAMPION)
     return aliases.conclude_gate(
         client,
         model_name,
-        str(challenger_version),
-        decision,
+        version,
+        decide(champion_version),
         gate_cfg,
         expected_champion=champion_version,
         release=release,
@@ -214,27 +252,23 @@ def forced_decision(
     client: MlflowClient,
     model_name: str,
     version: str,
-    champion: str | None,
     gate_cfg: GateConfig,
     reason: str,
     by: str | None,
+    champion: str | None,
 ) -> GateDecision:
     """The record of a ``--force`` promotion: no gate ran, the version's own metrics."""
     tags = registry.version_tags(client, model_name, version)
-    return GateDecision(
+    return GateDecision.under(
+        gate_cfg,
         promote=True,
         reason=f"promoted with --force by {by or 'current user'}: {reason}",
         challenger_accuracy=float(tags.get("metric.accuracy", "nan")),
-        min_accuracy=gate_cfg.min_accuracy,
-        tolerance=gate_cfg.tolerance,
-        significance=gate_cfg.significance,
         challenger_version=version,
         champion_version=champion,
         forced=True,
-        metric=gate_cfg.metric,
         challenger_metric=float(tags.get(f"metric.{gate_cfg.metric}", "nan")),
         test_split_md5=tags.get("test_split_md5"),
-        settings=gate_cfg.model_dump(),
     )
 
 
@@ -288,16 +322,5 @@ def promote_manually(
             raise GateRejected(f"{model_name} v{version} {decision.reason}")
         return decision
     registry.record_actor(client, model_name, str(version), "promotion", by, reason)
-    champion = registry.aliases(client, model_name).get(registry.CHAMPION)
-    decision = forced_decision(client, model_name, str(version), champion, gate_cfg, reason, by)
-    return aliases.conclude_gate(
-        client,
-        model_name,
-        str(version),
-        decision,
-        gate_cfg,
-        expected_champion=champion,
-        release=release,
-        state_dir=state_dir or default_state_dir(),
-        by=by,
-    )
+    decide = partial(forced_decision, client, model_name, str(version), gate_cfg, reason, by)
+    return settle(client, model_name, str(version), gate_cfg, decide, release, state_dir, by)

@@ -16,6 +16,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import cast
@@ -23,16 +24,15 @@ from typing import cast
 import torch
 from safetensors.torch import load_file, save_file
 
-from components.config import RatchetConfig
 from components.errors import TrainingError
 from components.files import atomic_dir, write_metrics
 from components.finetune_run import (
+    FinetuneJob,
     FinetuneResult,
     check_finetune_inputs,
     finetune_once,
     score_saved_model,
 )
-from components.prepare import PreparedData
 from components.training.loop import MetricsCallback
 from components.training.resume import RUN_KEY_FILE
 from components.training.runtime import Precision, broadcast_from_main, init_distributed
@@ -149,14 +149,7 @@ SUMMED_METRICS = (
 )
 
 
-def run_soup_finetuning(
-    config: RatchetConfig,
-    data: PreparedData,
-    init_model: str,
-    output_dir: Path,
-    checkpoint_dir: Path | None = None,
-    on_metrics: MetricsCallback | None = None,
-) -> FinetuneResult:
+def run_soup_finetuning(job: FinetuneJob) -> FinetuneResult:
     """Fine-tune once per seed (``train.seed``, then ``train.soup_seeds``) from the same
     ``init_model`` and save the uniform average of the runs' weights.
 
@@ -173,25 +166,24 @@ def run_soup_finetuning(
         ``seed_<n>_val_accuracy`` each member's (on the same rows), and the step,
         sample and time counts are summed over the members.
     """
-    check_finetune_inputs(config, data, init_model)
+    config, output_dir, checkpoint_dir = job.config, job.output_dir, job.checkpoint_dir
+    check_finetune_inputs(config, job.data, job.init_model)
     if checkpoint_dir is None:
         with tempfile.TemporaryDirectory(prefix="ratchet-soup-") as scratch:
-            return run_soup_finetuning(
-                config, data, init_model, output_dir, Path(scratch), on_metrics
-            )
+            return run_soup_finetuning(replace(job, checkpoint_dir=Path(scratch)))
     context = init_distributed()
     seeds = [config.train.seed, *config.train.soup_seeds]
     done = checkpoint_dir / "soup.json"
     finished_soup = load_recorded_result(done, output_dir)
     if finished_soup is None:
-        members = train_soup_members(config, data, init_model, checkpoint_dir, on_metrics)
+        members = train_soup_members(job, checkpoint_dir)
         metrics = soup_metrics(seeds, members)
         info = {**members[0].info, "soup_seeds": ",".join(str(seed) for seed in seeds)}
         if context.is_main:
             average_model_folders([member.model_dir for member in members], output_dir)
             # Scored at the members' precision, not a fresh timing that could differ.
             precision = cast(Precision, info["precision"])
-            metrics.update(score_saved_model(config, data, output_dir, precision))
+            metrics.update(score_saved_model(config, job.data, output_dir, precision))
             # From here a rerun reuses the soup, so a kill during the clean-up below
             # never sends members back to training.
             write_metrics(done, metrics, info)
@@ -215,14 +207,10 @@ def run_soup_finetuning(
     return finished_soup
 
 
-def train_soup_members(
-    config: RatchetConfig,
-    data: PreparedData,
-    init_model: str,
-    workdir: Path,
-    on_metrics: MetricsCallback | None,
-) -> list[FinetuneResult]:
-    """Fine-tune (or reuse, when a record says it finished) one member per seed."""
+def train_soup_members(job: FinetuneJob, workdir: Path) -> list[FinetuneResult]:
+    """Fine-tune (or reuse, when a record says it finished) one member per seed, each
+    with its checkpoints and finished model in ``workdir``."""
+    config = job.config
     context = init_distributed()
     seeds = [config.train.seed, *config.train.soup_seeds]
     members: list[FinetuneResult] = []
@@ -240,16 +228,16 @@ def train_soup_members(
         member_config = config.model_copy(
             update={"train": config.train.model_copy(update={"seed": seed, "soup_seeds": []})}
         )
+        member = replace(
+            job,
+            config=member_config,
+            output_dir=member_dir,
+            checkpoint_dir=workdir / f"seed-{seed}",
+            on_metrics=offset_steps(job.on_metrics, sum(m.metrics["steps"] for m in members)),
+        )
         members.append(
             finetune_once(
-                member_config,
-                data,
-                init_model,
-                member_dir,
-                workdir / f"seed-{seed}",
-                offset_steps(on_metrics, sum(m.metrics["steps"] for m in members)),
-                start_seed=config.train.seed,
-                on_saved=partial(record_result, record),
+                member, start_seed=config.train.seed, on_saved=partial(record_result, record)
             )
         )
     return members

@@ -6,4 +6,5 @@
 * :mod:`~components.training.checkpoints`: atomic, exact-resume checkpoints.
 * :mod:`~components.training.resume`: which run a checkpoint folder belongs to.
 * :mod:`~components.training.loop`: the loop itself (``run_loop``).
+* :mod:`~components.training.stage`: what both stages share: settings, result.
 """

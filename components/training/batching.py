@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -67,6 +68,23 @@ def length_grouped_batches(
         batches = [batches[i] for i in rng.permutation(len(batches))]
     usable = len(batches) - len(batches) % context.world_size
     return batches[context.rank : usable : context.world_size]
+
+
+@dataclass(frozen=True)
+class BatchOrder:
+    """How a data set's examples are drawn into batches each epoch: the arguments of
+    :func:`length_grouped_batches` other than the lengths and the epoch."""
+
+    batch_size: int
+    seed: int
+    grouped: bool = True
+    context: DistributedContext | None = None
+
+    def batches(self, lengths: Sequence[int], epoch: int) -> list[list[int]]:
+        """This rank's batches of indices into ``lengths`` for ``epoch``."""
+        return length_grouped_batches(
+            lengths, self.batch_size, self.seed, epoch, self.grouped, self.context
+        )
 
 
 def pad_batch(

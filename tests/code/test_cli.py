@@ -131,3 +131,44 @@ def test_every_command_takes_the_settings_options() -> None:
         if not hasattr(command, "commands"):  # groups pass them on to their commands
             options = {opt for param in command.params for opt in param.opts}
             assert {"--params", "--config", "-c", "--set", "-s"} <= options, path
+
+
+@pytest.mark.parametrize("verdict", ["approve", "reject"])
+def test_force_is_refused_outside_promote_before_any_registry_call(verdict: str) -> None:
+    # promote, approve and reject are one verdict command: --force only means something
+    # to promote, and on the others it is an error, not silently ignored.
+    result = runner.invoke(get_app(), ["registry", verdict, "3", "--reason", "ok", "--force"])
+    assert result.exit_code == 5, result.output
+    assert f"--force applies to `registry promote` only, not to {verdict}" in result.output
+
+
+def test_each_error_class_keeps_its_documented_exit_code() -> None:
+    from components import errors
+
+    codes = {
+        name: getattr(errors, name).exit_code
+        for name in (
+            "RatchetError",
+            "ConfigError",
+            "DataError",
+            "DataValidationError",
+            "TrainingError",
+            "RegistryError",
+            "AliasChanged",
+            "GateRejected",
+            "ServingError",
+            "VersioningError",
+        )
+    }
+    assert codes == {
+        "RatchetError": 1,
+        "ConfigError": 2,
+        "DataError": 3,
+        "DataValidationError": 3,  # inherited from DataError
+        "TrainingError": 4,
+        "RegistryError": 5,
+        "AliasChanged": 5,
+        "GateRejected": 6,
+        "ServingError": 7,
+        "VersioningError": 8,
+    }

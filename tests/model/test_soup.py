@@ -14,7 +14,7 @@ from components import finetune_run, soup
 from components.config import RatchetConfig
 from components.errors import ConfigError, TrainingError
 from components.finetune import run_finetuning
-from components.finetune_run import encode_texts, evaluate_accuracy
+from components.finetune_run import FinetuneJob, encode_texts, evaluate_accuracy
 from components.soup import average_model_folders
 from tests.model.test_finetune import DETERMINISTIC, tiny_settings
 from tests.model.train_worker import sentiment_data
@@ -36,10 +36,12 @@ def test_soup_weights_are_the_mean_of_the_runs_with_each_seed(
     # The members: runs with their own seed, started like the seed-42 run (head init, rows).
     singles = {
         seed: finetune_run.finetune_once(
-            soup_settings(tiny_bert_dir, f"train.seed={seed}"),
-            data,
-            str(tiny_bert_dir),
-            tmp_path / f"single-{seed}",
+            FinetuneJob(
+                soup_settings(tiny_bert_dir, f"train.seed={seed}"),
+                data,
+                str(tiny_bert_dir),
+                tmp_path / f"single-{seed}",
+            ),
             start_seed=42,
         )
         for seed in (42, 7)
@@ -97,9 +99,9 @@ def test_reruns_after_crashes_never_retrain_a_finished_member(
         soup.score_saved_model,
     )
 
-    def train_or_crash(member: RatchetConfig, *args: object, **kwargs: object) -> object:
-        trained.append(member.train.seed)
-        if f"member {member.train.seed}" in crash_at:
+    def train_or_crash(member: FinetuneJob, *args: object, **kwargs: object) -> object:
+        trained.append(member.config.train.seed)
+        if f"member {member.config.train.seed}" in crash_at:
             raise RuntimeError("killed")
         return train_member(member, *args, **kwargs)  # type: ignore[arg-type]
 

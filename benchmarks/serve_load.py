@@ -11,7 +11,7 @@ httpx client, on loopback only, one server at a time. For each Bento (one built 
 ``--runtime`` from the champion, ``ratchet build --set serving.runtime=X``, and any built
 ones named by ``--bento``):
 
-1. the limit: the Bento's own scorer called in-process (no HTTP) on batches of
+1. the limit: the Bento's own model called in-process (no HTTP) on batches of
    ``serving.max_batch_size`` sentences (sentences/s), and on one sentence (p50);
 2. the Bento served by ``ratchet serve``.
 
@@ -222,21 +222,17 @@ def print_result(result: LoadResult) -> None:
 
 # ---------------------------------------------------------------- Bentos
 def in_process_limit(bento: str, sentences: list[str]) -> dict[str, float]:
-    """The Bento's scorer instantiated here, as its server would (same code, arguments,
-    runtime and threads), called without HTTP: batches of ``max_batch_size`` sentences
-    (sentences/s) and single sentences (p50 ms). Prints one JSON line."""
+    """The Bento's service instantiated here, as its server would (same code, arguments,
+    runtime and threads), its model called without HTTP: batches of ``max_batch_size``
+    sentences (sentences/s) and single sentences (p50 ms)."""
     import bentoml
 
     service: Any = bentoml.load(bento)  # imports the Bento's own code with its arguments
-    holder = next((dep.on for dep in service.dependencies.values() if dep.on), service)
-    instance = holder()
-    if hasattr(instance, "score"):
-        score = instance.score
-    else:  # a Bento from before the scorer service: the model sits on the API service
-        from serving.predict import predict_texts
+    instance = service()
+    from serving.predict import predict_texts  # the Bento's copy, imported by the load
 
-        def score(texts: list[str]) -> Any:
-            return predict_texts(instance.classifier, texts)
+    def score(texts: list[str]) -> Any:
+        return predict_texts(instance.classifier, texts)
 
     batch = int(bentoml.bentos.get(bento).info.args.get("max_batch_size", 64))
     score(sentences[:batch])  # warm up
@@ -337,7 +333,7 @@ def ratio(ours: float, theirs: float) -> str:
 
 def print_summary(bentos: list[Candidate], others: dict[str, list[LoadResult]]) -> None:
     torch_bento = next((c for c in bentos if c.runtime == TORCH), bentos[0])
-    print("\nin-process limit (the Bento's scorer, no HTTP):")
+    print("\nin-process limit (the Bento's model, no HTTP):")
     for candidate in bentos:
         print(
             f"  {candidate.name:<14} {candidate.limit['sentences_per_s']:7.1f} sentences/s "

@@ -34,12 +34,7 @@ class ServingConfig(Section):
         "of max_chars plain ASCII characters; JSON spends up to 6 bytes on an escaped or "
         "non-ASCII character (12 on an emoji), so raise it for long non-Latin texts.",
     )
-    max_batch_size: int = Field(
-        64,
-        ge=2,
-        description="Adaptive batching: most texts in one forward pass (BentoML's batchable "
-        "APIs need at least 2).",
-    )
+    max_batch_size: int = Field(64, ge=1, description="Adaptive batching: most texts a batch.")
     max_latency_ms: int = Field(
         10_000, ge=1, description="Adaptive batching: a request queued longer gets 503."
     )

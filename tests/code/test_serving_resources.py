@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from components.config import ServingConfig
 from serving.resources import WorkerPlan, plan_workers
 
 
@@ -40,10 +39,3 @@ def test_the_bento_records_the_worker_settings() -> None:
 
     assert (recorded["workers"], recorded["num_threads"]) == (3, 2)
     assert serve_arguments(RatchetConfig(), "model:v1")["workers"] is None
-
-
-def test_a_batch_of_one_text_is_refused_with_the_reason() -> None:
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError, match="max_batch_size\\n.*greater than or equal to 2"):
-        ServingConfig(max_batch_size=1)

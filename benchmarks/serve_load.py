@@ -96,7 +96,8 @@ def free_port() -> int:
 
 def runtime_overrides(runtimes: list[str], known: list[str] | None) -> dict[str, list[str]]:
     """``ratchet build`` options per runtime. ``known`` is the ``serving.runtime`` choices of
-    this checkout, None when it has no such setting (then only torch, built as is).
+    this checkout ([] when it does not list them: ``ratchet build`` checks), None when it has
+    no such setting (then only torch, built as is).
 
     Raises:
         SystemExit: a runtime this checkout cannot build, naming the ones it can.
@@ -104,7 +105,7 @@ def runtime_overrides(runtimes: list[str], known: list[str] | None) -> dict[str,
     if not runtimes:
         raise SystemExit("--runtime needs at least one runtime")
     choices = known if known is not None else [TORCH]
-    unknown = [runtime for runtime in runtimes if runtime not in choices]
+    unknown = [runtime for runtime in runtimes if choices and runtime not in choices]
     if unknown:
         raise SystemExit(
             f"--runtime {','.join(unknown)}: this checkout builds only {', '.join(choices)}"
@@ -124,7 +125,7 @@ def known_runtimes() -> list[str] | None:
     field_info = ServingConfig.model_fields.get("runtime")
     if field_info is None:
         return None
-    return [str(value) for value in typing.get_args(field_info.annotation)] or None
+    return [str(value) for value in typing.get_args(field_info.annotation)]
 
 
 # ---------------------------------------------------------------- load driver
@@ -228,7 +229,9 @@ def in_process_limit(bento: str, sentences: list[str]) -> dict[str, float]:
     import bentoml
 
     service: Any = bentoml.load(bento)  # imports the Bento's own code with its arguments
-    instance = service()
+    # The service that holds the model: a dependency if the Bento has one.
+    holder = next((dep.on for dep in service.dependencies.values() if dep.on), service)
+    instance = holder()
     from serving.predict import predict_texts  # the Bento's copy, imported by the load
 
     def score(texts: list[str]) -> Any:

@@ -34,6 +34,8 @@ def test_runtimes_become_build_settings(serve_load: ModuleType) -> None:
     }
     with pytest.raises(SystemExit, match="--runtime tf: this checkout builds only torch, onnx"):
         serve_load.runtime_overrides(["torch", "tf"], known)
+    # A setting whose choices are not listed: `ratchet build` will check the value.
+    assert serve_load.runtime_overrides(["onnx"], []) == {"onnx": ["--set", "serving.runtime=onnx"]}
 
 
 def test_a_checkout_without_runtimes_builds_torch_only(serve_load: ModuleType) -> None:

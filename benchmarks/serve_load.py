@@ -1,15 +1,25 @@
-"""Load benchmark: the built Bento against a naive one-request-at-a-time server.
+"""Load benchmark: Bentos side by side with their in-process limit and two plain servers.
 
-    .venv/bin/python benchmarks/serve_load.py                 # the latest `ratchet build`
-    .venv/bin/python benchmarks/serve_load.py --demo-model    # no champion yet: MiniLM + fresh head
+    .venv/bin/python benchmarks/serve_load.py                          # champion, torch runtime
+    .venv/bin/python benchmarks/serve_load.py --runtime torch,onnx,onnx-int8
+    .venv/bin/python benchmarks/serve_load.py --demo-model             # no champion yet
+    .venv/bin/python benchmarks/serve_load.py --bento TAG1,TAG2 --no-plain-servers
 
-Both servers run the same model with the same torch threads on loopback, one at a time
-(never both at once). The baseline is a plain ``http.server`` calling a Hugging Face
-``pipeline("text-classification")`` per request, strictly one request at a time. Each is
-driven by the same bounded load: N single-sentence requests from SST-2 validation at
-concurrency 1, 8 and 32 with an httpx client. Prints requests/s, p50/p95/p99 latency,
-errors and the Bento/baseline ratios, plus the bare model call (in-process, no HTTP).
-Not a test: figures depend on the machine and on whatever else runs on it.
+One run on one machine, the same requests for every server: single sentences from SST-2
+validation, sent at concurrency 1, 8 and 32 (bounded: each sentence once per level) with an
+httpx client, on loopback only, one server at a time. For each Bento (one built per
+``--runtime`` from the champion, ``ratchet build --set serving.runtime=X``, and any built
+ones named by ``--bento``):
+
+1. the limit: the Bento's own model called in-process (no HTTP) on batches of
+   ``serving.max_batch_size`` sentences (sentences/s), and on one sentence (p50);
+2. the Bento served by ``ratchet serve``.
+
+Then, with the torch Bento's model and threads: what a user would build instead (FastAPI +
+uvicorn around a Hugging Face ``pipeline`` with greedy batching), and a one-request-at-a-time
+``http.server`` + ``pipeline`` for continuity. Prints requests/s, p50/p95/p99 and errors per
+level, and the ratios Bento/limit, Bento/torch Bento, Bento/alternative. Run by hand, not
+in CI: figures depend on the machine and whatever else runs on it.
 """
 
 from __future__ import annotations
@@ -26,9 +36,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -36,7 +46,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 SST2_DEV = PROJECT_ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
-SERVING_CLI = "from cli.main import main; main()"
+PLAIN_SERVERS = Path(__file__).with_name("plain_servers.py")
+RATCHET_CLI = [sys.executable, "-c", "from cli.main import main; main()"]
+TORCH = "torch"
 
 
 @dataclass
@@ -59,6 +71,17 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+@dataclass
+class Candidate:
+    """A Bento under test: its runtime, in-process limit and results per level."""
+
+    name: str
+    tag: str
+    runtime: str
+    limit: dict[str, float] = field(default_factory=dict)
+    results: list[LoadResult] = field(default_factory=list)
+
+
 def sst2_sentences(limit: int) -> list[str]:
     with SST2_DEV.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -71,38 +94,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# ---------------------------------------------------------------- the naive baseline
-def run_baseline_server(model_dir: str, port: int, threads: int) -> None:
-    """A plain http.server: one request at a time, a HF pipeline call per request."""
-    import torch
-    from transformers import pipeline
+def runtime_overrides(runtimes: list[str], known: list[str] | None) -> dict[str, list[str]]:
+    """``ratchet build`` options per runtime. ``known`` is the ``serving.runtime`` choices of
+    this checkout ([] when it does not list them: ``ratchet build`` checks), None when it has
+    no such setting (then only torch, built as is).
 
-    torch.set_num_threads(threads)
-    classify = pipeline("text-classification", model=model_dir, tokenizer=model_dir, top_k=None)
+    Raises:
+        SystemExit: a runtime this checkout cannot build, naming the ones it can.
+    """
+    if not runtimes:
+        raise SystemExit("--runtime needs at least one runtime")
+    choices = known if known is not None else [TORCH]
+    unknown = [runtime for runtime in runtimes if choices and runtime not in choices]
+    if unknown:
+        raise SystemExit(
+            f"--runtime {','.join(unknown)}: this checkout builds only {', '.join(choices)}"
+            + ("" if known is not None else " (it has no serving.runtime setting)")
+        )
+    if known is None:
+        return {TORCH: []}
+    return {runtime: ["--set", f"serving.runtime={runtime}"] for runtime in runtimes}
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-            length = int(self.headers.get("content-length", 0))
-            texts = json.loads(self.rfile.read(length))["texts"]
-            body = json.dumps({"predictions": classify(texts, truncation=True)}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802
-            self.send_response(200)
-            self.send_header("content-length", "0")
-            self.end_headers()
+def known_runtimes() -> list[str] | None:
+    """The values ``serving.runtime`` accepts here; None when the setting does not exist."""
+    import typing
 
-        def log_message(self, *args: object) -> None:
-            pass
+    from components.config import ServingConfig
 
-    class Server(HTTPServer):
-        request_queue_size = 128  # queue clients rather than refuse them: slow, not broken
-
-    Server(("127.0.0.1", port), Handler).serve_forever()
+    field_info = ServingConfig.model_fields.get("runtime")
+    if field_info is None:
+        return None
+    return [str(value) for value in typing.get_args(field_info.annotation)]
 
 
 # ---------------------------------------------------------------- load driver
@@ -137,7 +160,7 @@ async def drive(url: str, sentences: list[str], concurrency: int, name: str) -> 
     return LoadResult(name, concurrency, len(sentences), errors, seconds, latencies)
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -161,28 +184,10 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def run_levels(
-    name: str, url: str, sentences: list[str], levels: list[int], warmup: int
-) -> list[LoadResult]:
-    asyncio.run(drive(url, sentences[:warmup], 4, name))  # warm up caches and the batcher
-    results = []
-    for concurrency in levels:
-        result = asyncio.run(drive(url, sentences, concurrency, name))
-        print_result(result)
-        results.append(result)
-    return results
-
-
 def measure_server(
-    name: str,
-    command: list[str],
-    port: int,
-    ready_path: str,
-    env: dict[str, str],
-    sentences: list[str],
-    levels: list[int],
+    name: str, command: list[str], ready_url: str, env: dict[str, str], plan: argparse.Namespace
 ) -> list[LoadResult]:
-    """Start a server, drive it at each concurrency level, stop it."""
+    """Start a server, warm it up, drive it at each concurrency level, stop it."""
     process = subprocess.Popen(
         command,
         env=env,
@@ -191,16 +196,23 @@ def measure_server(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    url = ready_url.rsplit("/", 1)[0] + "/classify"
     try:
-        wait_ready(f"http://127.0.0.1:{port}{ready_path}", process)
-        return run_levels(name, f"http://127.0.0.1:{port}/classify", sentences, levels, 32)
+        wait_ready(ready_url, process)
+        asyncio.run(drive(url, plan.sentences[: plan.warmup], 4, name))
+        results = []
+        for concurrency in plan.levels:
+            result = asyncio.run(drive(url, plan.sentences, concurrency, name))
+            print_result(result)
+            results.append(result)
+        return results
     finally:
         stop(process)
 
 
 def print_result(result: LoadResult) -> None:
     print(
-        f"{result.name:<9} c={result.concurrency:<3} n={result.requests:<4} "
+        f"{result.name:<14} c={result.concurrency:<3} n={result.requests:<4} "
         f"load={os.getloadavg()[0]:4.1f}  "
         f"rps={result.rps:7.1f}  p50={result.percentile(50):7.1f} ms  "
         f"p95={result.percentile(95):7.1f} ms  p99={result.percentile(99):7.1f} ms  "
@@ -209,25 +221,49 @@ def print_result(result: LoadResult) -> None:
     )
 
 
-# ---------------------------------------------------------------- model and Bento
-def bare_model_p50_ms(model_dir: str, sentences: list[str], threads: int, precision: str) -> float:
-    """p50 of one in-process predict call on one sentence: the floor for c=1."""
-    from serving.predict import configure_threads, load_classifier, predict_texts
+# ---------------------------------------------------------------- Bentos
+def in_process_limit(bento: str, sentences: list[str]) -> dict[str, float]:
+    """The Bento's service instantiated here, as its server would (same code, arguments,
+    runtime and threads), its model called without HTTP: batches of ``max_batch_size``
+    sentences (sentences/s) and single sentences (p50 ms)."""
+    import bentoml
 
-    configure_threads(threads)
-    classifier = load_classifier(model_dir, precision)  # type: ignore[arg-type]
-    for sentence in sentences[:10]:
-        predict_texts(classifier, [sentence])
-    timings = []
+    service: Any = bentoml.load(bento)  # imports the Bento's own code with its arguments
+    # The service that holds the model: a dependency if the Bento has one.
+    holder = next((dep.on for dep in service.dependencies.values() if dep.on), service)
+    instance = holder()
+    from serving.predict import predict_texts  # the Bento's copy, imported by the load
+
+    def score(texts: list[str]) -> Any:
+        return predict_texts(instance.classifier, texts)
+
+    batch = int(bentoml.bentos.get(bento).info.args.get("max_batch_size", 64))
+    score(sentences[:batch])  # warm up
+    started = time.perf_counter()
+    for start in range(0, len(sentences), batch):
+        score(sentences[start : start + batch])
+    per_second = len(sentences) / (time.perf_counter() - started)
+    singles = []
     for sentence in sentences[:100]:
         started = time.perf_counter()
-        predict_texts(classifier, [sentence])
-        timings.append((time.perf_counter() - started) * 1000)
-    return statistics.median(timings)
+        score([sentence])
+        singles.append((time.perf_counter() - started) * 1000)
+    return {"sentences_per_s": per_second, "single_p50_ms": statistics.median(singles)}
 
 
-def build_demo_bento(state: Path, env: dict[str, str], threads: int | None) -> None:
-    """Register MiniLM with a fresh 2-class head as champion and `ratchet build` it."""
+def measure_limit(tag: str, env: dict[str, str], requests: int) -> dict[str, float]:
+    """:func:`in_process_limit` in a fresh process (the Bento's modules, BENTOML_HOME)."""
+    command = [sys.executable, __file__, "--limit-of", tag, "--requests", str(requests)]
+    out = subprocess.run(
+        command, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True
+    )
+    if out.returncode:
+        raise SystemExit(f"in-process limit of {tag} failed: {out.stderr[-2000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def register_demo_champion(state: Path, env: dict[str, str]) -> None:
+    """Register MiniLM with a fresh 2-class head as champion (no trained model needed)."""
     code = f"""
 import mlflow
 from pathlib import Path
@@ -248,14 +284,20 @@ version = mlflow.register_model(info.model_uri, "ratchet-sst2")
 MlflowClient().set_registered_model_alias("ratchet-sst2", "champion", version.version)
 """
     subprocess.run([sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT, check=True)
-    build = [sys.executable, "-c", SERVING_CLI, "build"]
-    if threads:
-        build += ["--set", f"serving.num_threads={threads}"]
-    subprocess.run(build, env=env, cwd=PROJECT_ROOT, check=True)
 
 
-def bento_model_dir(bento: str, env: dict[str, str]) -> tuple[str, dict]:
-    """The HF folder and Bento arguments of a built Bento (read in a subprocess: BENTOML_HOME)."""
+def build_bento(options: list[str], env: dict[str, str], alias: str) -> str:
+    """``ratchet build --alias ALIAS OPTIONS...``; returns the Bento tag."""
+    command = [*RATCHET_CLI, "build", "--alias", alias, *options]
+    out = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(command[3:])} failed: {out.stderr[-2000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def bento_info(bento: str, env: dict[str, str]) -> dict[str, Any]:
+    """A built Bento's arguments and its model's HF folder (read in a subprocess, where
+    BENTOML_HOME applies)."""
     code = (
         f"import bentoml, json; b = bentoml.get({bento!r}); "
         "m = bentoml.models.get(b.info.args['model_tag']); "
@@ -266,32 +308,112 @@ def bento_model_dir(bento: str, env: dict[str, str]) -> tuple[str, dict]:
     )
     if out.returncode:
         raise SystemExit(f"cannot read Bento {bento}: {out.stderr[-2000:]}")
-    info = json.loads(out.stdout.strip().splitlines()[-1])
-    return info["dir"], info["args"]
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def candidates(options: argparse.Namespace, env: dict[str, str]) -> list[Candidate]:
+    """One Bento built per ``--runtime`` (none with ``--bento`` alone), then the named ones."""
+    found = []
+    runtimes = [r for r in options.runtime.split(",") if r] if options.runtime else []
+    if runtimes or not options.bento:
+        for runtime, build_options in runtime_overrides(
+            runtimes or [TORCH], known_runtimes()
+        ).items():
+            if options.threads:
+                build_options = [*build_options, "--set", f"serving.num_threads={options.threads}"]
+            tag = build_bento(build_options, env, options.alias)
+            found.append(Candidate(f"bento-{runtime}", tag, runtime))
+    for index, tag in enumerate(t for t in (options.bento or "").split(",") if t):
+        runtime = str(bento_info(tag, env)["args"].get("runtime", TORCH))
+        found.append(Candidate(f"bento{index + 1}-{runtime}", tag, runtime))
+    return found
+
+
+# ---------------------------------------------------------------- report
+def ratio(ours: float, theirs: float) -> str:
+    return f"x{ours / theirs:5.2f}" if theirs else "  n/a"
+
+
+def print_summary(bentos: list[Candidate], others: dict[str, list[LoadResult]]) -> None:
+    torch_bento = next((c for c in bentos if c.runtime == TORCH), bentos[0])
+    print("\nin-process limit (the Bento's model, no HTTP):")
+    for candidate in bentos:
+        print(
+            f"  {candidate.name:<14} {candidate.limit['sentences_per_s']:7.1f} sentences/s "
+            f"(batches)  single p50={candidate.limit['single_p50_ms']:6.1f} ms"
+        )
+    print(f"\nratios (throughput; p99 for c=32) against {torch_bento.name}, its limit, others:")
+    for candidate in bentos:
+        for result, reference in zip(candidate.results, torch_bento.results, strict=True):
+            line = (
+                f"  {candidate.name:<14} c={result.concurrency:<3} "
+                f"/torch-bento {ratio(result.rps, reference.rps)}  "
+                f"/limit {ratio(result.rps, candidate.limit['sentences_per_s'])}"
+            )
+            for name, results in others.items():
+                other = next(r for r in results if r.concurrency == result.concurrency)
+                line += f"  /{name} {ratio(result.rps, other.rps)}"
+                if result.concurrency == max(r.concurrency for r in results):
+                    line += f" (p99 {ratio(result.percentile(99), other.percentile(99))})"
+            print(line)
+        single = next((r for r in candidate.results if r.concurrency == 1), None)
+        if single:
+            gap = single.percentile(50) - candidate.limit["single_p50_ms"]
+            print(f"  {candidate.name:<14} c=1 p50 - in-process single p50 = {gap:+.1f} ms")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--runtime",
+        help="comma-separated serving.runtime values to build from --alias and compare "
+        "(default torch when no --bento is given; a checkout without serving.runtime "
+        "builds torch only)",
+    )
+    parser.add_argument("--bento", help="comma-separated built Bento tags to compare too")
+    parser.add_argument("--alias", default="champion", help="registry alias to build from")
+    parser.add_argument("--demo-model", action="store_true", help="throwaway MiniLM champion")
+    parser.add_argument("--requests", type=int, default=256, help="requests per level")
+    parser.add_argument("--levels", default="1,8,32", help="concurrency levels")
+    parser.add_argument("--warmup", type=int, default=32, help="requests before measuring")
+    parser.add_argument(
+        "--no-plain-servers", action="store_true", help="skip the FastAPI and http.server ones"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="build with serving.num_threads=N (default: the rule)"
+    )
+    parser.add_argument("--limit-of", help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    options.levels = [int(level) for level in options.levels.split(",")]
+    if options.requests < 1 or min(options.levels) < 1:
+        parser.error("--requests and --levels must be positive")
+    return options
+
+
+def run_plain_servers(
+    info: dict[str, Any], env: dict[str, str], plan: argparse.Namespace
+) -> dict[str, list[LoadResult]]:
+    """The alternative and the one-at-a-time baseline, with the torch Bento's model and as
+    many torch threads as all its model workers together."""
+    from serving.predict import container_cores
+    from serving.resources import plan_workers
+
+    args = info["args"]
+    used = plan_workers(container_cores(), args.get("workers"), args.get("num_threads"))
+    found = {}
+    for name in ("alternative", "baseline"):
+        port = free_port()
+        command = [sys.executable, str(PLAIN_SERVERS), name, "--model-dir", info["dir"]]
+        command += ["--port", str(port), "--threads", str(used.workers * used.threads)]
+        command += ["--max-batch", str(args["max_batch_size"])]
+        found[name] = measure_server(name, command, f"http://127.0.0.1:{port}/", env, plan)
+    return found
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bento", default="ratchet-sst2-service:latest")
-    parser.add_argument("--demo-model", action="store_true", help="build a throwaway Bento")
-    parser.add_argument("--requests", type=int, default=256, help="requests per level")
-    parser.add_argument("--levels", default="1,8,32")
-    parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="with --demo-model: build with serving.num_threads=N (default: the cores); "
-        "the baseline always uses the Bento's threads",
-    )
-    options = parser.parse_args()
-
-    from serving.predict import container_cores
-
-    if options.baseline_server:
-        run_baseline_server(options.model_dir, options.port, options.threads or container_cores())
+    options = parse_args()
+    if options.limit_of:
+        print(json.dumps(in_process_limit(options.limit_of, sst2_sentences(options.requests))))
         return
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "BENTOML_DO_NOT_TRACK": "true"}
@@ -303,55 +425,26 @@ def main() -> None:
             MLFLOW_TRACKING_URI=f"sqlite:///{state / 'mlflow.db'}",
             BENTOML_HOME=str(state / "bentoml"),
         )
-        build_demo_bento(state, env, options.threads)
-    else:
-        env.setdefault("BENTOML_HOME", str(PROJECT_ROOT / ".ratchet" / "bentoml"))
-    model_dir, bento_args = bento_model_dir(options.bento, env)
-    # Same torch threads everywhere: what the Bento was built with (null = the cores).
-    threads = int(bento_args.get("num_threads") or container_cores())
-    levels = [int(level) for level in options.levels.split(",")]
-    sentences = sst2_sentences(options.requests)
+        register_demo_champion(state, env)
+    options.sentences = sst2_sentences(options.requests)
+    bentos = candidates(options, env)
     print(
-        f"model {bento_args['model_tag']}, {threads} torch threads, {os.cpu_count()} cores, "
-        f"{len(sentences)} requests per level, load average {os.getloadavg()[0]:.1f}"
+        f"{len(bentos)} Bento(s): {', '.join(f'{c.name}={c.tag}' for c in bentos)}; "
+        f"{os.cpu_count()} cores, {len(options.sentences)} requests per level, "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
     )
-
-    bare_ms = bare_model_p50_ms(model_dir, sentences, threads, bento_args.get("precision", "fp32"))
-    print(f"bare model call (1 sentence, in-process): p50={bare_ms:.1f} ms", flush=True)
-
-    port = free_port()
-    bento_command = [sys.executable, "-c", SERVING_CLI, "serve", "--bento", options.bento]
-    bento_results = measure_server(
-        "bento", [*bento_command, "--port", str(port)], port, "/readyz", env, sentences, levels
-    )
-    port = free_port()
-    baseline_command = [sys.executable, __file__, "--baseline-server", "--model-dir", model_dir]
-    baseline_command += ["--port", str(port), "--threads", str(threads)]
-    baseline_results = measure_server(
-        "baseline", baseline_command, port, "/", env, sentences, levels
-    )
-
-    print("\nratios (bento / baseline):")
-    for ours, theirs in zip(bento_results, baseline_results, strict=True):
-        print(
-            f"  c={ours.concurrency:<3} throughput x{ours.rps / theirs.rps:5.2f}   "
-            f"p50 x{ours.percentile(50) / theirs.percentile(50):5.2f}   "
-            f"p99 x{ours.percentile(99) / theirs.percentile(99):5.2f}"
-        )
-    single = next((r for r in bento_results if r.concurrency == 1), None)
-    high = next((r for r in bento_results if r.concurrency == 32), None)
-    high_base = next((r for r in baseline_results if r.concurrency == 32), None)
-    print("\ngoals:")
-    if high and high_base:
-        print(
-            f"  c=32 throughput >= 3x baseline: {high.rps / high_base.rps >= 3} "
-            f"(x{high.rps / high_base.rps:.2f})"
-        )
-        print(f"  c=32 p99 below baseline:        {high.percentile(99) < high_base.percentile(99)}")
-        print(f"  c=32 zero errors:               {high.errors == 0}")
-    if single:
-        ratio = single.percentile(50) / bare_ms
-        print(f"  c=1 p50 within 20% of bare:     {ratio <= 1.2} (x{ratio:.2f})")
+    for candidate in bentos:
+        candidate.limit = measure_limit(candidate.tag, env, options.requests)
+        port = free_port()
+        command = [*RATCHET_CLI, "serve", "--bento", candidate.tag, "--port", str(port)]
+        ready = f"http://127.0.0.1:{port}/readyz"
+        candidate.results = measure_server(candidate.name, command, ready, env, options)
+    others = {}
+    if not options.no_plain_servers:
+        torch_bento = next((c for c in bentos if c.runtime == TORCH), bentos[0])
+        others = run_plain_servers(bento_info(torch_bento.tag, env), env, options)
+    print_summary(bentos, others)
     scratch.cleanup()
 
 

@@ -224,6 +224,7 @@ def serve_arguments(config: RatchetConfig, model_tag: str) -> dict[str, Any]:
         "max_latency_ms": serving.max_latency_ms,
         "precision": serving.precision,
         "num_threads": serving.num_threads,
+        "workers": serving.workers,
         "auth_required": api_key_configured(serving),
     }
 

@@ -9,7 +9,8 @@ Built into a Bento by ``ratchet build`` (see ``serving/build.py``), run by ``rat
 The Bento's arguments (recorded by ``build_bento``, see ``bentoml get <tag>``) name the
 BentoML model to load and the request limits. ``POST /classify`` validates a request
 (limits are in its types, so the OpenAPI spec states them) and queues its texts on
-BentoML's adaptive batcher, so texts from concurrent requests share one forward pass.
+BentoML's adaptive batcher, so texts from concurrent requests share one forward pass;
+``ratchet_batch_requests`` in ``/metrics`` counts the requests each forward pass served.
 BentoML's own ``/healthz`` (alive), ``/readyz`` (model loaded) and ``/metrics``
 (Prometheus) stay; ``GET /metadata`` is added (the full lineage only for a caller that gave
 the API key: unauthenticated callers see the model's name, version, labels and metrics).
@@ -20,8 +21,8 @@ it refuses to start without a non-empty ``RATCHET_API_KEY`` or ``RATCHET_API_KEY
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, NoReturn, cast
 
@@ -41,7 +42,14 @@ from serving.middleware import (
     api_key_from_environment,
     missing_key_message,
 )
-from serving.predict import Precision, configure_threads, load_classifier, predict_texts
+from serving.predict import (
+    Precision,
+    configure_threads,
+    container_cores,
+    load_classifier,
+    predict_texts,
+)
+from serving.resources import plan_workers
 
 logger = logging.getLogger(__name__)
 DATA_MD5_TAGS = ("prepared_data_md5", "data.prepared_md5", "prepared_md5", "data_md5")
@@ -61,6 +69,7 @@ class ServeArgs(BaseModel):
     max_latency_ms: int = Field(ServingConfig().max_latency_ms, ge=1)
     precision: Precision = ServingConfig().precision
     num_threads: int | None = Field(ServingConfig().num_threads, ge=1)
+    workers: int | None = Field(ServingConfig().workers, ge=1)
     timeout_s: int = Field(60, ge=1)
     auth_required: bool = Field(
         False, description="Built with an API key configured: refuse to start without one."
@@ -68,6 +77,8 @@ class ServeArgs(BaseModel):
 
 
 args = bentoml.use_arguments(ServeArgs)
+# From the cores of the machine that imports this module: the server's, when it serves.
+plan = plan_workers(container_cores(), args.workers, args.num_threads)
 
 # Limits live in the types, so the OpenAPI spec states them and BentoML answers 400
 # naming the offending field (e.g. ``texts.3``) before any code here runs.
@@ -132,11 +143,24 @@ def reject_overload() -> NoReturn:
     raise ServiceUnavailable("overloaded: the batch queue exceeds max_latency_ms; retry")
 
 
+@functools.cache
+def batch_requests_histogram() -> Any:
+    """Requests served by each forward pass, in ``/metrics``. Created on first use, in the
+    worker: BentoML points prometheus_client at its multiprocess folder after import."""
+    from prometheus_client import Histogram
+
+    return Histogram(
+        "ratchet_batch_requests",
+        "Requests whose texts shared one forward pass (1: scored alone).",
+        buckets=[2**power for power in range(max(1, args.max_batch_size.bit_length()))],
+    )
+
+
 @bentoml.service(
     name="ratchet_classifier",
     traffic={"timeout": args.timeout_s},
-    resources={"cpu": str(args.num_threads or os.cpu_count() or 1)},
-    workers=1,
+    resources={"cpu": str(plan.workers * plan.threads)},
+    workers=plan.workers,
     threads=1,
 )
 @bentoml.asgi_app(metadata_app, path="/")
@@ -146,7 +170,7 @@ class RatchetClassifier:
     bento_model = bentoml.models.BentoModel(args.model_tag)
 
     def __init__(self) -> None:
-        configure_threads(args.num_threads)
+        configure_threads(plan.threads)
         # On the instance, BentoML has already resolved the reference to the stored model.
         stored: Any = self.bento_model
         info = stored.info
@@ -170,7 +194,11 @@ class RatchetClassifier:
         )
         # BentoML's adaptive batcher (what `@bentoml.api(batchable=True)` uses), driven
         # in-process: texts of concurrent requests share one forward pass, with no extra
-        # HTTP hop, and only this service's validated `/classify` is exposed.
+        # HTTP hop, and only this service's validated `/classify` is exposed. The public
+        # batchable API splits its returned list per request, so keeping the response
+        # shape takes a second service behind `bentoml.depends`; in 1.4.39 its client
+        # closes its session every 100 calls under the requests in flight (500s under
+        # load, BentoML #5540): measured in docs/serving.md, kept private until fixed.
         dispatcher: Any = CorkDispatcher(
             max_latency_in_ms=args.max_latency_ms,
             max_batch_size=args.max_batch_size,
@@ -182,6 +210,7 @@ class RatchetClassifier:
             self.predict_requests
         )
         self.model_slot = anyio.CapacityLimiter(1)
+        self.batch_requests = batch_requests_histogram()
         self.in_flight = 0
         predict_texts(self.classifier, EXAMPLE_INPUT["texts"])  # warm up before /readyz
 
@@ -194,6 +223,7 @@ class RatchetClassifier:
         self.in_flight += 1
         try:
             if self.in_flight == 1:  # alone: batching could only add waiting
+                self.batch_requests.observe(1)
                 rows = await self.run_model(list(texts))
             else:
                 rows = await self.batched_predict(list(texts))
@@ -211,6 +241,7 @@ class RatchetClassifier:
 
     async def predict_requests(self, requests: Sequence[list[str]]) -> list[list[dict]]:
         """One forward pass over the texts of several requests, answers split back."""
+        self.batch_requests.observe(len(requests))
         rows = await self.run_model([text for texts in requests for text in texts])
         answers, start = [], 0
         for texts in requests:

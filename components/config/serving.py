@@ -39,7 +39,18 @@ class ServingConfig(Section):
         10_000, ge=1, description="Adaptive batching: a request queued longer gets 503."
     )
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Inference dtype on CPU.")
-    num_threads: int | None = Field(None, ge=1, description="torch threads; null = cores.")
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads per model worker; null = the cores the server "
+        "may use shared out among the workers.",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="Model worker processes (each holds the model and batches its own "
+        "requests); null = 1 below 8 cores, else one per 4 cores (serving/resources.py).",
+    )
     api_key: SecretStr | None = Field(
         None,
         description="Required X-API-Key when set; RATCHET_API_KEY overrides it. Shown and "

@@ -115,6 +115,40 @@ def test_concurrent_requests_get_their_own_answers(client: httpx.Client) -> None
     assert labels == ["positive" if i % 2 else "negative" for i in range(24)]
 
 
+BATCH_SIZE_METRIC = "ratchet_batch_requests"
+
+
+def scored_batches(client: httpx.Client) -> dict[str, float]:
+    """The requests-per-forward-pass histogram in /metrics: forward passes, requests they
+    served, and passes that served a single request (the ``le="1.0"`` bucket)."""
+    seen = {"batches": 0.0, "requests": 0.0, "single": 0.0}
+    for line in client.get("/metrics").text.splitlines():
+        if not line.startswith(BATCH_SIZE_METRIC):
+            continue
+        value = float(line.rsplit(" ", 1)[1])
+        if line.startswith(f"{BATCH_SIZE_METRIC}_count"):
+            seen["batches"] += value
+        elif line.startswith(f"{BATCH_SIZE_METRIC}_sum"):
+            seen["requests"] += value
+        elif line.startswith(f"{BATCH_SIZE_METRIC}_bucket") and 'le="1.0"' in line:
+            seen["single"] += value
+    return seen
+
+
+def test_concurrent_requests_share_batches(client: httpx.Client) -> None:
+    before = scored_batches(client)
+    texts = [f"{POSITIVE if i % 2 else NEGATIVE} {i}" for i in range(48)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
+        bodies = list(pool.map(lambda text: classify(client, [text]), texts))
+    after = scored_batches(client)
+
+    assert [len(body["predictions"]) for body in bodies] == [1] * 48
+    assert after["requests"] - before["requests"] == 48  # every request was counted
+    batches = after["batches"] - before["batches"]
+    assert 1 <= batches < 48  # some batch held the texts of several requests
+    assert after["single"] - before["single"] < batches
+
+
 def test_metadata_names_version_aliases_metrics_and_lineage(
     client: httpx.Client, built_bento: BuiltBento, secured_server: RunningServer
 ) -> None:

@@ -1,0 +1,70 @@
+"""The load benchmark (benchmarks/serve_load.py, run by hand): its options and one short run."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+from tests.serving.conftest import BuiltBento
+
+SCRIPT = PROJECT_ROOT / "benchmarks" / "serve_load.py"
+
+
+@pytest.fixture(scope="module")
+def serve_load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("serve_load", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["serve_load"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_runtimes_become_build_settings(serve_load: ModuleType) -> None:
+    known = ["torch", "onnx", "onnx-int8"]
+
+    assert serve_load.runtime_overrides(["torch", "onnx-int8"], known) == {
+        "torch": ["--set", "serving.runtime=torch"],
+        "onnx-int8": ["--set", "serving.runtime=onnx-int8"],
+    }
+    with pytest.raises(SystemExit, match="--runtime tf: this checkout builds only torch, onnx"):
+        serve_load.runtime_overrides(["torch", "tf"], known)
+    # A setting whose choices are not listed: `ratchet build` will check the value.
+    assert serve_load.runtime_overrides(["onnx"], []) == {"onnx": ["--set", "serving.runtime=onnx"]}
+
+
+def test_a_checkout_without_runtimes_builds_torch_only(serve_load: ModuleType) -> None:
+    assert serve_load.runtime_overrides(["torch"], None) == {"torch": []}
+    with pytest.raises(SystemExit, match="only torch \\(it has no serving.runtime setting\\)"):
+        serve_load.runtime_overrides(["torch", "onnx"], None)
+
+
+def test_options_are_checked(serve_load: ModuleType) -> None:
+    options = serve_load.parse_args(["--runtime", "torch", "--levels", "1,8", "--requests", "5"])
+
+    assert (options.runtime, options.levels, options.requests) == ("torch", [1, 8], 5)
+    with pytest.raises(SystemExit):
+        serve_load.parse_args(["--levels", "0,8"])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_short_run_on_the_tiny_bento(built_bento: BuiltBento) -> None:
+    command = [sys.executable, str(SCRIPT), "--bento", built_bento.tag, "--requests", "6"]
+    command += ["--levels", "1,3", "--warmup", "2", "--no-plain-servers"]
+
+    run = subprocess.run(
+        command, env=built_bento.env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [line.split() for line in run.stdout.splitlines() if line.startswith("bento1-torch ")]
+    assert [(row[1], row[2]) for row in rows[:2]] == [("c=1", "n=6"), ("c=3", "n=6")]
+    assert all(row[-1] == "errors=0" for row in rows[:2])
+    assert "sentences/s" in run.stdout
+    assert "c=1 p50 - in-process single p50" in run.stdout

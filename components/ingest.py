@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,9 +213,12 @@ def read_delimited(path: Path, text: str, delimiter: str, max_rows: int | None) 
     return frame
 
 
-def read_jsonl(path: Path, text: str, max_rows: int | None) -> pd.DataFrame:
-    records: list[dict[str, Any]] = []
-    lines: list[int] = []
+def json_objects(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-blank line of a JSONL text.
+
+    Raises:
+        DataError: a line is not JSON or not an object; names the file and line.
+    """
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -225,6 +228,13 @@ def read_jsonl(path: Path, text: str, max_rows: int | None) -> pd.DataFrame:
             raise DataError(f"{path} line {number}: not valid JSON ({error.msg})") from None
         if not isinstance(record, dict):
             raise DataError(f"{path} line {number}: expected a JSON object per line")
+        yield number, record
+
+
+def read_jsonl(path: Path, text: str, max_rows: int | None) -> pd.DataFrame:
+    records: list[dict[str, Any]] = []
+    lines: list[int] = []
+    for number, record in json_objects(path, text):
         records.append(record)
         lines.append(number)
         if max_rows is not None and len(records) >= max_rows:

@@ -16,7 +16,6 @@ converted to IOB2 as it is read.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from components.ingest import (
     RawDataset,
     data_format,
     decode_utf8,
+    json_objects,
     locate_split_files,
 )
 
@@ -137,20 +137,9 @@ def read_token_jsonl(path: Path, text: str) -> Iterable[Sentence]:
         DataError: a line that is not JSON, not an object, or lacks a list of strings
             under ``tokens`` or ``tags``; the message names the file and line.
     """
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path} line {number}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path} line {number}: expected a JSON object per line")
-        yield (
-            number,
-            string_list(record, "tokens", path, number),
-            string_list(record, "tags", path, number),
-        )
+    for number, record in json_objects(path, text):
+        tokens = string_list(record, "tokens", path, number)
+        yield number, tokens, string_list(record, "tags", path, number)
 
 
 def string_list(record: dict[str, Any], key: str, path: Path, number: int) -> list[str]:

@@ -16,7 +16,6 @@ failed rule and a few offending sentences by file and line.
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 import pandas as pd
 
 from components.config import DataConfig
-from components.errors import DataValidationError
 from components.ingest import RawDataset
 from components.state import ProjectPaths
 from components.token_data import entity_types, iob2_problem, read_token_dataset, tag_names
@@ -35,11 +33,10 @@ from components.validate import (
     normalise_text,
     overlap_with_train,
     run_checkpoint,
+    settle_report,
     shorten,
     summarise_result,
 )
-
-logger = logging.getLogger(__name__)
 
 # Columns whose offending values say what is wrong (shown beside the sentence).
 PROBLEM_COLUMNS = ("length_problem", "unknown_tags", "iob2_problem", "types_below_share")
@@ -183,18 +180,7 @@ def validate_token_dataset(
         for check in checks
         if not check["success"]
     ]
-    report = ValidationReport(
-        success=not failures,
-        source=raw.source,
-        row_counts=raw.row_counts,
-        checks=checks,
-        failures=failures,
-        docs_index=str(docs_dir / "index.html") if docs_dir is not None else None,
-    )
-    logger.info("validated %s: %d expectations, %d failed", raw.source, len(checks), len(failures))
-    if failures:
-        raise DataValidationError(format_token_failures(report), failures)
-    return report
+    return settle_report(raw, checks, failures, docs_dir, format_token_failures)
 
 
 def describe_token_failure(

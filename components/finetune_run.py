@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
@@ -373,9 +373,19 @@ def build_classifier(
     return model, lr_scales
 
 
+class ModelScorer(Protocol):
+    """What :func:`summarise_run` needs of a validation scorer: the encoded rows it scores
+    and a call that scores a model (``val_accuracy`` among the keys)."""
+
+    @property
+    def encoded(self) -> Sequence[Any]: ...
+
+    def __call__(self, model: nn.Module) -> dict[str, float]: ...
+
+
 def summarise_run(
     outcome: LoopResult,
-    score: ValidationScorer,
+    score: ModelScorer,
     model: nn.Module,
     train_cfg: TrainConfig,
     init_model: str,

@@ -27,7 +27,13 @@ from components.config import DataConfig
 from components.errors import DataError
 from components.files import atomic_dir
 from components.ingest import RawDataset
-from components.prepare import MANIFEST_FILE, SPLIT_NAMES, PreparedData, split_frames
+from components.prepare import (
+    MANIFEST_FILE,
+    SPLIT_NAMES,
+    PreparedData,
+    load_prepared,
+    split_frames,
+)
 from components.state import ProjectPaths
 from components.token_data import entity_types, read_token_dataset, tag_names
 from components.token_validate import load_tokenizer, validate_token_dataset
@@ -154,6 +160,13 @@ def load_prepared_tokens(prepared_dir: Path) -> PreparedData:
         frame["text"] = frame["tokens"].map(" ".join)
         frames[name] = frame
     return PreparedData(labels=list(manifest["labels"]), **frames)
+
+
+def load_task_data(task: str, prepared_dir: Path) -> PreparedData:
+    """The prepared splits of ``data.task``: token sentences or classification rows."""
+    if task == TASK:
+        return load_prepared_tokens(prepared_dir)
+    return load_prepared(prepared_dir)
 
 
 def run_token_prepare(

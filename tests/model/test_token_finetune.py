@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
 from components.config import RatchetConfig, load_config
+from components.errors import ConfigError
 from components.finetune import run_finetuning
 from components.prepare import PreparedData
 from components.token_finetune import IGNORED, encode_words
@@ -57,11 +59,10 @@ def test_tags_go_to_the_first_sub_token_of_each_word(tiny_bert_dir: Path) -> Non
     assert cut.labels[0] == [IGNORED, 3, IGNORED, 4, IGNORED]
 
 
-def test_tiny_token_classifier_fits_a_separable_toy_set(
-    tiny_bert_dir: Path, tmp_path: Path
-) -> None:
-    from transformers import AutoModelForTokenClassification
-
+@pytest.fixture(scope="module")
+def fitted(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny token classifier trained once on the toy set (40 steps)."""
+    folder = tmp_path_factory.mktemp("token-classifier")
     config = token_settings(
         tiny_bert_dir,
         "train.lr=3e-3",
@@ -75,17 +76,57 @@ def test_tiny_token_classifier_fits_a_separable_toy_set(
         config,
         token_data(),
         str(tiny_bert_dir),
-        tmp_path / "model",
-        tmp_path / "checkpoints",
+        folder / "model",
+        folder / "checkpoints",
         lambda step, metrics: steps.append(metrics),
     )
+    return {"config": config, "result": result, "steps": steps, "folder": folder}
+
+
+def test_tiny_token_classifier_fits_a_separable_toy_set(fitted: dict[str, Any]) -> None:
+    from transformers import AutoModelForTokenClassification
+
+    result, steps = fitted["result"], fitted["steps"]
     assert result.metrics["val_entity_f1"] >= 0.9
     assert result.metrics["val_accuracy"] >= 0.95
     assert steps[-1]["loss"] < steps[0]["loss"] * 0.75
     assert "val_entity_f1" in steps[19] and len(steps) == 40
     model = AutoModelForTokenClassification.from_pretrained(result.model_dir)
     assert model.config.id2label == dict(enumerate(TAGS))
-    assert not list((tmp_path / "checkpoints").glob("step-*"))
+    assert not list((fitted["folder"] / "checkpoints").glob("step-*"))
+
+
+def test_evaluation_scores_the_test_split_and_writes_its_files(
+    fitted: dict[str, Any], tmp_path: Path
+) -> None:
+    from components.token_evaluate import entity_metrics, evaluate_token_model
+
+    data = token_data()
+    report = evaluate_token_model(
+        fitted["result"].model_dir, data.test, TAGS, fitted["config"].eval, tmp_path, 32
+    )
+    assert report.metrics["entity_f1"] >= 0.9
+    assert report.metrics["f1"] == report.metrics["entity_f1"]
+    assert report.metrics == pytest.approx(
+        {**entity_metrics(report.gold, report.predicted), **latency(report.metrics)}
+    )
+    assert report.gold == data.test["tags"].tolist()
+    assert sorted(report.artifacts) == [
+        "entity_confusion.csv",
+        "entity_confusion.png",
+        "eval.json",
+        "missed_entities.csv",
+        "predictions.jsonl",
+        "spurious_entities.csv",
+    ]
+    with pytest.raises(ConfigError, match="model tags .* differ from the data's tags"):
+        evaluate_token_model(
+            fitted["result"].model_dir, data.test, TAGS[::-1], fitted["config"].eval, tmp_path
+        )
+
+
+def latency(metrics: dict[str, float]) -> dict[str, float]:
+    return {key: value for key, value in metrics.items() if key.startswith("latency")}
 
 
 class Interrupt(Exception):

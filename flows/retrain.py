@@ -23,7 +23,7 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 
 from components.base_model import model_fingerprint, resolve_base_model
-from components.config import RatchetConfig, load_config
+from components.config import RatchetConfig, load_config, require_text_classification
 from components.errors import ConfigError
 from components.state import ProjectPaths, configure_environment
 from flows import tasks
@@ -318,6 +318,7 @@ def retrain(
         The run summary: data md5s, metrics, registered version, gate decision, Bento tag.
     """
     config = load_config(params, config_files or [], overrides or [])
+    require_text_classification(config, "ratchet retrain")
     ensure_dvc_sees_data_config(config, params)
     paths = ProjectPaths.discover(Path(params).resolve().parent)
     configure_environment(config, paths)

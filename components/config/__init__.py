@@ -31,7 +31,12 @@ from components.config.root import (
     load_config,
 )
 from components.config.serving import RegistryConfig, ServingConfig, TrackingConfig
-from components.config.task import check_task_settings, tag_problems, task_problems
+from components.config.task import (
+    check_task_settings,
+    require_text_classification,
+    tag_problems,
+    task_problems,
+)
 
 __all__ = [
     "DEFAULT_PARAMS_FILE",
@@ -62,6 +67,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "read_yaml_mapping",
+    "require_text_classification",
     "set_dotted",
     "check_task_settings",
     "tag_problems",

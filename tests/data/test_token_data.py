@@ -185,3 +185,21 @@ def test_prepare_refuses_unknown_tags() -> None:
 def test_load_prepared_tokens_needs_token_manifest(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no prepared token-classification data"):
         load_prepared_tokens(tmp_path)
+
+
+def test_pretraining_reads_the_token_sentences(tmp_path: Path) -> None:
+    from components.config import load_config
+    from components.pretrain_corpus import gather_pretraining_texts
+    from components.state import ProjectPaths
+    from tests.conftest import PROJECT_ROOT
+
+    paths = ProjectPaths(project_root=tmp_path, state_dir=tmp_path / "state")
+    raw = raw_tokens({"train": sentences(3), "dev": sentences(1, 10), "test": sentences(1, 20)})
+    write_prepared_tokens(prepare_token_splits(raw, token_cfg()), paths.prepared_dir)
+    config = load_config(
+        PROJECT_ROOT / "params.yaml",
+        [PROJECT_ROOT / "configs" / "conll.yaml"],
+        ["pretrain.extra_corpora=[]"],
+    )
+    corpus = gather_pretraining_texts(config, paths)
+    assert corpus.texts == ["Name0 visited Paris", "Name1 visited Paris", "Name2 visited Paris"]

@@ -28,15 +28,15 @@ from components.config import RatchetConfig
 from components.errors import ConfigError, TrainingError
 from components.finetune_run import (
     FinetuneResult,
-    finetune_loop_settings,
-    save_finetuned,
+    FitPlan,
+    RunPlace,
+    fit_and_save,
     select_rows,
-    summarise_run,
 )
 from components.model_surgery import freeze_lower_weights, layerwise_lr_scales
 from components.prepare import PreparedData
 from components.training.batching import length_grouped_batches, pad_batch
-from components.training.loop import MetricsCallback, run_loop
+from components.training.loop import MetricsCallback
 from components.training.runtime import (
     DistributedContext,
     Precision,
@@ -334,24 +334,9 @@ def finetune_tokens_once(
         context,
         pad_multiple=8 if device.type == "cuda" else 1,
     )
-    settings = finetune_loop_settings(train_cfg, len(source.epoch_batches(0)), precision)
     model, lr_scales = build_token_classifier(config, data.labels, init_model)
     if context.enabled:
         torch.manual_seed(train_cfg.seed + context.rank)  # same init, own dropout per rank
-    outcome = run_loop(
-        model,
-        source,
-        settings,
-        evaluate=score,
-        metric_name=METRIC_NAME,
-        checkpoint_dir=checkpoint_dir,
-        on_metrics=on_metrics,
-        context=context,
-        lr_scales=lr_scales,
-    )
-    result = summarise_run(
-        outcome, score, model, train_cfg, init_model, output_dir, len(train_rows)
-    )
-    if context.is_main:
-        save_finetuned(model, tokenizer, max_length, result, checkpoint_dir, None)
-    return result
+    plan = FitPlan(model, lr_scales, source, score, METRIC_NAME, len(train_rows))
+    run = RunPlace(init_model, output_dir, checkpoint_dir, on_metrics, context, precision)
+    return fit_and_save(config, plan, tokenizer, run)

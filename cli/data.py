@@ -34,11 +34,12 @@ GROUPS = {None: commands, "data": data_app}
 @command(commands, "ingest")
 def ingest(ctx: typer.Context, data: DataOption = None) -> None:
     """Copy the data source byte-for-byte into data/raw (DVC tracks it as stage `ingest`)."""
-    from components.ingest import run_ingest
+    from components.ingest import formats_for_task, run_ingest
 
     settings, paths = load(ctx)
+    formats = formats_for_task(settings.data.task)
     with data_lock(paths.raw_dir.parent):
-        files = run_ingest(data or settings.data.source, paths)
+        files = run_ingest(data or settings.data.source, paths, formats)
     console.print(f"data/raw: {', '.join(str(f) for f in files)}", highlight=False)
 
 
@@ -51,11 +52,16 @@ def validate(
     ] = None,
 ) -> None:
     """Run the Great Expectations data suite; exit non-zero listing every failure."""
+    from components.token_validate import run_token_validation
     from components.validate import run_validation
 
     settings, paths = load(ctx)
+    source = data or settings.data.source
     with data_lock(paths.raw_dir.parent):
-        result = run_validation(data or settings.data.source, settings.data, paths, report)
+        if settings.data.task == "token-classification":
+            result = run_token_validation(source, settings, paths, report)
+        else:
+            result = run_validation(source, settings.data, paths, report)
     rows = ", ".join(f"{name}={count}" for name, count in result.row_counts.items())
     console.print(
         f"validation passed: {len(result.checks)} expectations on {result.source} "
@@ -75,16 +81,18 @@ def prepare(
 ) -> None:
     """Validate, then write the seeded, stratified train/validation/test splits."""
     from components.prepare import run_prepare
+    from components.token_prepare import run_token_prepare
 
     settings, paths = load(ctx)
     source = data or settings.data.source
     with data_lock(paths.raw_dir.parent):
-        manifest = run_prepare(source, settings.data, paths, validate=not skip_validation)
+        if settings.data.task == "token-classification":
+            manifest = run_token_prepare(source, settings, paths, validate=not skip_validation)
+        else:
+            manifest = run_prepare(source, settings.data, paths, validate=not skip_validation)
     for name, split in manifest["splits"].items():
-        console.print(
-            f"{name}: {split['rows']} rows {split['label_counts']} md5 {split['md5']}",
-            highlight=False,
-        )
+        counts = split.get("label_counts", split.get("entity_counts"))
+        console.print(f"{name}: {split['rows']} rows {counts} md5 {split['md5']}", highlight=False)
 
 
 @command(data_app, "push")

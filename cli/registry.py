@@ -90,6 +90,9 @@ def evaluate(
     from components.prepare import load_prepared
 
     settings, paths = load(ctx)
+    if settings.data.task == "token-classification":
+        evaluate_tokens(settings, paths, model_dir, output_dir, as_json)
+        return
     data = load_prepared(paths.prepared_dir)
     suite, notice = suite_for_labels(
         settings.eval.behaviour_checks, data.labels, paths.project_root
@@ -118,6 +121,35 @@ def evaluate(
         table.add_row(f"behaviour {result.name}", f"{result.pass_rate:.0%}")
     console.print(table)
     console.print(f"files: {report.output_dir}", highlight=False)
+
+
+def evaluate_tokens(
+    settings: Any, paths: Any, model_dir: Path | None, output_dir: Path | None, as_json: bool
+) -> None:
+    """`ratchet evaluate` for data.task token-classification: entity scores (seqeval)."""
+    from components.token_evaluate import evaluate_token_model
+    from components.token_prepare import load_prepared_tokens
+
+    data = load_prepared_tokens(paths.prepared_dir)
+    report = evaluate_token_model(
+        paths.resolve(model_dir) if model_dir else paths.models_dir / "finetuned",
+        data.test,
+        data.labels,
+        settings.eval,
+        paths.resolve(output_dir) if output_dir else paths.metrics_dir,
+        settings.model.max_length,
+        settings.serving.precision,
+    )
+    if as_json:
+        print_json(report.summary())
+        return
+    table = Table(title=f"Test split ({len(report.gold)} sentences)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in report.metrics.items():
+        if name.startswith(("entity_", "token_")) and not name.startswith("entity_support"):
+            table.add_row(name, metric_cell(value))
+    console.print(table)
 
 
 @command(registry_app, "list")

@@ -47,15 +47,17 @@ def pretrain(ctx: typer.Context) -> None:
 
 @command(commands, "train")
 def train(ctx: typer.Context, init: InitOption = None) -> None:
-    """Fine-tune a sequence classifier on data/prepared; writes models/finetuned and
-    metrics/train.json."""
+    """Fine-tune a sequence classifier (a token classifier with data.task
+    token-classification) on data/prepared; writes models/finetuned and metrics/train.json."""
     from components.finetune import run_train_stage
 
     settings, paths = load(ctx)
     result = run_train_stage(settings, paths, init)
     metrics = result.metrics
+    entity_f1 = metrics.get("val_entity_f1")
+    score = f"entity F1 {entity_f1:.4f}, " if entity_f1 is not None else ""
     console.print(
-        f"{result.model_dir}: validation accuracy {metrics['val_accuracy']:.4f} after "
+        f"{result.model_dir}: validation {score}accuracy {metrics['val_accuracy']:.4f} after "
         f"{metrics['steps']:.0f} steps, {metrics['train_samples_per_second']:.1f} samples/s "
         f"({result.info['device']}, {result.info['precision']})",
         highlight=False,

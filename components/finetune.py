@@ -27,9 +27,11 @@ from components.finetune_run import (
     finetune_once,
 )
 from components.fingerprints import texts_fingerprint
-from components.prepare import PreparedData, load_prepared
+from components.prepare import PreparedData
 from components.soup import run_soup_finetuning
 from components.state import ProjectPaths
+from components.token_finetune import finetune_tokens_once
+from components.token_prepare import load_task_data
 from components.training.loop import MetricsCallback
 from components.training.resume import claim_checkpoint_dir, resume_key, run_key
 from components.training.runtime import is_main_process
@@ -66,9 +68,15 @@ def run_finetuning(
         ConfigError / TrainingError: bad settings or data, or checkpoints of another
             run in ``checkpoint_dir``, before any compute.
     """
+    token_task = config.data.task == "token-classification"
     if checkpoint_dir is not None:
-        check_finetune_inputs(config, data, init_model)
+        if not token_task:
+            check_finetune_inputs(config, data, init_model)
         claim_checkpoint_dir(checkpoint_dir, finetune_resume_key(config, data, init_model))
+    if token_task:
+        return finetune_tokens_once(
+            config, data, init_model, output_dir, checkpoint_dir, on_metrics
+        )
     job = FinetuneJob(config, data, init_model, output_dir, checkpoint_dir, on_metrics)
     return run_soup_finetuning(job) if config.train.soup_seeds else finetune_once(job)
 
@@ -76,10 +84,13 @@ def run_finetuning(
 def finetune_resume_key(config: RatchetConfig, data: PreparedData, init_model: str) -> str:
     """The resume key of a fine-tuning run: its settings, the bytes of the training and
     validation rows it learns from and selects on, and the init model's fingerprint."""
+    label_column = "tag_ids" if config.data.task == "token-classification" else "label"
     rows = (
         f"{split}\t{label}\t{text}"
         for split in ("train", "validation")
-        for text, label in zip(data.split(split)["text"], data.split(split)["label"], strict=True)
+        for text, label in zip(
+            data.split(split)["text"], data.split(split)[label_column], strict=True
+        )
     )
     return resume_key(
         config,
@@ -104,7 +115,7 @@ def run_train_stage(
 ) -> FinetuneResult:
     """The ``train`` stage: data/prepared + models/pretrained -> models/finetuned and
     metrics/train.json."""
-    data = load_prepared(paths.prepared_dir)
+    data = load_task_data(config.data.task, paths.prepared_dir)
     init = init_model or default_init_model(config, paths)
     key = run_key(config, paths, model_fingerprint(init))
     checkpoints = paths.checkpoints_dir / f"finetune-{key}"

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
@@ -26,7 +26,7 @@ from components.files import save_pretrained_atomically
 from components.kernels.first_position import last_layer_at_first_position
 from components.model_surgery import freeze_lower_weights, layerwise_lr_scales
 from components.prepare import PreparedData
-from components.training.batching import BatchOrder, pad_batch
+from components.training.batching import BatchOrder, BatchSource, pad_batch
 from components.training.checkpoints import clear_checkpoints
 from components.training.loop import LoopResult, LoopSettings, MetricsCallback, run_loop
 from components.training.runtime import DistributedContext, Precision, choose_device
@@ -254,31 +254,77 @@ def finetune_once(
         tokenizer.pad_token_id,
         pad_multiple=8 if device.type == "cuda" else 1,
     )
-    settings = finetune_loop_settings(train_cfg, len(source.epoch_batches(0)), precision)
     model, lr_scales = build_classifier(config, data, init_model, start_seed)
     if context.enabled or start_seed != train_cfg.seed:
         # Same init everywhere (DDP also broadcasts rank 0's), different dropout per rank
         # and per soup member.
         torch.manual_seed(train_cfg.seed + context.rank)
-    with last_layer_at_first_position(model, train_cfg.last_layer_cls_only) as cut:
+    plan = FitPlan(
+        model, lr_scales, source, score, "val_accuracy", len(train_encoded),
+        first_position_only=train_cfg.last_layer_cls_only,
+    )  # fmt: skip
+    run = RunPlace(init_model, job.output_dir, checkpoint_dir, job.on_metrics, context, precision)
+    return fit_and_save(config, plan, tokenizer, run, on_saved)
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """What a task brings to one fine-tuning run: the model with its head, learning-rate
+    scales, training batches, the validation scorer and the metric it selects on
+    (``first_position_only``: the last layer computes [CLS] alone, sequence heads only)."""
+
+    model: nn.Module
+    lr_scales: dict[str, float] | None
+    source: BatchSource
+    score: ModelScorer
+    metric_name: str
+    train_examples: int
+    first_position_only: bool = False
+
+
+@dataclass(frozen=True)
+class RunPlace:
+    """Where a fine-tuning run comes from, writes and reports to, and how it runs."""
+
+    init_model: str
+    output_dir: Path
+    checkpoint_dir: Path | None
+    on_metrics: MetricsCallback | None
+    context: DistributedContext
+    precision: Precision
+
+
+def fit_and_save(
+    config: RatchetConfig,
+    plan: FitPlan,
+    tokenizer: Any,
+    run: RunPlace,
+    on_saved: Callable[[FinetuneResult], None] | None = None,
+) -> FinetuneResult:
+    """Run the shared loop on ``plan``, summarise it and save the model (main rank):
+    the part of a fine-tuning run every task shares."""
+    model, train_cfg = plan.model, config.train
+    settings = finetune_loop_settings(train_cfg, len(plan.source.epoch_batches(0)), run.precision)
+    with last_layer_at_first_position(model, plan.first_position_only) as cut:
         if cut:
             logger.info("the last encoder layer computes the [CLS] position only")
         outcome = run_loop(
             model,
-            source,
+            plan.source,
             settings,
-            evaluate=score,
-            metric_name="val_accuracy",
-            checkpoint_dir=checkpoint_dir,
-            on_metrics=job.on_metrics,
-            context=context,
-            lr_scales=lr_scales,
+            evaluate=plan.score,
+            metric_name=plan.metric_name,
+            checkpoint_dir=run.checkpoint_dir,
+            on_metrics=run.on_metrics,
+            context=run.context,
+            lr_scales=plan.lr_scales,
         )
     result = summarise_run(
-        outcome, score, model, train_cfg, init_model, job.output_dir, len(train_encoded)
+        outcome, plan.score, model, train_cfg, run.init_model, run.output_dir, plan.train_examples
     )
-    if context.is_main:
-        save_finetuned(model, tokenizer, max_length, result, checkpoint_dir, on_saved)
+    if run.context.is_main:
+        max_length = config.model.max_length
+        save_finetuned(model, tokenizer, max_length, result, run.checkpoint_dir, on_saved)
     return result
 
 
@@ -351,9 +397,19 @@ def build_classifier(
     return model, lr_scales
 
 
+class ModelScorer(Protocol):
+    """What :func:`summarise_run` needs of a validation scorer: the encoded rows it scores
+    and a call that scores a model (``val_accuracy`` among the keys)."""
+
+    @property
+    def encoded(self) -> Sequence[Any]: ...
+
+    def __call__(self, model: nn.Module) -> dict[str, float]: ...
+
+
 def summarise_run(
     outcome: LoopResult,
-    score: ValidationScorer,
+    score: ModelScorer,
     model: nn.Module,
     train_cfg: TrainConfig,
     init_model: str,

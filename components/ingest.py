@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,15 @@ FORMATS = {
     ".ndjson": "jsonl",
     ".parquet": "parquet",
 }
+# What data.task token-classification reads: CoNLL-style text and JSONL token/tag lists.
+TOKEN_FORMATS = {".txt": "conll", ".conll": "conll", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def formats_for_task(task: str) -> Mapping[str, str]:
+    """The file suffixes (and their formats) a folder source of ``data.task`` may hold."""
+    return TOKEN_FORMATS if task == "token-classification" else FORMATS
+
+
 # File stems a folder source may use, mapped to the raw split they hold.
 SPLIT_STEMS = {
     "train": "train",
@@ -98,14 +107,20 @@ def read_dataset(source: str, data_cfg: DataConfig, project_root: Path) -> RawDa
     return RawDataset(source=source, splits=splits, files={k: str(v) for k, v in files.items()})
 
 
-def locate_split_files(path: Path) -> dict[str, Path]:
-    """Map raw split names to files: a single file is split ``all``."""
+def locate_split_files(path: Path, formats: Mapping[str, str] = FORMATS) -> dict[str, Path]:
+    """Map raw split names to files: a single file is split ``all``.
+
+    Args:
+        path: a data file or a folder of split files.
+        formats: file suffix -> format of the files the task reads (default: tables;
+            :data:`components.token_data.TOKEN_FORMATS` for token classification).
+    """
     if path.is_file():
-        data_format(path)
+        data_format(path, formats)
         return {"all": path}
     if not path.is_dir():
         raise DataError(f"data source not found: {path}")
-    candidates = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FORMATS)
+    candidates = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in formats)
     found: dict[str, Path] = {}
     for candidate in candidates:
         split = SPLIT_STEMS.get(candidate.stem.lower())
@@ -124,17 +139,17 @@ def locate_split_files(path: Path) -> dict[str, Path]:
         return {"all": candidates[0]}
     names = [p.name for p in candidates] or "none"
     raise DataError(
-        f"{path} holds no train/dev/test data files (supported: {', '.join(FORMATS)}); "
+        f"{path} holds no train/dev/test data files (supported: {', '.join(formats)}); "
         f"data files found: {names}"
     )
 
 
-def data_format(path: Path) -> str:
+def data_format(path: Path, formats: Mapping[str, str] = FORMATS) -> str:
     try:
-        return FORMATS[path.suffix.lower()]
+        return formats[path.suffix.lower()]
     except KeyError:
         raise DataError(
-            f"{path}: unsupported file type {path.suffix!r} (use {', '.join(FORMATS)})"
+            f"{path}: unsupported file type {path.suffix!r} (use {', '.join(formats)})"
         ) from None
 
 
@@ -198,9 +213,12 @@ def read_delimited(path: Path, text: str, delimiter: str, max_rows: int | None) 
     return frame
 
 
-def read_jsonl(path: Path, text: str, max_rows: int | None) -> pd.DataFrame:
-    records: list[dict[str, Any]] = []
-    lines: list[int] = []
+def json_objects(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-blank line of a JSONL text.
+
+    Raises:
+        DataError: a line is not JSON or not an object; names the file and line.
+    """
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -210,6 +228,13 @@ def read_jsonl(path: Path, text: str, max_rows: int | None) -> pd.DataFrame:
             raise DataError(f"{path} line {number}: not valid JSON ({error.msg})") from None
         if not isinstance(record, dict):
             raise DataError(f"{path} line {number}: expected a JSON object per line")
+        yield number, record
+
+
+def read_jsonl(path: Path, text: str, max_rows: int | None) -> pd.DataFrame:
+    records: list[dict[str, Any]] = []
+    lines: list[int] = []
+    for number, record in json_objects(path, text):
         records.append(record)
         lines.append(number)
         if max_rows is not None and len(records) >= max_rows:
@@ -349,7 +374,9 @@ def read_hf_dataset(source: str, data_cfg: DataConfig) -> RawDataset:
 INCOMING_DIR_NAME = "incoming"  # data/incoming: a snapshot waiting for validation
 
 
-def stage_snapshot(source: str, project_root: Path, raw_dir: Path) -> Path:
+def stage_snapshot(
+    source: str, project_root: Path, raw_dir: Path, formats: Mapping[str, str] = FORMATS
+) -> Path:
     """Copy the source's data files byte-for-byte into ``incoming/`` beside ``raw_dir``.
 
     ``hf:`` sources are written as one Parquet file per split instead. ``raw_dir`` itself
@@ -370,7 +397,7 @@ def stage_snapshot(source: str, project_root: Path, raw_dir: Path) -> Path:
         else:
             path = Path(source).expanduser()
             path = path if path.is_absolute() else project_root / path
-            for file in locate_split_files(path).values():
+            for file in locate_split_files(path, formats).values():
                 shutil.copyfile(file, staging / file.name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -378,18 +405,23 @@ def stage_snapshot(source: str, project_root: Path, raw_dir: Path) -> Path:
     return staging
 
 
-def snapshot_source(source: str, project_root: Path, raw_dir: Path) -> list[Path]:
+def snapshot_source(
+    source: str, project_root: Path, raw_dir: Path, formats: Mapping[str, str] = FORMATS
+) -> list[Path]:
     """Snapshot the source into ``raw_dir`` (replaced whole).
 
     Returns:
         The files written, relative to ``raw_dir``.
     """
-    replace_folder(stage_snapshot(source, project_root, raw_dir), raw_dir)
+    replace_folder(stage_snapshot(source, project_root, raw_dir, formats), raw_dir)
     return sorted(p.relative_to(raw_dir) for p in raw_dir.iterdir())
 
 
-def run_ingest(source: str, paths: ProjectPaths) -> list[Path]:
-    """Snapshot ``source`` into ``data/raw`` (the DVC stage ``ingest``)."""
-    files = snapshot_source(source, paths.project_root, paths.raw_dir)
+def run_ingest(
+    source: str, paths: ProjectPaths, formats: Mapping[str, str] = FORMATS
+) -> list[Path]:
+    """Snapshot ``source`` into ``data/raw`` (the DVC stage ``ingest``); ``formats`` are
+    the file types the task reads (see :func:`locate_split_files`)."""
+    files = snapshot_source(source, paths.project_root, paths.raw_dir, formats)
     logger.info("snapshot of %s in %s: %s", source, paths.raw_dir, [str(f) for f in files])
     return files

@@ -19,8 +19,8 @@ import pandas as pd
 from components.config import RatchetConfig
 from components.errors import DataError, TrainingError
 from components.fingerprints import path_fingerprint
-from components.prepare import load_prepared
 from components.state import ProjectPaths
+from components.token_prepare import load_task_data
 from components.validate import normalise_text
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def drop_held_out_texts(texts: Sequence[str], held_out: Sequence[str]) -> tuple[
 def gather_pretraining_texts(config: RatchetConfig, paths: ProjectPaths) -> PretrainingCorpus:
     """The prepared training split's texts followed by every ``pretrain.extra_corpora``,
     less the corpus texts that repeat a validation or test text (counted and logged)."""
-    prepared = load_prepared(paths.prepared_dir)
+    prepared = load_task_data(config.data.task, paths.prepared_dir)
     texts = prepared.train["text"].tolist()
     held_out = [*prepared.validation["text"], *prepared.test["text"]]
     dropped = 0

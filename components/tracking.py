@@ -37,6 +37,7 @@ from components.state import ProjectPaths, mlflow_tracking_uri
 
 if TYPE_CHECKING:
     from components.evaluate import EvaluationReport
+    from components.token_evaluate import TokenEvaluationReport
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def log_text(run_id: str, text: str, artifact_file: str) -> None:
     MlflowClient().log_text(run_id, text, artifact_file)
 
 
-def log_evaluation(run_id: str, report: EvaluationReport) -> None:
+def log_evaluation(run_id: str, report: EvaluationReport | TokenEvaluationReport) -> None:
     """Log an evaluation's metrics and every file it wrote under ``evaluation/``.
 
     The confident mistakes are also logged as an MLflow table, which the UI renders.

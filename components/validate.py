@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -331,6 +331,18 @@ def validate_dataset(
         for check in checks
         if not check["success"] and not check.get("skipped")
     ]
+    return settle_report(raw, checks, failures, docs_dir, format_failures)
+
+
+def settle_report(
+    raw: RawDataset,
+    checks: list[dict[str, Any]],
+    failures: list[dict[str, Any]],
+    docs_dir: Path | None,
+    describe: Callable[[ValidationReport], str],
+) -> ValidationReport:
+    """The report of a checkpoint run; raise :class:`DataValidationError` with the
+    message ``describe`` writes when any expectation failed."""
     report = ValidationReport(
         success=not failures,
         source=raw.source,
@@ -341,7 +353,7 @@ def validate_dataset(
     )
     logger.info("validated %s: %d expectations, %d failed", raw.source, len(checks), len(failures))
     if failures:
-        raise DataValidationError(format_failures(report), failures)
+        raise DataValidationError(describe(report), failures)
     return report
 
 

@@ -23,7 +23,12 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 
 from components.base_model import model_fingerprint, resolve_base_model
-from components.config import RatchetConfig, load_config, read_yaml_mapping
+from components.config import (
+    RatchetConfig,
+    load_config,
+    read_yaml_mapping,
+    require_text_classification,
+)
 from components.errors import ConfigError
 from components.pipeline import PIPELINE
 from components.state import ProjectPaths, configure_environment
@@ -325,6 +330,7 @@ def retrain(
     """
     on_disk = read_yaml_mapping(Path(params))  # read once: the config and the DVC check
     config = load_config(on_disk, config_files or [], overrides or [])
+    require_text_classification(config, "ratchet retrain")
     ensure_dvc_sees_data_config(config, params, on_disk)
     paths = ProjectPaths.discover(Path(params).resolve().parent)
     configure_environment(config, paths)

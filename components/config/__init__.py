@@ -11,7 +11,7 @@ One module per group of sections (``data``, ``model`` with ``pretrain`` and ``tr
 """
 
 from components.config.base import Section
-from components.config.data import DataChecksConfig, DataConfig, SplitConfig
+from components.config.data import TASKS, DataChecksConfig, DataConfig, SplitConfig, Task
 from components.config.gate import GATE_METRICS, EvalConfig, GateConfig, GateMetric
 from components.config.model import ModelConfig, PretrainConfig, ScratchModelConfig, TrainConfig
 from components.config.overrides import (
@@ -31,10 +31,17 @@ from components.config.root import (
     load_config,
 )
 from components.config.serving import RegistryConfig, ServingConfig, TrackingConfig
+from components.config.task import (
+    check_task_settings,
+    require_text_classification,
+    tag_problems,
+    task_problems,
+)
 
 __all__ = [
     "DEFAULT_PARAMS_FILE",
     "GATE_METRICS",
+    "TASKS",
     "UNHASHED_KEYS",
     "UPKEEP_KEYS",
     "DataChecksConfig",
@@ -50,6 +57,7 @@ __all__ = [
     "Section",
     "ServingConfig",
     "SplitConfig",
+    "Task",
     "TrackingConfig",
     "TrainConfig",
     "config_from_mapping",
@@ -59,5 +67,9 @@ __all__ = [
     "load_config",
     "parse_override",
     "read_yaml_mapping",
+    "require_text_classification",
     "set_dotted",
+    "check_task_settings",
+    "tag_problems",
+    "task_problems",
 ]

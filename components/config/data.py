@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import (
     Field,
     model_validator,
@@ -48,9 +50,29 @@ class DataChecksConfig(Section):
         "while stopping a window that is too short for the data (SST-2 at 128: 0); "
         "1 disables the check.",
     )
+    min_entity_type_fraction: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="Token classification: every entity type of the tag set makes up at "
+        "least this share of each split's entities (a type missing from a split cannot be "
+        "learned or scored there). Text classification uses min_class_fraction instead.",
+    )
+
+
+Task = Literal["text-classification", "token-classification"]
+TASKS: tuple[str, ...] = ("text-classification", "token-classification")
 
 
 class DataConfig(Section):
+    task: Task = Field(
+        "text-classification",
+        description="What the model learns: text-classification (one label per text, "
+        "tabular data with data.text_column/data.label_column) or token-classification "
+        "(one IOB2 tag per word, e.g. named entities: CoNLL-style .txt/.conll files or "
+        "JSONL rows with `tokens` and `tags` lists; data.labels is then the tag set, or "
+        "null to infer it).",
+    )
     source: str = Field(
         "../shared/data/sst2",
         description="A CSV/TSV/JSONL/Parquet file or a folder with train/dev/test files, "
@@ -71,6 +93,11 @@ class DataConfig(Section):
     )
     max_rows: int | None = Field(
         None, ge=1, description="Cap on rows read per file (cheap profiles); null reads all."
+    )
+    repair_iob1: bool = Field(
+        False,
+        description="Token classification: convert IOB1 tags (an entity may open with "
+        "I-X) to IOB2 (B-X) when reading, instead of rejecting them as invalid IOB2.",
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
     checks: DataChecksConfig = Field(default_factory=DataChecksConfig)

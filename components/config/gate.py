@@ -28,8 +28,13 @@ class EvalConfig(Section):
     calibration_bins: int = Field(10, ge=2, description="Bins for ECE and reliability plots.")
 
 
-GATE_METRICS = ("f1_macro", "accuracy", "f1_weighted")
-GateMetric = Literal["f1_macro", "accuracy", "f1_weighted"]
+GATE_METRICS = ("f1_macro", "accuracy", "f1_weighted", "entity_f1")
+GateMetric = Literal["f1_macro", "accuracy", "f1_weighted", "entity_f1"]
+# The metrics each data.task can be gated on.
+TASK_GATE_METRICS = {
+    "text-classification": ("f1_macro", "accuracy", "f1_weighted"),
+    "token-classification": ("entity_f1",),
+}
 
 
 class GateConfig(Section):
@@ -39,7 +44,8 @@ class GateConfig(Section):
         "the champions). f1_macro, the default, weighs every class equally, so a model cannot "
         "win by favouring a large class; accuracy suits balanced label sets. 'Significantly "
         "worse' is the one-sided exact McNemar test for accuracy and the one-sided paired "
-        "bootstrap bound of the metric difference for the others.",
+        "bootstrap bound of the metric difference for the others. entity_f1 (entity-level "
+        "micro-F1, strict IOB2) is the metric of data.task token-classification.",
     )
     min_accuracy: float | None = Field(
         None,

@@ -21,6 +21,7 @@ from components.config.gate import EvalConfig, GateConfig
 from components.config.model import ModelConfig, PretrainConfig, TrainConfig
 from components.config.overrides import deep_merge, parse_override, read_yaml_mapping, set_dotted
 from components.config.serving import RegistryConfig, ServingConfig, TrackingConfig
+from components.config.task import check_task_settings
 from components.errors import ConfigError
 from components.secrets import redact_value
 
@@ -82,10 +83,13 @@ def describe_validation_error(error: ValidationError) -> str:
 
 
 def config_from_mapping(raw: dict[str, Any]) -> RatchetConfig:
+    """Validate a raw mapping, then check the settings that depend on ``data.task``."""
     try:
-        return RatchetConfig.model_validate(raw)
+        config = RatchetConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from exc
+    check_task_settings(config)
+    return config
 
 
 def load_config(

@@ -8,13 +8,25 @@ data is read or any compute is spent, with the setting to change named.
 from __future__ import annotations
 
 from pathlib import PurePath
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from components.config.gate import TASK_GATE_METRICS
+from components.config.data import DataConfig
+from components.config.gate import TASK_GATE_METRICS, GateConfig
+from components.config.model import ModelConfig
 from components.errors import ConfigError
 
-if TYPE_CHECKING:
-    from components.config.root import RatchetConfig
+
+class RatchetConfig(Protocol):
+    """The sections these checks read (the root config, without importing it: it calls
+    these checks when it loads)."""
+
+    @property
+    def data(self) -> DataConfig: ...
+    @property
+    def gate(self) -> GateConfig: ...
+    @property
+    def model(self) -> ModelConfig: ...
+
 
 # File types each task reads (a folder source is checked when it is read).
 TABULAR_SUFFIXES = frozenset({".csv", ".tsv", ".parquet"})

@@ -14,6 +14,7 @@ from components.config.base import Section
 from components.config.data import DataChecksConfig, DataConfig, SplitConfig
 from components.config.gate import GATE_METRICS, EvalConfig, GateConfig, GateMetric
 from components.config.model import ModelConfig, PretrainConfig, ScratchModelConfig, TrainConfig
+from components.config.monitor import MonitorConfig
 from components.config.overrides import (
     deep_merge,
     is_quoted,
@@ -43,6 +44,7 @@ __all__ = [
     "GateConfig",
     "GateMetric",
     "ModelConfig",
+    "MonitorConfig",
     "PretrainConfig",
     "RatchetConfig",
     "RegistryConfig",

@@ -40,6 +40,12 @@ class ServingConfig(Section):
     )
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Inference dtype on CPU.")
     num_threads: int | None = Field(None, ge=1, description="torch threads; null = cores.")
+    log_texts: bool = Field(
+        False,
+        description="Keep each served text in the inference log (traffic/ in the state "
+        "folder). Off by default: the log keeps a hash, the length and the features drift "
+        "checks need, not what users wrote.",
+    )
     api_key: SecretStr | None = Field(
         None,
         description="Required X-API-Key when set; RATCHET_API_KEY overrides it. Shown and "

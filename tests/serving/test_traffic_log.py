@@ -1,0 +1,84 @@
+"""The served Bento records every /classify call in its inference log and takes feedback."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from components.text_features import EMBEDDING_DIMS, text_hash
+from components.traffic import read_traffic
+from tests.serving.conftest import BuiltBento, RunningServer, start_server, stop_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitoredServer:
+    server: RunningServer
+    state: Path
+
+
+def wait_for_rows(log_dir: Path, count: int, timeout_s: float = 60) -> list[dict]:
+    """The logged rows, once at least ``count`` are written (the writer is asynchronous)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        frame = read_traffic(log_dir, since=0)
+        if len(frame) >= count:
+            return list(frame.to_dict("records"))
+        time.sleep(0.3)
+    raise AssertionError(f"{count} rows not logged in {timeout_s}s under {log_dir}")
+
+
+@pytest.fixture(scope="module")
+def monitored(
+    built_bento: BuiltBento, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MonitoredServer]:
+    """The session Bento served with its own state folder (its own log and feedback)."""
+    state = tmp_path_factory.mktemp("monitored-state")
+    bento = dataclasses.replace(built_bento, env={**built_bento.env, "RATCHET_HOME": str(state)})
+    running = start_server(bento)
+    yield MonitoredServer(server=running, state=state)
+    stop_server(running.process)
+
+
+def test_every_classified_text_is_logged_without_its_text(monitored: MonitoredServer) -> None:
+    texts = ["the movie was wonderful number 7", "THE PLOT WAS AWFUL, ÇA VA?"]
+    answer = httpx.post(f"{monitored.server.url}/classify", json={"texts": texts}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    rows = wait_for_rows(monitored.state / "traffic", 2)
+    by_hash = {row["hash"]: row for row in rows}
+    first, second = by_hash[text_hash(texts[0])], by_hash[text_hash(texts[1])]
+    predictions = answer.json()["predictions"]
+    assert first["label"] == predictions[0]["label"]
+    assert first["confidence"] == pytest.approx(predictions[0]["score"])
+    assert first["version"] == answer.json()["model"]["version"]
+    assert first["request"] == second["request"]
+    assert (first["length"], second["length"]) == (len(texts[0]), len(texts[1]))
+    assert first["uppercase_share"] == 0 and second["uppercase_share"] == 1
+    assert second["ascii_letter_share"] == pytest.approx(18 / 26)  # Ç is a letter, not ASCII
+    assert len(first["embedding"]) == EMBEDDING_DIMS
+    assert "text" not in first  # serving.log_texts is off by default
+    log_text = "".join(path.read_text() for path in (monitored.state / "traffic").rglob("*.log*"))
+    assert texts[0] not in log_text
+
+
+def test_feedback_is_stored_and_a_foreign_label_refused(monitored: MonitoredServer) -> None:
+    url = f"{monitored.server.url}/feedback"
+    stored = httpx.post(url, json={"text": "a dull plot", "label": "negative"}, timeout=30)
+    assert stored.status_code == 200, stored.text
+    assert stored.json() == {"stored": True, "hash": text_hash("a dull plot")}
+    refused = httpx.post(url, json={"text": "a dull plot", "label": "meh"}, timeout=30)
+    assert refused.status_code == 400
+    assert "'meh' is not one of the model's labels ['negative', 'positive']" in refused.text
+    blank = httpx.post(url, json={"text": " ", "label": "negative"}, timeout=30)
+    assert blank.status_code == 400
+    lines = (monitored.state / "feedback" / "feedback.jsonl").read_text().splitlines()
+    assert [(record["text"], record["label"]) for record in map(json.loads, lines)] == [
+        ("a dull plot", "negative")
+    ]

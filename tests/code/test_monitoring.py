@@ -1,0 +1,101 @@
+"""Drift decisions over reference and traffic tables (components/monitoring.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.config import MonitorConfig
+from components.errors import ConfigError
+from components.monitoring import TEST_NAMES, check_drift, mmd_test
+from components.traffic import parse_duration, read_traffic
+
+CONFIG = MonitorConfig(min_texts=50, max_texts=400, permutations=1000)
+
+
+def feature_table(count: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
+    """Texts' features; ``shift`` moves every distribution (0: the reference's)."""
+    rng = np.random.default_rng(seed)
+    positive = rng.random(count) < 0.5 + shift / 2
+    return pd.DataFrame(
+        {
+            "label": np.where(positive, "positive", "negative"),
+            "confidence": rng.beta(8 - 4 * shift, 2, count),
+            "length": rng.normal(100 + 80 * shift, 20, count).round(),
+            "tokens": rng.normal(20, 5, count).round(),
+            "unk_rate": rng.random(count) * 0.01 * (1 + 5 * shift),
+            "ascii_letter_share": rng.normal(0.8 - 0.1 * shift, 0.03, count),
+            "uppercase_share": rng.normal(0.02 + 0.1 * shift, 0.01, count),
+            "embedding": list(rng.normal(shift, 1, (count, 16))),
+        }
+    )
+
+
+def test_traffic_like_the_reference_is_no_drift() -> None:
+    result = check_drift(feature_table(400, 0), feature_table(300, 1), CONFIG, {"texts": 300})
+    assert result.drift is False and result.exit_code == 0
+    assert set(result.tests) == set(TEST_NAMES)
+    assert all(test.p_value >= test.threshold for test in result.tests.values())
+    assert result.tests["confidence"].threshold == pytest.approx(0.01 / 7)
+    assert result.reason.startswith("no drift: all 7 tests have p >= 0.00143")
+
+
+def test_shifted_traffic_drifts_and_names_the_tests() -> None:
+    result = check_drift(feature_table(400, 0), feature_table(300, 1, shift=0.5), CONFIG, {})
+    assert result.drift is True and result.exit_code == 1
+    assert result.tests["text_length"].drift and result.tests["embedding_mmd"].drift
+    assert result.reason.startswith("drift in ")
+    summary = result.to_dict()
+    assert set(summary) == {"drift", "reason", "tests", "window"}
+    assert set(summary["tests"]["embedding_mmd"]) == {"statistic", "p_value", "threshold", "drift"}
+
+
+def test_too_little_traffic_is_not_enough_data_never_an_alarm() -> None:
+    shifted = feature_table(49, 1, shift=1.0)  # one text short of min_texts, and very shifted
+    result = check_drift(feature_table(400, 0), shifted, CONFIG, {"texts": 49})
+    assert result.drift is None and result.exit_code == 3 and result.tests == {}
+    assert result.reason == (
+        "not enough data: 49 texts served by the champion in the window, monitor.min_texts is 50"
+    )
+
+
+def test_mmd_separates_shifted_embeddings_only() -> None:
+    rng = np.random.default_rng(3)
+    reference = rng.normal(0, 1, (200, 8))
+    same = mmd_test(reference, rng.normal(0, 1, (150, 8)), 0.01, 200, rng)
+    shifted = mmd_test(reference, rng.normal(0.5, 1, (150, 8)), 0.01, 200, rng)
+    assert same.p_value > 0.05 and not same.drift
+    assert shifted.p_value == pytest.approx(1 / 201) and shifted.drift
+    assert shifted.statistic > 5 * same.statistic
+
+
+def test_too_few_permutations_for_the_threshold_is_a_config_error() -> None:
+    config = MonitorConfig(min_texts=50, permutations=500)
+    with pytest.raises(ConfigError, match="monitor.permutations=500 cannot give a p-value under"):
+        check_drift(feature_table(100, 0), feature_table(100, 1), config, {})
+
+
+def test_window_durations_parse_and_a_bad_one_names_the_format() -> None:
+    assert [parse_duration(text) for text in ("24h", "30m", "1.5d", "90s")] == [
+        86_400,
+        1_800,
+        129_600,
+        90,
+    ]
+    with pytest.raises(ConfigError, match="--since '24 hours': expected a number and a unit"):
+        parse_duration("24 hours")
+
+
+def test_the_log_reader_keeps_the_window_and_skips_a_line_cut_by_a_kill(tmp_path: Path) -> None:
+    data = tmp_path / "classify" / "data"
+    data.mkdir(parents=True)
+    lines = [json.dumps({"time": when, "label": "positive"}) for when in (100.0, 200.0, 300.0)]
+    (data / "data.0.log.2026-11-29").write_text(lines[0] + "\n")
+    (data / "data.0.log").write_text(lines[1] + "\n" + lines[2] + "\n" + '{"time": 310, "lab')
+    frame = read_traffic(tmp_path, since=150, until=300)
+    assert frame["time"].tolist() == [200.0, 300.0]
+    assert read_traffic(tmp_path / "nothing-logged", since=0).empty

@@ -54,3 +54,35 @@ def monitor(
             console.print(f"report logged to MLflow run {outcome.run_id}", highlight=False)
     raise typer.Exit(code=result.exit_code)
 
+
+@command(feedback_app, "export")
+def feedback_export(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Validate the collected feedback and store it as the DVC-tracked data/feedback.
+
+    Prepare adds it to the train split. With at least monitor.retrain_after_feedback_rows
+    rows, emits the Prefect event ratchet.feedback.ready (retrain-on-demand's trigger).
+    """
+    from components.events import FEEDBACK_EVENT, emit_ratchet_event
+    from components.feedback import export_feedback
+
+    resolved, paths = load(ctx)
+    exported = export_feedback(resolved, paths)
+    summary = {
+        "rows": exported.rows,
+        "dropped_leaking": exported.dropped_leaking,
+        "md5": exported.md5,
+        "path": str(exported.path),
+        "event": None,
+    }
+    if exported.rows >= resolved.monitor.retrain_after_feedback_rows:
+        payload = {"rows": exported.rows, "md5": exported.md5}
+        if emit_ratchet_event(FEEDBACK_EVENT, resolved.registry.model_name, payload):
+            summary["event"] = FEEDBACK_EVENT
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    console.print(
+        f"exported {exported.rows} feedback rows to {exported.path} (DVC md5 {exported.md5}); "
+        f"{exported.dropped_leaking} dropped as validation/test texts",
+        highlight=False,
+    )

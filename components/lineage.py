@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from components.feedback_data import feedback_lineage
 from components.state import ProjectPaths
 from components.versioning import locked_md5, workspace_md5
 
@@ -37,7 +38,8 @@ def workspace_lineage(project_root: Path) -> dict[str, Any]:
     Returns:
         ``git_commit`` (str or None), ``git_dirty`` (bool or None; tracked files changed),
         ``raw_data_md5``, ``prepared_data_md5`` (str or None when absent) and
-        ``data_matches_lock`` (bool).
+        ``data_matches_lock`` (bool), ``feedback_rows`` (feedback rows in the prepared
+        train split) and ``feedback_data_md5`` (when ``data/feedback`` exists).
     """
     paths = ProjectPaths(project_root=project_root, state_dir=project_root)
     commit = git_output(project_root, "rev-parse", "HEAD")
@@ -51,4 +53,5 @@ def workspace_lineage(project_root: Path) -> dict[str, Any]:
     lineage["data_matches_lock"] = lineage["raw_data_md5"] == locked_md5(
         project_root, "data/raw"
     ) and lineage["prepared_data_md5"] == locked_md5(project_root, "data/prepared")
+    lineage.update(feedback_lineage(project_root))
     return lineage

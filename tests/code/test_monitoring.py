@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.config import MonitorConfig
+from components.config import DataConfig, MonitorConfig
 from components.errors import ConfigError
+from components.feedback import read_store
+from components.feedback_data import add_feedback
 from components.monitoring import TEST_NAMES, check_drift, mmd_test
 from components.traffic import parse_duration, read_traffic
 
@@ -99,3 +101,37 @@ def test_the_log_reader_keeps_the_window_and_skips_a_line_cut_by_a_kill(tmp_path
     frame = read_traffic(tmp_path, since=150, until=300)
     assert frame["time"].tolist() == [200.0, 300.0]
     assert read_traffic(tmp_path / "nothing-logged", since=0).empty
+
+
+def test_feedback_store_keeps_the_last_label_of_a_text(tmp_path: Path) -> None:
+    store = tmp_path / "feedback.jsonl"
+    records = [("Good film", "negative"), ("dull", "negative"), ("good  film", "positive")]
+    lines = [json.dumps({"text": text, "label": label}) for text, label in records]
+    store.write_text("\n".join(lines) + "\n" + '{"text": "cut')
+    assert read_store(store).to_dict("records") == [
+        {"text": "dull", "label": "negative"},
+        {"text": "good  film", "label": "positive"},
+    ]
+
+
+def test_feedback_joins_train_only_and_never_a_held_out_text() -> None:
+    train = pd.DataFrame(
+        {"text": ["a fine film", "dull"], "label": [1, 0], "label_name": ["positive", "negative"]}
+    )
+    validation = pd.DataFrame({"text": ["Seen In Validation"]})
+    test = pd.DataFrame({"text": ["seen in test"]})
+    feedback = pd.DataFrame(
+        {
+            "text": ["A fine film", "seen in validation", "seen in TEST", "new text", "odd"],
+            "label": ["negative", "positive", "positive", "positive", "neutral"],
+        }
+    )
+    merged, added = add_feedback(
+        train, [validation, test], feedback, DataConfig(), ["negative", "positive"]
+    )
+    assert added == 2
+    assert merged.to_dict("records") == [
+        {"text": "dull", "label": 0, "label_name": "negative"},
+        {"text": "A fine film", "label": 0, "label_name": "negative"},
+        {"text": "new text", "label": 1, "label_name": "positive"},
+    ]

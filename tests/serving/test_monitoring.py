@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +17,12 @@ from components.config import EvalConfig
 from components.evaluate import PREDICTIONS_FILE, evaluate_model
 from components.monitoring_reference import REFERENCE_FILE, rebuild_reference
 from components.traffic import read_traffic
-from tests.conftest import PROJECT_ROOT, SHARED_DATA, require_sst2
+from tests.conftest import SHARED_DATA, require_sst2
 from tests.serving.conftest import (
     MODEL_NAME,
-    RATCHET,
     BuiltBento,
     RunningServer,
+    run_ratchet,
     start_server,
     stop_server,
 )
@@ -95,13 +94,8 @@ def wait_logged(state: Path, count: int) -> None:
 
 
 def ratchet_monitor(monitored: Monitored) -> tuple[int, dict]:
-    result = subprocess.run(
-        [*RATCHET, "monitor", "--since", "1h", "--json", "--params", "params.yaml"],
-        env=monitored.env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_ratchet(
+        "monitor", "--since", "1h", "--json", "--params", "params.yaml", env=monitored.env
     )
     assert result.stdout.strip(), result.stderr[-3000:]
     return result.returncode, json.loads(result.stdout.strip().splitlines()[-1])

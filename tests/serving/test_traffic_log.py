@@ -9,11 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
+import yaml
 
+from components.config import load_config
+from components.feedback_data import feedback_lineage
+from components.prepare import load_prepared, run_prepare
+from components.state import ProjectPaths
 from components.text_features import EMBEDDING_DIMS, text_hash
 from components.traffic import read_traffic
-from tests.serving.conftest import BuiltBento, RunningServer, start_server, stop_server
+from tests.conftest import make_sentiment_rows
+from tests.flows.conftest import make_project, write_tsv
+from tests.serving.conftest import BuiltBento, RunningServer, run_ratchet, start_server, stop_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -22,6 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 class MonitoredServer:
     server: RunningServer
     state: Path
+    env: dict[str, str]
 
 
 def wait_for_rows(log_dir: Path, count: int, timeout_s: float = 60) -> list[dict]:
@@ -43,7 +52,7 @@ def monitored(
     state = tmp_path_factory.mktemp("monitored-state")
     bento = dataclasses.replace(built_bento, env={**built_bento.env, "RATCHET_HOME": str(state)})
     running = start_server(bento)
-    yield MonitoredServer(server=running, state=state)
+    yield MonitoredServer(server=running, state=state, env=bento.env)
     stop_server(running.process)
 
 
@@ -79,6 +88,60 @@ def test_feedback_is_stored_and_a_foreign_label_refused(monitored: MonitoredServ
     blank = httpx.post(url, json={"text": " ", "label": "negative"}, timeout=30)
     assert blank.status_code == 400
     lines = (monitored.state / "feedback" / "feedback.jsonl").read_text().splitlines()
-    assert [(record["text"], record["label"]) for record in map(json.loads, lines)] == [
-        ("a dull plot", "negative")
-    ]
+    stored_pairs = [(record["text"], record["label"]) for record in map(json.loads, lines)]
+    assert ("a dull plot", "negative") in stored_pairs
+    assert all(label in {"negative", "positive"} for _, label in stored_pairs)
+
+
+def export_feedback_cli(project: Path, env: dict[str, str]) -> dict:
+    params = str(project / "params.yaml")
+    result = run_ratchet("feedback", "export", "--json", "--params", params, env=env, cwd=project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_feedback_round_trip_posted_exported_versioned_trained_on(
+    monitored: MonitoredServer, tmp_path: Path
+) -> None:
+    """POST /feedback -> `ratchet feedback export` (validated, `dvc add`) -> prepare puts
+    it in train; a text equal to a test text never gets there."""
+    source = tmp_path / "source"
+    rows = make_sentiment_rows(200, seed=3)
+    pairs = list(zip(rows["sentence"], rows["label"], strict=True))
+    write_tsv(source / "train.tsv", pairs[:160])
+    write_tsv(source / "dev.tsv", pairs[160:])  # SST-2 layout: dev becomes the test split
+    project = make_project(tmp_path / "project", source)
+    leaking_text = pairs[170][0]
+    url = f"{monitored.server.url}/feedback"
+    for text, label in [("an utterly charming comedy", "positive"), (leaking_text, "negative")]:
+        assert httpx.post(url, json={"text": text, "label": label}, timeout=30).status_code == 200
+    env = {**monitored.env, "PREFECT_API_URL": ""}
+    first = export_feedback_cli(project, env)
+    assert first["dropped_leaking"] == 1 and first["event"] is None
+    exported = pd.read_json(project / "data" / "feedback" / "feedback.jsonl", lines=True)
+    assert "an utterly charming comedy" in set(exported["text"])
+    assert leaking_text not in set(exported["text"])
+    assert (
+        first["md5"]
+        == yaml.safe_load((project / "data" / "feedback.dvc").read_text())["outs"][0]["md5"]
+    )
+
+    httpx.post(url, json={"text": "a clumsy, tiresome sequel", "label": "negative"}, timeout=30)
+    second = export_feedback_cli(project, env)
+    assert second["rows"] == first["rows"] + 1 and second["md5"] != first["md5"]
+
+    config = load_config(project / "params.yaml")
+    paths = ProjectPaths(project_root=project, state_dir=monitored.state)
+    manifest = run_prepare(str(source), config.data, paths)
+    prepared = load_prepared(paths.prepared_dir)
+    assert manifest["feedback_rows"] == second["rows"]
+    trained_on = set(prepared.train["text"])
+    assert {"an utterly charming comedy", "a clumsy, tiresome sequel"} <= trained_on
+    for split in (prepared.validation, prepared.test):
+        assert "an utterly charming comedy" not in set(split["text"])
+    assert (prepared.test["text"] == leaking_text).sum() == 1
+    assert leaking_text not in trained_on
+    assert feedback_lineage(project) == {
+        "feedback_rows": second["rows"],
+        "feedback_data_md5": second["md5"],
+    }

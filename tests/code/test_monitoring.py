@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.config import DataConfig, MonitorConfig
+from components.config import DataConfig, MonitorConfig, RatchetConfig
 from components.errors import ConfigError
+from components.events import emit_ratchet_event
 from components.feedback import read_store
 from components.feedback_data import add_feedback
 from components.monitoring import TEST_NAMES, check_drift, mmd_test
@@ -135,3 +136,34 @@ def test_feedback_joins_train_only_and_never_a_held_out_text() -> None:
         {"text": "A fine film", "label": 0, "label_name": "negative"},
         {"text": "new text", "label": 1, "label_name": "positive"},
     ]
+
+
+def test_drift_is_announced_once_per_champion_version(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from flows import monitor as monitor_flow
+
+    client = MlflowClient()
+    client.create_registered_model("ratchet-sst2")
+    version = client.create_model_version("ratchet-sst2", source=str(state_dir)).version
+    emitted: list[tuple[str, str, str | None]] = []
+
+    def fake_emit(name: str, model: str, payload: dict, version: str | None = None) -> bool:
+        emitted.append((name, model, version))
+        return True
+
+    monkeypatch.setattr("components.events.emit_ratchet_event", fake_emit)
+    summary = {"drift": True, "window": {"until": "2026-11-30T02:00:00+00:00"}}
+    config = RatchetConfig()
+    assert monitor_flow.announce_drift(config, str(version), summary) is True
+    assert monitor_flow.announce_drift(config, str(version), summary) is False
+    assert emitted == [("ratchet.drift.detected", "ratchet-sst2", str(version))]
+    tags = client.get_model_version("ratchet-sst2", str(version)).tags
+    assert tags["monitor.drift_event"] == "2026-11-30T02:00:00+00:00"
+
+
+def test_events_need_a_prefect_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert emit_ratchet_event("ratchet.feedback.ready", "ratchet-sst2", {"rows": 3}) is False

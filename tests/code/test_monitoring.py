@@ -167,3 +167,23 @@ def test_drift_is_announced_once_per_champion_version(
 def test_events_need_a_prefect_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     assert emit_ratchet_event("ratchet.feedback.ready", "ratchet-sst2", {"rows": 3}) is False
+
+
+def test_the_model_card_shows_how_many_feedback_rows_a_version_learnt_from() -> None:
+    from components.model_card import CardInputs, render_model_card
+    from components.registry import LINEAGE_TAGS
+
+    tags = {"feedback_rows": "12", "feedback_data_md5": "0a1b.dir", "mlflow.user": "x"}
+    card = render_model_card(
+        CardInputs(
+            model_name="ratchet-sst2",
+            version="4",
+            labels=["negative", "positive"],
+            metrics={"accuracy": 0.9},
+            lineage={key: tags[key] for key in LINEAGE_TAGS if key in tags},
+            data_source="../shared/data/sst2",
+            base_model="tiny",
+            training={},
+        )
+    )
+    assert "| feedback_rows | `12` |" in card and "| feedback_data_md5 | `0a1b.dir` |" in card

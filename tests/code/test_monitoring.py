@@ -187,3 +187,33 @@ def test_the_model_card_shows_how_many_feedback_rows_a_version_learnt_from() -> 
         )
     )
     assert "| feedback_rows | `12` |" in card and "| feedback_data_md5 | `0a1b.dir` |" in card
+
+
+def test_serve_passes_the_log_settings_and_the_server_reads_them(tmp_path: Path) -> None:
+    from serving.traffic_log import (
+        TrafficSettings,
+        feedback_path,
+        monitor_options,
+        settings_from_environment,
+        traffic_log_environment,
+    )
+
+    config = RatchetConfig.model_validate(
+        {"serving": {"log_texts": True}, "monitor": {"keep_days": 7}}
+    )
+    settings = settings_from_environment(traffic_log_environment(config, tmp_path))
+    assert settings == TrafficSettings(
+        log_dir=str(tmp_path / "traffic"),
+        exporter="file",
+        log_texts=True,
+        keep_days=7,
+        feedback_file=str(tmp_path / "feedback" / "feedback.jsonl"),
+    )
+    exporter, options = monitor_options(settings)
+    assert (exporter, options["log_path"]) == ("default", str(tmp_path / "traffic"))
+    assert "backupCount: 7" in Path(options["log_config_file"]).read_text()
+    otlp = TrafficSettings(log_dir="unused", exporter="otlp", otlp_endpoint="http://c:4318")
+    assert monitor_options(otlp) == ("otlp", {"endpoint": "http://c:4318"})
+    assert feedback_path(TrafficSettings(log_dir=str(tmp_path / "traffic"))) == (
+        tmp_path / "feedback" / "feedback.jsonl"
+    )

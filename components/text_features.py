@@ -78,7 +78,7 @@ def load_featurizer(model_dir: str | Path) -> Featurizer:
 
 def text_hash(text: str) -> str:
     """A short stable hash that identifies a text without keeping it."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def charset_shares(text: str) -> tuple[float, float]:

@@ -42,7 +42,12 @@ from serving.middleware import (
     missing_key_message,
 )
 from serving.predict import Precision, configure_threads, load_classifier, predict_texts
-from serving.traffic_log import FeedbackReceipt, TrafficLog, settings_from_environment
+from serving.traffic_log import (
+    FeedbackReceipt,
+    TrafficLog,
+    label_field,
+    settings_from_environment,
+)
 
 logger = logging.getLogger(__name__)
 DATA_MD5_TAGS = ("prepared_data_md5", "data.prepared_md5", "prepared_md5", "data_md5")
@@ -212,7 +217,9 @@ class RatchetClassifier:
         )
 
     @bentoml.api
-    async def feedback(self, text: Text, label: str) -> FeedbackReceipt:
+    async def feedback(
+        self, text: Text, label: Annotated[str, label_field(args.model_tag)]
+    ) -> FeedbackReceipt:
         """Record the right label of a text, for the next retrain (`ratchet feedback export`)."""
         return FeedbackReceipt(**self.traffic.feedback(text, label, self.metadata.labels))
 

@@ -135,6 +135,32 @@ def monitor_options(settings: TrafficSettings) -> tuple[str, dict[str, Any]]:
     return "default", {"log_path": str(log_dir), "log_config_file": str(config_file)}
 
 
+def served_labels(model_tag: str) -> list[str]:
+    """The class names of the stored model behind ``model_tag``, for ``/feedback``'s schema
+    (so the OpenAPI spec lists them); empty where the store does not hold it (a process
+    that imports the service without building or serving it)."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        stored = bentoml.models.get(model_tag)
+        config = json.loads((Path(stored.path_of("hf_model")) / "config.json").read_text())
+        id2label = config["id2label"]
+        return [str(id2label[str(index)]) for index in range(len(id2label))]
+    except (NotFound, OSError, KeyError, ValueError):
+        return []
+
+
+def label_field(model_tag: str) -> Any:
+    """``/feedback``'s ``label`` field: one of the served model's class names."""
+    labels = served_labels(model_tag)
+    enum: dict[str, Any] = {"enum": labels}
+    return Field(
+        description="The right label of the text: one of the model's class names.",
+        json_schema_extra=enum if labels else None,
+    )
+
+
 class TrafficLog:
     """A queue and one writer thread; :meth:`record` never waits for the writer."""
 

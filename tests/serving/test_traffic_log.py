@@ -87,6 +87,16 @@ def test_feedback_is_stored_and_a_foreign_label_refused(monitored: MonitoredServ
     assert "'meh' is not one of the model's labels ['negative', 'positive']" in refused.text
     blank = httpx.post(url, json={"text": " ", "label": "negative"}, timeout=30)
     assert blank.status_code == 400
+    lone_surrogate = '{"text": "\\ud800 odd", "label": "negative"}'  # valid JSON, not UTF-8
+    headers = {"content-type": "application/json"}
+    surrogate = httpx.post(url, content=lone_surrogate, headers=headers, timeout=30)
+    assert surrogate.status_code == 400
+    assert "Invalid JSON" in surrogate.text  # refused before any code here runs
+    schema = httpx.get(f"{monitored.server.url}/docs.json", timeout=30).json()["components"]
+    assert schema["schemas"]["feedback__Input"]["properties"]["label"]["enum"] == [
+        "negative",
+        "positive",
+    ]
     lines = (monitored.state / "feedback" / "feedback.jsonl").read_text().splitlines()
     stored_pairs = [(record["text"], record["label"]) for record in map(json.loads, lines)]
     assert ("a dull plot", "negative") in stored_pairs

@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 from rich.syntax import Syntax
 
-from cli import data, pipeline, registry, retrain, serving, train
+from cli import data, monitor, pipeline, registry, retrain, serving, train
 from cli.options import (
     ConfigOption,
     ParamsOption,
@@ -67,7 +67,7 @@ def config_show(
 
 
 app.add_typer(config_app, name="config")
-for group in (data, train, registry, serving, retrain, pipeline):
+for group in (data, train, registry, serving, retrain, pipeline, monitor):
     for name, sub_app in group.GROUPS.items():
         app.add_typer(sub_app, name=name)
 

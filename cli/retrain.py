@@ -113,7 +113,8 @@ def retrain_command(
 
 @command(commands, "deploy")
 def deploy_command(ctx: typer.Context) -> None:
-    """Deploy retrain-nightly and retrain-on-demand (prefect.yaml) to a Prefect server.
+    """Deploy retrain-nightly, retrain-on-demand (with its drift and feedback triggers) and
+    the hourly monitor (prefect.yaml) to a Prefect server.
 
     Needs PREFECT_API_URL (or tracking.prefect_api_url). Creates the process work pool
     and the one-retrain-at-a-time concurrency limit, then runs `prefect deploy --all`.
@@ -126,7 +127,10 @@ def deploy_command(ctx: typer.Context) -> None:
             "(e.g. http://127.0.0.1:4200/api after `prefect server start`)"
         )
     deploy_to_server(resolved, paths.project_root)
-    console.print("deployed retrain-nightly and retrain-on-demand; start a worker with")
+    console.print(
+        "deployed retrain-nightly, retrain-on-demand (triggered by ratchet.drift.detected "
+        "and ratchet.feedback.ready) and monitor (hourly); start a worker with"
+    )
     console.print(f"  prefect worker start --pool {PROCESS_POOL}")
 
 

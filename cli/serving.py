@@ -42,9 +42,12 @@ def serve_environment(config: RatchetConfig, paths: ProjectPaths) -> dict[str, s
         api_key_from_environment,
         configured_api_key,
     )
+    from serving.traffic_log import traffic_log_environment
 
     env = dict(os.environ)
     env.setdefault("BENTOML_HOME", str(paths.bentoml_home))
+    for name, value in traffic_log_environment(config, paths.state_dir).items():
+        env.setdefault(name, value)  # the inference log's settings (serving/traffic_log.py)
     if api_key_from_environment(env) is not None:
         return env
     key = configured_api_key(config.serving, paths.project_root)

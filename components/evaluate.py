@@ -35,6 +35,7 @@ from components.behaviour import (
 from components.config import EvalConfig
 from components.evaluation_plots import plot_confusion_matrix, plot_reliability_diagram
 from components.kernels.first_position import cut_last_layer
+from components.monitoring_reference import write_reference
 from components.truncation import truncated_mask
 
 TEXT_COLUMN = "text"
@@ -464,6 +465,8 @@ def evaluate_model(
     artifacts = write_report_files(
         test, probabilities, labels, metrics, slices, eval_cfg, output_dir
     )
+    # What `ratchet monitor` compares the served traffic with (components/monitoring*.py).
+    artifacts.update(write_reference(model_dir, texts, probabilities, labels, output_dir))
     report = EvaluationReport(
         metrics=metrics,
         labels=list(labels),

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from components.feedback_data import feedback_lineage
 from components.pipeline import PIPELINE
 from components.versioning import locked_md5, workspace_md5
 
@@ -37,7 +38,8 @@ def workspace_lineage(project_root: Path) -> dict[str, Any]:
     Returns:
         ``git_commit`` (str or None), ``git_dirty`` (bool or None; tracked files changed),
         ``raw_data_md5``, ``prepared_data_md5`` (str or None when absent) and
-        ``data_matches_lock`` (bool).
+        ``data_matches_lock`` (bool), ``feedback_rows`` (feedback rows in the prepared
+        train split) and ``feedback_data_md5`` (when ``data/feedback`` exists).
     """
     commit = git_output(project_root, "rev-parse", "HEAD")
     status = git_output(project_root, "status", "--porcelain", "--untracked-files=no")
@@ -52,4 +54,5 @@ def workspace_lineage(project_root: Path) -> dict[str, Any]:
     lineage["data_matches_lock"] = all(
         lineage[tag] == locked_md5(project_root, out_path) for tag, out_path in outputs.items()
     )
+    lineage.update(feedback_lineage(project_root))
     return lineage

@@ -26,6 +26,7 @@ import pandas as pd
 
 from components.config import DataConfig
 from components.errors import DataError
+from components.feedback_data import add_feedback, read_feedback_dataset
 from components.files import atomic_dir
 from components.ingest import (
     RawDataset,
@@ -51,6 +52,7 @@ class PreparedData:
     validation: pd.DataFrame
     test: pd.DataFrame
     labels: list[str]
+    feedback_rows: int = 0  # rows of data/feedback added to train
 
     def split(self, name: str) -> pd.DataFrame:
         return {"train": self.train, "validation": self.validation, "test": self.test}[name]
@@ -149,8 +151,11 @@ def split_frames(raw: RawDataset, data_cfg: DataConfig) -> dict[str, pd.DataFram
     return frames
 
 
-def prepare_splits(raw: RawDataset, data_cfg: DataConfig) -> PreparedData:
-    """Turn validated raw data into the prepared splits (pure; nothing is written).
+def prepare_splits(
+    raw: RawDataset, data_cfg: DataConfig, feedback: pd.DataFrame | None = None
+) -> PreparedData:
+    """Turn validated raw data into the prepared splits (pure; nothing is written);
+    ``feedback`` rows (``data/feedback``) join the train split only.
 
     Raises:
         DataError: a split would be empty, or rows have null/unknown labels (validate first).
@@ -163,7 +168,9 @@ def prepare_splits(raw: RawDataset, data_cfg: DataConfig) -> PreparedData:
         frames[name] = drop_duplicate_rows(encode_labels(frame, labels, mapping))
         if frames[name].empty:
             raise DataError(f"the {name} split is empty: {raw.source} has too few rows")
-    return PreparedData(labels=labels, **frames)
+    held_out = [frames["validation"], frames["test"]]
+    frames["train"], added = add_feedback(frames["train"], held_out, feedback, data_cfg, labels)
+    return PreparedData(labels=labels, feedback_rows=added, **frames)
 
 
 def split_stats(frame: pd.DataFrame, labels: list[str]) -> dict[str, Any]:
@@ -194,7 +201,12 @@ def write_prepared(prepared: PreparedData, out_dir: Path, source: str = "") -> d
     Returns:
         The manifest: labels, source and per split its stats and ``md5`` (DVC's file md5).
     """
-    manifest: dict[str, Any] = {"labels": prepared.labels, "source": source, "splits": {}}
+    manifest: dict[str, Any] = {
+        "labels": prepared.labels,
+        "source": source,
+        "feedback_rows": prepared.feedback_rows,
+        "splits": {},
+    }
     with atomic_dir(out_dir) as staging:
         for name in SPLIT_NAMES:
             path = staging / f"{name}.parquet"
@@ -227,7 +239,9 @@ def run_prepare(
     raw = read_dataset(source, data_cfg, paths.project_root)
     if validate:
         validate_dataset(raw, data_cfg, paths.data_docs_dir)
-    manifest = write_prepared(prepare_splits(raw, data_cfg), paths.prepared_dir, source)
+    feedback = read_feedback_dataset(paths.project_root)
+    prepared = prepare_splits(raw, data_cfg, feedback)
+    manifest = write_prepared(prepared, paths.prepared_dir, source)
     rows = {name: split["rows"] for name, split in manifest["splits"].items()}
     logger.info("prepared %s into %s: %s", source, paths.prepared_dir, rows)
     return manifest

@@ -59,6 +59,8 @@ LINEAGE_TAGS = (
     "base_model_hash",
     "parent_run_id",
     "flow_run_id",
+    "feedback_rows",  # rows of data/feedback in the train split (components/feedback_data.py)
+    "feedback_data_md5",
 )
 LISTED_METRICS = ("accuracy", "f1_macro", "roc_auc", "ece")
 # Set on a version when it becomes champion (never removed): who ever held the alias.

@@ -50,6 +50,12 @@ from serving.predict import (
     predict_texts,
 )
 from serving.resources import plan_workers
+from serving.traffic_log import (
+    FeedbackReceipt,
+    TrafficLog,
+    label_field,
+    settings_from_environment,
+)
 
 logger = logging.getLogger(__name__)
 DATA_MD5_TAGS = ("prepared_data_md5", "data.prepared_md5", "prepared_md5", "data_md5")
@@ -192,6 +198,12 @@ class RatchetClassifier:
             max_length=self.classifier.max_length,
             precision=self.classifier.precision,
         )
+        self.traffic = TrafficLog(  # the inference log: serving/traffic_log.py
+            settings_from_environment(),
+            stored.path_of("hf_model"),
+            self.served.name,
+            self.served.version,
+        )
         # BentoML's adaptive batcher (what `@bentoml.api(batchable=True)` uses), driven
         # in-process: texts of concurrent requests share one forward pass, with no extra
         # HTTP hop, and only this service's validated `/classify` is exposed. The public
@@ -229,9 +241,17 @@ class RatchetClassifier:
                 rows = await self.batched_predict(list(texts))
         finally:
             self.in_flight -= 1
+        self.traffic.record(list(texts), rows)
         return ClassifyResponse(
             model=self.served, predictions=[TextPrediction(**row) for row in rows]
         )
+
+    @bentoml.api
+    async def feedback(
+        self, text: Text, label: Annotated[str, label_field(args.model_tag)]
+    ) -> FeedbackReceipt:
+        """Record the right label of a text, for the next retrain (`ratchet feedback export`)."""
+        return FeedbackReceipt(**self.traffic.feedback(text, label, self.metadata.labels))
 
     async def run_model(self, texts: list[str]) -> list[dict]:
         """Score texts in a worker thread; one forward pass at a time uses all cores."""

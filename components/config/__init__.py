@@ -14,6 +14,7 @@ from components.config.base import Section
 from components.config.data import TASKS, DataChecksConfig, DataConfig, SplitConfig, Task
 from components.config.gate import GATE_METRICS, EvalConfig, GateConfig, GateMetric
 from components.config.model import ModelConfig, PretrainConfig, ScratchModelConfig, TrainConfig
+from components.config.monitor import MonitorConfig
 from components.config.overrides import (
     deep_merge,
     is_quoted,
@@ -50,6 +51,7 @@ __all__ = [
     "GateConfig",
     "GateMetric",
     "ModelConfig",
+    "MonitorConfig",
     "PretrainConfig",
     "RatchetConfig",
     "RegistryConfig",

@@ -19,6 +19,7 @@ from components.config.base import Section
 from components.config.data import DataConfig
 from components.config.gate import EvalConfig, GateConfig
 from components.config.model import ModelConfig, PretrainConfig, TrainConfig
+from components.config.monitor import MonitorConfig
 from components.config.overrides import deep_merge, parse_override, read_yaml_mapping, set_dotted
 from components.config.serving import RegistryConfig, ServingConfig, TrackingConfig
 from components.config.task import check_task_settings
@@ -29,7 +30,11 @@ DEFAULT_PARAMS_FILE = "params.yaml"
 
 
 # Settings for the state folder's upkeep, not for what a run builds.
-UPKEEP_KEYS: dict[str, Sequence[str]] = {"tracking": ["cache_max_age_days"]}
+UPKEEP_KEYS: dict[str, Sequence[str]] = {
+    "tracking": ["cache_max_age_days"],
+    "serving": ["log_texts"],
+    "monitor": list(MonitorConfig.model_fields),
+}
 # Secrets never enter a hash (a new API key builds the same model): left out of every key.
 UNHASHED_KEYS: dict[str, Sequence[str]] = {"serving": ["api_key", "api_key_file"]}
 
@@ -46,6 +51,7 @@ class RatchetConfig(Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     def build_hash(self) -> str:
         """Hash of the whole config less the keys that cannot change what a run builds

@@ -51,6 +51,12 @@ class ServingConfig(Section):
         description="Model worker processes (each holds the model and batches its own "
         "requests); null = 1 below 8 cores, else one per 4 cores (serving/resources.py).",
     )
+    log_texts: bool = Field(
+        False,
+        description="Keep each served text in the inference log (traffic/ in the state "
+        "folder). Off by default: the log keeps a hash, the length and the features drift "
+        "checks need, not what users wrote.",
+    )
     api_key: SecretStr | None = Field(
         None,
         description="Required X-API-Key when set; RATCHET_API_KEY overrides it. Shown and "

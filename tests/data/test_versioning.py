@@ -155,6 +155,7 @@ def test_push_and_pull_into_a_fresh_clone_give_identical_md5s(
         "raw_data_md5": locked_md5(repo, "data/raw"),
         "prepared_data_md5": locked_md5(repo, "data/prepared"),
         "data_matches_lock": True,
+        "feedback_rows": 0,  # no data/feedback: prepare added none
     }
 
 

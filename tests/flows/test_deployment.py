@@ -38,6 +38,18 @@ def wait_for(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def ratchet_deploy(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`ratchet deploy` of the project's prefect.yaml to the server in ``env``."""
+    return subprocess.run(
+        [str(BIN / "ratchet"), "deploy", "--params", str(project / "params.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 @pytest.fixture
 def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     port = free_port()
@@ -70,14 +82,7 @@ def test_on_demand_deployment_runs_on_a_process_worker(
         "RATCHET_HOME": str(state_dir),
         "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],  # set by state_dir
     }
-    deployed = subprocess.run(
-        [str(BIN / "ratchet"), "deploy", "--params", str(flow_project / "params.yaml")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    deployed = ratchet_deploy(flow_project, env)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
     worker_log = (state_dir / "worker.log").open("w")

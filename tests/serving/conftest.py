@@ -54,6 +54,15 @@ def register_champion(model_dir: Path, state: Path) -> str:
     return str(version.version)
 
 
+def run_ratchet(
+    *args: str, env: dict[str, str], cwd: Path = PROJECT_ROOT
+) -> subprocess.CompletedProcess[str]:
+    """`ratchet ARGS` in a subprocess, as a user would run it (output captured)."""
+    return subprocess.run(
+        [*RATCHET, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
 @dataclass(frozen=True)
 class BuiltBento:
     tag: str
@@ -82,14 +91,8 @@ def built_bento(
     finally:
         patch.undo()
     # A subprocess, as a user would run it: BentoML reads BENTOML_HOME once at import.
-    result = subprocess.run(
-        [*RATCHET, "build", "--alias", "champion", "--params", str(PROJECT_ROOT / "params.yaml")],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    params = str(PROJECT_ROOT / "params.yaml")
+    result = run_ratchet("build", "--alias", "champion", "--params", params, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     tag = result.stdout.strip().splitlines()[-1]
     yield BuiltBento(tag=tag, registry_version=version, env=env, model_dir=model_dir)

@@ -1,0 +1,280 @@
+"""The Bento's inference log: every ``/classify`` call, recorded off the request path.
+
+The service hands each answered request to :meth:`TrafficLog.record` (a non-blocking queue
+put); one background thread computes the text features (``components/text_features.py``)
+and writes one record per text through ``bentoml.monitor``: by default its file exporter
+(JSON lines under ``traffic/<monitor>/data/`` in the state folder, rotated daily, each
+record flushed as written, so a killed server loses at most the queue), or OTLP.
+
+``ratchet serve`` passes the settings in ``RATCHET_TRAFFIC_LOG`` (JSON, see
+:func:`traffic_log_environment`); without it the log goes to the state folder
+(``$RATCHET_HOME`` or ``./.ratchet``) and keeps no text.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from components.text_features import (
+    FEEDBACK_DIR_NAME,
+    FEEDBACK_FILE_NAME,
+    MONITOR_NAME,
+    TRAFFIC_DIR_NAME,
+    text_hash,
+)
+
+logger = logging.getLogger(__name__)
+
+TRAFFIC_ENV = "RATCHET_TRAFFIC_LOG"
+# Requests waiting for the writer; beyond this the log drops requests (and says how many)
+# rather than letting memory grow when the writer falls behind.
+MAX_PENDING_REQUESTS = 10_000
+
+LOG_CONFIG_YAML = """
+version: 1
+disable_existing_loggers: false
+loggers:
+  bentoml_monitor_data:
+    level: INFO
+    handlers: [bentoml_monitor_data]
+    propagate: false
+  bentoml_monitor_schema:
+    level: INFO
+    handlers: [bentoml_monitor_schema]
+    propagate: false
+handlers:
+  bentoml_monitor_data:
+    class: logging.handlers.TimedRotatingFileHandler
+    level: INFO
+    formatter: bentoml_json
+    filename: '{data_filename}'
+    when: "midnight"
+    utc: true
+    backupCount: KEEP_DAYS
+  bentoml_monitor_schema:
+    class: logging.FileHandler
+    level: INFO
+    formatter: bentoml_json
+    filename: '{schema_filename}'
+formatters:
+  bentoml_json:
+    class: pythonjsonlogger.jsonlogger.JsonFormatter
+    format: "()"
+    validate: false
+"""
+
+
+@dataclass(frozen=True)
+class TrafficSettings:
+    """What the inference log does; ``ratchet serve`` sets them from the configuration."""
+
+    log_dir: str
+    exporter: str = "file"  # file | otlp | off
+    otlp_endpoint: str | None = None
+    log_texts: bool = False
+    keep_days: int = 30
+    feedback_file: str = ""  # default: feedback/feedback.jsonl beside log_dir
+
+
+def default_log_dir() -> Path:
+    """``traffic/`` in the state folder (``$RATCHET_HOME`` or ``./.ratchet``)."""
+    state = os.environ.get("RATCHET_HOME") or str(Path.cwd() / ".ratchet")
+    return Path(state) / TRAFFIC_DIR_NAME
+
+
+def settings_from_environment(environ: dict[str, str] | None = None) -> TrafficSettings:
+    """The settings ``ratchet serve`` put in ``RATCHET_TRAFFIC_LOG``, else the defaults."""
+    raw = (os.environ if environ is None else environ).get(TRAFFIC_ENV)
+    if not raw:
+        return TrafficSettings(log_dir=str(default_log_dir()))
+    return TrafficSettings(**json.loads(raw))
+
+
+def feedback_path(settings: TrafficSettings) -> Path:
+    """The feedback store: ``feedback/feedback.jsonl`` in the state folder."""
+    if settings.feedback_file:
+        return Path(settings.feedback_file)
+    return Path(settings.log_dir).parent / FEEDBACK_DIR_NAME / FEEDBACK_FILE_NAME
+
+
+def traffic_log_environment(config: Any, state_dir: Path) -> dict[str, str]:
+    """The ``RATCHET_TRAFFIC_LOG`` variable for a server run with ``config``."""
+    settings = TrafficSettings(
+        log_dir=str(state_dir / TRAFFIC_DIR_NAME),
+        feedback_file=str(state_dir / FEEDBACK_DIR_NAME / FEEDBACK_FILE_NAME),
+        exporter=config.monitor.exporter,
+        otlp_endpoint=config.monitor.otlp_endpoint,
+        log_texts=config.serving.log_texts,
+        keep_days=config.monitor.keep_days,
+    )
+    return {TRAFFIC_ENV: json.dumps(asdict(settings))}
+
+
+def monitor_options(settings: TrafficSettings) -> tuple[str, dict[str, Any]]:
+    """``bentoml.monitor``'s exporter class and options for these settings."""
+    if settings.exporter == "otlp":
+        return "otlp", {"endpoint": settings.otlp_endpoint}
+    log_dir = Path(settings.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config_file = log_dir / "logging.yaml"
+    config_file.write_text(
+        LOG_CONFIG_YAML.replace("KEEP_DAYS", str(settings.keep_days)), encoding="utf-8"
+    )
+    return "default", {"log_path": str(log_dir), "log_config_file": str(config_file)}
+
+
+def served_labels(model_tag: str) -> list[str]:
+    """The class names of the stored model behind ``model_tag``, for ``/feedback``'s schema
+    (so the OpenAPI spec lists them); empty where the store does not hold it (a process
+    that imports the service without building or serving it)."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        stored = bentoml.models.get(model_tag)
+        config = json.loads((Path(stored.path_of("hf_model")) / "config.json").read_text())
+        id2label = config["id2label"]
+        return [str(id2label[str(index)]) for index in range(len(id2label))]
+    except (NotFound, OSError, KeyError, ValueError):
+        return []
+
+
+def label_field(model_tag: str) -> Any:
+    """``/feedback``'s ``label`` field: one of the served model's class names."""
+    labels = served_labels(model_tag)
+    enum: dict[str, Any] = {"enum": labels}
+    return Field(
+        description="The right label of the text: one of the model's class names.",
+        json_schema_extra=enum if labels else None,
+    )
+
+
+class TrafficLog:
+    """A queue and one writer thread; :meth:`record` never waits for the writer."""
+
+    def __init__(
+        self, settings: TrafficSettings, model_dir: str | Path, model_name: str, version: str
+    ) -> None:
+        self.settings = settings
+        self.model_name = model_name
+        self.version = version
+        self.model_dir = Path(model_dir)
+        self.pending: queue.Queue[tuple[float, str, list[str], list[dict]] | None] = queue.Queue(
+            maxsize=MAX_PENDING_REQUESTS
+        )
+        self.dropped = 0
+        self.feedback_lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        if settings.exporter != "off":
+            self.thread = threading.Thread(target=self.write_forever, name="traffic-log")
+            self.thread.daemon = True
+            self.thread.start()
+            atexit.register(self.close)
+
+    def record(self, texts: list[str], rows: list[dict]) -> None:
+        """Queue one answered request (its texts and prediction rows) for the log."""
+        if self.thread is None:
+            return
+        try:
+            self.pending.put_nowait((time.time(), uuid.uuid4().hex, texts, rows))
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                logger.warning("inference log behind: %d requests dropped", self.dropped)
+
+    def feedback(self, text: str, label: str, labels: list[str]) -> dict[str, Any]:
+        """Append a corrected label to the feedback store (one JSON line, flushed).
+
+        Raises:
+            bentoml.exceptions.InvalidArgument: ``label`` is not one of the model's labels
+                (the client gets 400 naming them).
+        """
+        from bentoml.exceptions import InvalidArgument
+
+        if label not in labels:
+            raise InvalidArgument(f"label {label!r} is not one of the model's labels {labels}")
+        record = {
+            "time": time.time(),
+            "text": text,
+            "label": label,
+            "model": self.model_name,
+            "version": self.version,
+        }
+        path = feedback_path(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self.feedback_lock, path.open("a", encoding="utf-8") as store:
+            store.write(line)
+        return {"stored": True, "hash": text_hash(text)}
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued, then stop the writer (at exit, or on shutdown)."""
+        if self.thread is None or not self.thread.is_alive():
+            return
+        self.pending.put(None)
+        self.thread.join(timeout_s)
+
+    def write_forever(self) -> None:
+        from components.text_features import load_featurizer
+
+        featurizer = load_featurizer(self.model_dir)
+        exporter, options = monitor_options(self.settings)
+        while True:
+            item = self.pending.get()
+            if item is None:
+                return
+            try:
+                self.write(featurizer, exporter, options, *item)
+            except Exception:  # the log must never take the server down; say why
+                logger.exception("inference log: a request could not be written")
+
+    def write(
+        self,
+        featurizer: Any,
+        exporter: str,
+        options: dict[str, Any],
+        when: float,
+        request_id: str,
+        texts: list[str],
+        rows: list[dict],
+    ) -> None:
+        """Write one request: one record per text."""
+        import bentoml
+
+        from components.text_features import NUMERIC_FEATURES, text_features
+
+        features = text_features(featurizer, texts)
+        count = len(texts)
+        with bentoml.monitor(MONITOR_NAME, exporter, options) as monitor:
+            monitor.log_batch([when] * count, "time", "feature", "numerical")
+            monitor.log_batch([request_id] * count, "request", "feature", "categorical")
+            monitor.log_batch([self.model_name] * count, "model", "feature", "categorical")
+            monitor.log_batch([self.version] * count, "version", "feature", "categorical")
+            for name in ("hash", *NUMERIC_FEATURES):
+                kind = "categorical" if name == "hash" else "numerical"
+                monitor.log_batch([row[name] for row in features], name, "feature", kind)
+            embeddings = [row["embedding"] for row in features]
+            monitor.log_batch(embeddings, "embedding", "feature", "numerical_sequence")
+            if self.settings.log_texts:
+                monitor.log_batch(texts, "text", "feature", "categorical")
+            monitor.log_batch([row["label"] for row in rows], "label", "prediction", "categorical")
+            monitor.log_batch(
+                [float(row["score"]) for row in rows], "confidence", "prediction", "numerical"
+            )
+
+
+class FeedbackReceipt(BaseModel):
+    stored: bool = Field(description="The label was added to the feedback store.")
+    hash: str = Field(description="Hash of the text, as in the inference log.")

@@ -195,6 +195,8 @@ TRAINING_RUNTIME = code(
 )
 # The data keys every stage after ingest reads the snapshot with.
 DATA_READING = keys(
+    "data.task",
+    "data.repair_iob1",
     "data.text_column",
     "data.label_column",
     "data.labels",
@@ -211,8 +213,8 @@ INGEST = Stage(
         "Byte-for-byte snapshot of data.source: dvc.lock records the source path, its md5",
         "and the snapshot's md5 (hf: sources need `ratchet ingest` + `dvc commit ingest`).",
     ),
-    deps=(Dep("${data.source}"), *code("ingest.py")),
-    params=keys("data.source"),
+    deps=(Dep("${data.source}"), *code("ingest.py", "token_data.py")),
+    params=keys("data.source", "data.task"),
     outs=(
         data_output(
             "data/raw", "raw_data_md5", "replaced atomically by the command, never deleted up front"
@@ -223,7 +225,10 @@ VALIDATE = Stage(
     name="validate",
     cmd="ratchet validate --data data/raw --report metrics/data_validation.json",
     group="data",
-    deps=(Dep("data/raw"), *code("ingest.py", "validate.py")),
+    deps=(
+        Dep("data/raw"),
+        *code("ingest.py", "validate.py", "token_data.py", "token_validate.py"),
+    ),
     params=(*DATA_READING, Param("data.checks")),
     outs=(Out("metrics/data_validation.json", kind="metrics", cache=False),),
 )
@@ -234,7 +239,7 @@ PREPARE = Stage(
     comment=("The validate stage already gated these bytes (its report is a dependency).",),
     deps=(
         *reads("data/raw", "metrics/data_validation.json"),
-        *code("ingest.py", "prepare.py"),
+        *code("ingest.py", "prepare.py", "token_data.py", "token_prepare.py"),
         Dep("components/validate.py", "normalise_text keys the split hash"),
     ),
     params=(*DATA_READING, Param("data.split")),
@@ -258,7 +263,7 @@ PRETRAIN = Stage(
     ),
     deps=(
         Dep("data/prepared"),
-        *code("pretrain.py", "pretrain_corpus.py", "masked_lm.py"),
+        *code("pretrain.py", "pretrain_corpus.py", "masked_lm.py", "token_prepare.py"),
         *TRAINING_RUNTIME,
         *code("base_model.py", "fingerprints.py", "validate.py"),
     ),
@@ -284,11 +289,11 @@ TRAIN = Stage(
     deps=(
         *reads("data/prepared", "models/pretrained"),
         *code("finetune.py", "finetune_run.py", "model_surgery.py", "soup.py", "modeling.py"),
-        *code("kernels/first_position.py"),
+        *code("kernels/first_position.py", "token_finetune.py", "token_prepare.py"),
         *TRAINING_RUNTIME,
         *code("fingerprints.py"),
     ),
-    params=keys("train", "model"),
+    params=keys("train", "model"),  # data.task: data/prepared's md5 follows it
     outs=(Out("models/finetuned"), Out("metrics/train.json", kind="metrics", cache=False)),
 )
 EVALUATE = Stage(
@@ -298,6 +303,7 @@ EVALUATE = Stage(
     deps=(
         *reads("models/finetuned", "data/prepared"),
         *code("evaluate.py", "evaluation_plots.py", "truncation.py", "behaviour.py"),
+        *code("token_evaluate.py", "text_features.py", "monitoring_reference.py"),
         *code("modeling.py", "kernels/__init__.py", "kernels/first_position.py", "hardware.py"),
         Dep("configs/behaviour", "the suites eval.behaviour_checks names"),
     ),

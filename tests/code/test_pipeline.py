@@ -33,7 +33,12 @@ def test_dvc_yaml_is_generated_from_the_declaration() -> None:
 def test_generated_dvc_yaml_keeps_what_dvc_reads() -> None:
     stages = yaml.safe_load(render_dvc_yaml())["stages"]
     assert list(stages) == ["ingest", "validate", "prepare", "pretrain", "train", "evaluate"]
-    assert stages["ingest"]["deps"] == ["${data.source}", "components/ingest.py"]
+    assert stages["ingest"]["deps"] == [
+        "${data.source}",
+        "components/ingest.py",
+        "components/token_data.py",
+    ]
+    assert stages["ingest"]["params"] == ["data.source", "data.task"]
     assert stages["ingest"]["outs"] == [{"data/raw": {"persist": True}}]
     assert stages["prepare"]["outs"] == [{"data/prepared": {"persist": True}}]
     assert stages["validate"]["metrics"] == [{"metrics/data_validation.json": {"cache": False}}]

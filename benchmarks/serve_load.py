@@ -44,6 +44,7 @@ import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
+from components.waiting import wait_for_http  # noqa: E402
 
 SST2_DEV = PROJECT_ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
 PLAIN_SERVERS = Path(__file__).with_name("plain_servers.py")
@@ -160,20 +161,6 @@ async def drive(url: str, sentences: list[str], concurrency: int, name: str) -> 
     return LoadResult(name, concurrency, len(sentences), errors, seconds, latencies)
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} not ready after {timeout_s}s")
-
-
 def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
@@ -198,7 +185,7 @@ def measure_server(
     )
     url = ready_url.rsplit("/", 1)[0] + "/classify"
     try:
-        wait_ready(ready_url, process)
+        wait_for_http(ready_url, 300, process=process)
         asyncio.run(drive(url, plan.sentences[: plan.warmup], 4, name))
         results = []
         for concurrency in plan.levels:

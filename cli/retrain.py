@@ -178,17 +178,14 @@ def deploy_to_server(config: Any, project_root: Path) -> None:
 
 def wait_until_ready(base_url: str, timeout_seconds: float, headers: dict[str, str]) -> None:
     """Poll ``/readyz`` until the server has loaded its model."""
-    import httpx
+    from components.waiting import wait_for_http
 
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/readyz", headers=headers, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise RatchetError(f"the server at {base_url} was not ready after {timeout_seconds:.0f} s")
+    try:
+        wait_for_http(f"{base_url}/readyz", timeout_seconds, headers=headers, interval_s=1)
+    except TimeoutError:
+        raise RatchetError(
+            f"the server at {base_url} was not ready after {timeout_seconds:.0f} s"
+        ) from None
 
 
 def smoke_test_serving(given: Settings) -> None:

@@ -7,13 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from components.waiting import wait_for_http
 from tests.flows.conftest import flow_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -24,18 +23,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def wait_for(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
 def ratchet_deploy(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -67,7 +54,7 @@ def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_for(f"http://127.0.0.1:{port}/api/health", timeout=120)
+        wait_for_http(f"http://127.0.0.1:{port}/api/health", 120)
         yield env
     finally:
         server.terminate()

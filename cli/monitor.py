@@ -7,6 +7,7 @@ ratchet feedback export                # feedback store -> validated, DVC-tracke
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,6 +26,10 @@ def monitor(
         str | None,
         typer.Option(help="Window of logged traffic, e.g. 24h, 30m, 7d (default monitor.window)."),
     ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Also write the drift picture (PNG) here; it is always logged."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Compare the served traffic of a window with the champion's evaluation reference.
@@ -34,7 +39,7 @@ def monitor(
     from components.monitoring_run import run_monitor
 
     resolved, paths = load(ctx)
-    outcome = run_monitor(resolved, paths, since)
+    outcome = run_monitor(resolved, paths, since, plot_path=plot)
     result = outcome.result
     if as_json:
         typer.echo(json.dumps(result.to_dict()))

@@ -9,6 +9,7 @@ The decision itself is pure (``components/monitoring.py``).
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from components.text_features import NUMERIC_FEATURES
 from components.traffic import parse_duration, read_traffic, traffic_dir
 
 REPORT_HTML = "drift_report.html"
+REPORT_PNG = "drift_report.png"
 SUMMARY_JSON = "drift_summary.json"
 MONITOR_RUN_TAG = "ratchet.monitor"
 DRIFT_TAG = "monitor.drift"
@@ -132,14 +134,20 @@ def log_monitor_run(
 
 
 def run_monitor(
-    config: RatchetConfig, paths: ProjectPaths, since: str | None = None, now: float | None = None
+    config: RatchetConfig,
+    paths: ProjectPaths,
+    since: str | None = None,
+    now: float | None = None,
+    plot_path: Path | None = None,
 ) -> MonitorOutcome:
     """Compare the window's traffic with the champion's reference; log the report.
 
     Returns:
-        The outcome; with enough data the Evidently HTML report and the JSON summary are
-        logged to MLflow (``monitoring/``) in a run tagged with the champion's version.
+        The outcome; with enough data the Evidently HTML report, the JSON summary and
+        the drift picture are logged to MLflow (``monitoring/``) in a run tagged with the
+        champion's version, and the picture is copied to ``plot_path`` when given.
     """
+    from components.monitoring_plots import plot_drift
     from components.tracking import setup_tracking
 
     setup_tracking(config, paths)
@@ -154,5 +162,9 @@ def run_monitor(
         evidently = write_evidently_report(reference, current, html)
         payload = {**result.to_dict(), "evidently": evidently.get("metrics", [])}
         summary.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
-        run_id = log_monitor_run(config, version, result, [html, summary])
+        picture = plot_drift(reference, current, result, Path(tmp) / REPORT_PNG)
+        run_id = log_monitor_run(config, version, result, [html, summary, picture])
+        if plot_path is not None:
+            plot_path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(picture, plot_path)
     return MonitorOutcome(result, config.registry.model_name, version, run_id)

@@ -57,6 +57,21 @@ def test_shifted_traffic_drifts_and_names_the_tests() -> None:
     assert set(summary["tests"]["embedding_mmd"]) == {"statistic", "p_value", "threshold", "drift"}
 
 
+def test_the_drift_picture_has_a_panel_per_test_marked_where_it_drifted(tmp_path: Path) -> None:
+    from components.monitoring_plots import label_shares, panel_title, plot_drift
+
+    reference, current = feature_table(400, 0), feature_table(300, 1, shift=0.5)
+    result = check_drift(reference, current, CONFIG, {"texts": 300, "requests": 30})
+    path = plot_drift(reference, current, result, tmp_path / "drift.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert panel_title("text_length", result.tests["text_length"]).endswith("(DRIFT)")
+    shares = label_shares(pd.Series(["a", "a", "b"]), pd.Series(["b", "c"]))
+    assert shares.to_dict() == {
+        "reference": {"a": 2 / 3, "b": 1 / 3, "c": 0.0},
+        "traffic": {"a": 0.0, "b": 0.5, "c": 0.5},
+    }
+
+
 def test_too_little_traffic_is_not_enough_data_never_an_alarm() -> None:
     shifted = feature_table(49, 1, shift=1.0)  # one text short of min_texts, and very shifted
     result = check_drift(feature_table(400, 0), shifted, CONFIG, {"texts": 49})

@@ -93,9 +93,9 @@ def wait_logged(state: Path, count: int) -> None:
         time.sleep(0.5)
 
 
-def ratchet_monitor(monitored: Monitored) -> tuple[int, dict]:
+def ratchet_monitor(monitored: Monitored, *extra: str) -> tuple[int, dict]:
     result = run_ratchet(
-        "monitor", "--since", "1h", "--json", "--params", "params.yaml", env=monitored.env
+        "monitor", "--since", "1h", "--json", "--params", "params.yaml", *extra, env=monitored.env
     )
     assert result.stdout.strip(), result.stderr[-3000:]
     return result.returncode, json.loads(result.stdout.strip().splitlines()[-1])
@@ -124,7 +124,9 @@ def test_monitor_needs_data_then_passes_sst2_then_flags_brown(
 
     send(monitored.server, brown_sentences(600))
     wait_logged(monitored.state, 860)
-    code, summary = ratchet_monitor(monitored)
+    picture = tmp_path / "drift.png"
+    code, summary = ratchet_monitor(monitored, "--plot", str(picture))
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (code, summary["drift"]) == (1, True), summary
     for name in ("text_length", "uppercase_share", "embedding_mmd"):
         assert summary["tests"][name]["drift"], name
@@ -141,7 +143,11 @@ def assert_report_logged(bento: BuiltBento) -> None:
     assert version.tags["monitor.drift"] == "true"
     run_id = version.tags["monitor.run_id"]
     listed = {item.path for item in client.list_artifacts(run_id, "monitoring")}
-    assert listed == {"monitoring/drift_report.html", "monitoring/drift_summary.json"}
+    assert listed == {
+        "monitoring/drift_report.html",
+        "monitoring/drift_summary.json",
+        "monitoring/drift_report.png",
+    }
     assert client.get_run(run_id).data.tags["model_version"] == bento.registry_version
 
 

@@ -66,6 +66,10 @@ class ServingError(RatchetError):
     exit_code = 7
 
 
+class ParityError(ServingError):
+    """An exported runtime does not score the test split like the evaluated torch model."""
+
+
 class VersioningError(RatchetError):
     """A DVC or git operation failed (no repository, remote unreachable, missing outputs)."""
 

@@ -8,6 +8,9 @@ copied into the BentoML store) with ``bentoml.load`` and calls its ``classify`` 
 sample of the version's test split. Labels must equal the evaluated ones and class
 probabilities must be within :func:`probability_tolerance`. A Bento that fails the check
 is deleted, so the store never holds an unchecked Bento to serve, and the alias stays.
+An exported runtime (``serving.runtime: onnx | onnx-int8``) is first proven on the whole
+test split (``serving/parity.py``, inside the build); its Bento is then checked against
+that runtime's own predictions.
 """
 
 from __future__ import annotations
@@ -198,6 +201,8 @@ def release_version(config: RatchetConfig, paths: ProjectPaths, version: str) ->
         The Bento tag.
 
     Raises:
+        ParityError: ``serving.runtime`` is an exported runtime that does not score the
+            test split like the evaluated torch model (nothing is built).
         ServingError: the build failed, or the built Bento did not answer as evaluated
             (it is deleted again).
         RegistryError: the version does not exist.
@@ -206,7 +211,7 @@ def release_version(config: RatchetConfig, paths: ProjectPaths, version: str) ->
     from mlflow import MlflowClient
 
     from components import registry
-    from serving.build import bentoml_home, build_bento, use_bentoml_home
+    from serving.build import bentoml_home, build_bento, stored_reference, use_bentoml_home
 
     home = bentoml_home(paths)
     with use_bentoml_home(home):
@@ -223,10 +228,14 @@ def release_version(config: RatchetConfig, paths: ProjectPaths, version: str) ->
                 "predictions to check its Bento against; register it through `ratchet retrain`"
             )
         tag = build_bento(config, paths, alias=None, version=version)
+        # An exported runtime's Bento must answer as that runtime scored the test split
+        # when its parity was proven (within the fp32 tolerance); torch's, as evaluated.
+        model_tag = str(bentoml.bentos.get(tag).info.args["model_tag"])
+        reference = stored_reference(model_tag)
         try:
             check_bento(
                 tag,
-                check_sample(predictions),
+                check_sample(predictions if reference is None else reference),
                 version,
                 config.serving.precision,
                 check_environment(config, str(home), paths.project_root),

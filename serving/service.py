@@ -41,7 +41,7 @@ from serving.middleware import (
     api_key_from_environment,
     missing_key_message,
 )
-from serving.predict import Precision, configure_threads, load_classifier, predict_texts
+from serving.predict import Precision, Runtime, configure_threads, load_classifier, predict_texts
 
 logger = logging.getLogger(__name__)
 DATA_MD5_TAGS = ("prepared_data_md5", "data.prepared_md5", "prepared_md5", "data_md5")
@@ -60,6 +60,7 @@ class ServeArgs(BaseModel):
     max_batch_size: int = Field(ServingConfig().max_batch_size, ge=1)
     max_latency_ms: int = Field(ServingConfig().max_latency_ms, ge=1)
     precision: Precision = ServingConfig().precision
+    runtime: Runtime = ServingConfig().runtime
     num_threads: int | None = Field(ServingConfig().num_threads, ge=1)
     timeout_s: int = Field(60, ge=1)
     auth_required: bool = Field(
@@ -118,6 +119,7 @@ class ModelMetadata(BaseModel):
     )
     max_length: int = Field(description="Token window; longer texts are truncated.")
     precision: str
+    runtime: str = Field(description="torch, onnx or onnx-int8 (serving.runtime).")
 
 
 metadata_app = FastAPI(title="metadata")
@@ -146,11 +148,13 @@ class RatchetClassifier:
     bento_model = bentoml.models.BentoModel(args.model_tag)
 
     def __init__(self) -> None:
-        configure_threads(args.num_threads)
+        threads = configure_threads(args.num_threads)
         # On the instance, BentoML has already resolved the reference to the stored model.
         stored: Any = self.bento_model
         info = stored.info
-        self.classifier = load_classifier(stored.path_of("hf_model"), args.precision)
+        self.classifier = load_classifier(
+            stored.path_of("hf_model"), args.precision, runtime=args.runtime, threads=threads
+        )
         meta: dict[str, Any] = dict(info.metadata)
         self.served = ServedModel(
             name=str(meta.get("name", info.tag.name)),
@@ -167,6 +171,7 @@ class RatchetClassifier:
             lineage={k: str(v) for k, v in meta.get("lineage", {}).items()},
             max_length=self.classifier.max_length,
             precision=self.classifier.precision,
+            runtime=self.classifier.runtime,
         )
         # BentoML's adaptive batcher (what `@bentoml.api(batchable=True)` uses), driven
         # in-process: texts of concurrent requests share one forward pass, with no extra

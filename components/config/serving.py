@@ -39,6 +39,15 @@ class ServingConfig(Section):
         10_000, ge=1, description="Adaptive batching: a request queued longer gets 503."
     )
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Inference dtype on CPU.")
+    runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="How the Bento runs the model: torch (as evaluated), onnx (the model "
+        "exported to ONNX, run by ONNX Runtime with graph optimisation) or onnx-int8 (the "
+        "same graph, weights dynamically quantised to int8). An exported runtime is built "
+        "only after it scores the whole test split like the evaluated torch model (parity: "
+        "onnx label agreement >= 99.5% and accuracy within 0.5 points, onnx-int8 accuracy "
+        "within 1 point); the figures become parity.* version tags and Bento labels.",
+    )
     num_threads: int | None = Field(None, ge=1, description="torch threads; null = cores.")
     api_key: SecretStr | None = Field(
         None,

@@ -105,20 +105,28 @@ def quantize_int8(source: Path, target: Path, per_channel: bool) -> Path:
     return target
 
 
-def export_int8(model_dir: Path, raw: Path, probe: Sequence[str] | None = None) -> bool:
+def export_int8(
+    model_dir: Path,
+    raw: Path,
+    probe: Sequence[str] | None = None,
+    reference: np.ndarray | None = None,
+) -> bool:
     """Quantise per tensor and per channel; keep the one that agrees better with torch.
 
     Args:
         probe: texts to compare on (the test split, when the caller has it); default
             :data:`PROBE_TEXTS`. Label agreement decides, the largest probability gap
             breaks a tie.
+        reference: torch's probabilities on ``probe`` when already known (evaluation's);
+            else they are computed here.
 
     Returns:
         Whether the kept int8 weights are per channel.
     """
     target = onnx_path(model_dir, "onnx-int8")
     texts = list(probe or PROBE_TEXTS)
-    reference = predict_proba(load_classifier(model_dir), texts)[0]
+    if reference is None:
+        reference = predict_proba(load_classifier(model_dir), texts)[0]
     scores: dict[bool, tuple[float, float]] = {}
     for per_channel in (False, True):
         quantize_int8(raw, target, per_channel)
@@ -137,7 +145,10 @@ def export_int8(model_dir: Path, raw: Path, probe: Sequence[str] | None = None) 
 
 
 def export_runtime(
-    model_dir: Path, runtime: str, probe: Sequence[str] | None = None
+    model_dir: Path,
+    runtime: str,
+    probe: Sequence[str] | None = None,
+    reference: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write the graph ``runtime`` needs into ``model_dir/onnx/`` (nothing for torch).
 
@@ -145,6 +156,7 @@ def export_runtime(
         model_dir: a Hugging Face classifier folder (written to).
         runtime: ``torch``, ``onnx`` or ``onnx-int8``.
         probe: texts that choose between per-tensor and per-channel int8 weights.
+        reference: torch's probabilities on ``probe``, if known (saves re-scoring).
 
     Returns:
         What was exported: ``files`` (paths relative to ``model_dir``) and, for int8,
@@ -166,7 +178,7 @@ def export_runtime(
             if runtime == "onnx":
                 optimize_graph(raw, target)
             else:
-                exported["per_channel"] = export_int8(model_dir, raw, probe)
+                exported["per_channel"] = export_int8(model_dir, raw, probe, reference)
     except (RuntimeError, ValueError, OSError) as error:
         target.unlink(missing_ok=True)
         raise ServingError(f"exporting {model_dir} to {runtime} failed: {error}") from error

@@ -136,7 +136,8 @@ def score_parity(
     from components.inference import load_classifier, predict_proba
 
     texts = evaluated["text"].astype(str).tolist()
-    exported = export_runtime(model_dir, runtime, probe=texts)
+    torch_probabilities = evaluated[probability_columns(evaluated)].to_numpy(dtype=float)
+    exported = export_runtime(model_dir, runtime, probe=texts, reference=torch_probabilities)
     classifier = load_classifier(model_dir, max_length=max_length, runtime=runtime)
     probabilities, _ = predict_proba(classifier, texts, batch_size)
     report = measure_parity(evaluated, probabilities, runtime)

@@ -15,6 +15,7 @@ import pytest
 
 from components.errors import ParityError, ServingError
 from components.evaluate import predictions_frame
+from components.export import export_runtime
 from components.inference import load_classifier, onnx_path, predict_proba
 from serving.parity import (
     CARD_HEADING,
@@ -60,6 +61,8 @@ def test_onnx_fp32_scores_like_torch(model_copy: Path, evaluated: pd.DataFrame) 
         evaluated[["prob_negative", "prob_positive"]].to_numpy(),
         atol=1e-5,
     )
+    # bf16 is a torch autocast: the exported graph runs fp32 whatever serving.precision says.
+    assert load_classifier(model_copy, "bf16", runtime="onnx").precision == "fp32"
     # The served path runs the same graph with the same tokenisation and truncation flags.
     onnx = load_classifier(model_copy, runtime="onnx")
     texts = evaluated["text"].tolist()[:5]
@@ -142,3 +145,6 @@ def test_an_unexported_runtime_is_a_clear_error(tiny_classifiers: dict[str, Path
         load_classifier(tiny_classifiers["good"], runtime="onnx-int8")
     with pytest.raises(ServingError, match=r"unknown inference runtime 'tensorrt'"):
         load_classifier(tiny_classifiers["good"], runtime="tensorrt")
+    assert export_runtime(tiny_classifiers["good"], "torch") == {"files": []}
+    with pytest.raises(ServingError, match=r"unknown inference runtime 'tensorrt'"):
+        export_runtime(tiny_classifiers["good"], "tensorrt")

@@ -63,5 +63,9 @@ class ServingError(RatchetError, exit_code=7):
     """A Bento could not be built or served."""
 
 
+class ParityError(ServingError):
+    """An exported runtime does not score the test split like the evaluated torch model."""
+
+
 class VersioningError(RatchetError, exit_code=8):
     """A DVC or git operation failed (no repository, remote unreachable, missing outputs)."""

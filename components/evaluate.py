@@ -34,101 +34,19 @@ from components.behaviour import (
 )
 from components.config import EvalConfig
 from components.evaluation_plots import plot_confusion_matrix, plot_reliability_diagram
-from components.kernels.first_position import cut_last_layer
+from components.inference import Classifier, load_classifier, predict_proba
+from components.inference import score_texts as score_texts  # the gate re-scores through it
 from components.monitoring_reference import write_reference
-from components.truncation import truncated_mask
 
 TEXT_COLUMN = "text"
 LABEL_COLUMN = "label"
 RESERVED_COLUMNS = {TEXT_COLUMN, LABEL_COLUMN, "label_name"}
 MAX_SLICE_VALUES = 50
 THROUGHPUT_BATCH = 32
+# Evaluation scores through the one inference module; these names stay importable here.
+TextClassifier = Classifier
 EVAL_FILE = "eval.json"
 PREDICTIONS_FILE = "predictions.parquet"
-
-
-@dataclass
-class TextClassifier:
-    """A loaded Hugging Face sequence classifier with its tokenizer."""
-
-    tokenizer: Any
-    model: Any
-    labels: list[str]
-    max_length: int
-    precision: str = "fp32"
-
-    @classmethod
-    def load(
-        cls, model_dir: Path, max_length: int | None = None, precision: str = "fp32"
-    ) -> TextClassifier:
-        """Load ``model_dir`` for inference; the window never exceeds the position table.
-
-        ``precision="bf16"`` scores under CPU bf16 autocast, as the Bento does with
-        ``serving.precision: bf16``; on a CPU without native bf16 both fall back to fp32.
-        """
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        import components.modeling  # noqa: F401  (registers the mean-pooling classifier)
-
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
-        cut_last_layer(model)  # a [CLS] head reads one position of the last layer
-        limits = [int(tokenizer.model_max_length or 512), 512]
-        limits.append(int(getattr(model.config, "max_position_embeddings", 512)))
-        if max_length is not None:
-            limits.append(max_length)
-        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        if precision == "bf16":
-            from components.hardware import cpu_has_native_bf16
-
-            precision = "bf16" if cpu_has_native_bf16() else "fp32"
-        return cls(tokenizer, model, labels, min(limits), precision)
-
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Class probabilities, shape ``(len(texts), classes)``, in input order.
-
-        Texts are batched by length so padding stays small; the order is restored.
-        """
-        import torch
-
-        texts = [str(text) for text in texts]
-        result = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
-        order = np.argsort([len(text) for text in texts], kind="stable")
-        for start in range(0, len(texts), batch_size):
-            chosen = order[start : start + batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in chosen],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-            with (
-                torch.inference_mode(),
-                torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"),
-            ):
-                logits = self.model(**batch).logits.double()
-            result[chosen] = logits.softmax(dim=-1).numpy()
-        return result
-
-
-def score_texts(
-    model_dir: Path,
-    texts: Sequence[str],
-    batch_size: int = 64,
-    max_length: int | None = None,
-    precision: str = "fp32",
-) -> np.ndarray:
-    """Class probabilities of ``model_dir`` for ``texts`` (used to re-score a champion).
-
-    Args:
-        max_length, precision: the model's own inference settings (``None``: the window
-            recorded in its tokenizer folder).
-
-    Returns:
-        Array of shape ``(len(texts), classes)``; argmax gives the predicted class id.
-    """
-    return TextClassifier.load(model_dir, max_length, precision).predict_proba(texts, batch_size)
 
 
 def fingerprint_split(test: pd.DataFrame) -> str:
@@ -292,9 +210,7 @@ def confident_mistakes(
     )
 
 
-def measure_latency(
-    classifier: TextClassifier, texts: Sequence[str], samples: int
-) -> dict[str, float]:
+def measure_latency(classifier: Classifier, texts: Sequence[str], samples: int) -> dict[str, float]:
     """p50/p99 latency of single-text calls and throughput at batch 32 (tokenising included)."""
     texts = [str(text) for text in texts] or ["a film"]
     classifier.predict_proba(texts[:1], 1)  # warm-up: first call pays allocator costs
@@ -438,17 +354,16 @@ def evaluate_model(
     Returns:
         The report; ``report.artifacts`` maps file names to the files written.
     """
-    classifier = TextClassifier.load(model_dir, max_length, precision)
+    classifier = load_classifier(model_dir, precision, max_length)
     if classifier.labels != list(labels):
         raise ValueError(f"model labels {classifier.labels} differ from data labels {labels}")
     output_dir.mkdir(parents=True, exist_ok=True)
     texts = test[TEXT_COLUMN].astype(str).tolist()
     y_true = test[LABEL_COLUMN].to_numpy().astype("int64")
-    probabilities = classifier.predict_proba(texts, eval_cfg.batch_size)
+    probabilities, truncated = predict_proba(classifier, texts, eval_cfg.batch_size)
     y_pred = probabilities.argmax(axis=1)
 
     metrics = classification_metrics(y_true, probabilities, labels, eval_cfg.calibration_bins)
-    truncated = truncated_mask(texts, classifier.tokenizer, classifier.max_length)
     metrics["truncated_fraction"] = float(truncated.mean()) if len(texts) else 0.0
     slices = slice_table(test, y_pred, labels, eval_cfg.length_buckets, truncated)
     metrics.update(slice_metrics(slices))

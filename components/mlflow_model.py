@@ -22,6 +22,8 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_classifier.py")
 # Logged beside the model, so that loaders outside Ratchet can read mean-pooling models.
 MODELING_CODE = Path(__file__).with_name("modeling.py")
+# The pyfunc model scores through the one inference module, logged beside it likewise.
+INFERENCE_CODE = Path(__file__).with_name("inference.py")
 HF_ARTIFACT_KEY = "hf_model"
 EXAMPLE_TEXTS = ["a gripping, beautifully acted film", "a dull and lifeless script"]
 WEIGHT_SUFFIXES_REFUSED = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
@@ -73,7 +75,7 @@ def log_classifier_model(model_dir: Path, name: str = "model") -> ModelInfo:
             signature=classifier_signature(labels),
             input_example=pd.DataFrame({"text": EXAMPLE_TEXTS}),
             pip_requirements=["torch", "transformers", "pandas", "mlflow"],
-            code_paths=[str(MODELING_CODE)],
+            code_paths=[str(MODELING_CODE), str(INFERENCE_CODE)],
         )
 
 

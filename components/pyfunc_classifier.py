@@ -3,56 +3,44 @@
 MLflow stores this file as text next to the weights (no pickled code) and loads it with
 ``mlflow.pyfunc.load_model(uri)``; the weights and tokenizer are the ``hf_model`` artifact.
 Input: a DataFrame with a ``text`` column. Output: ``label``, ``score`` and ``prob_<label>``
-per class.
+per class. Inside Ratchet it scores through ``components/inference.py``, as evaluation and
+the Bento do; outside Ratchet (no ``components`` package) through ``inference.py``, the
+copy of that module logged beside the model.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
+BATCH_SIZE = 64
+
 
 class TextClassifierModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        try:  # registers the mean-pooling classifier with the Auto classes
-            import components.modeling  # noqa: F401
-        except ImportError:  # outside Ratchet: the copy logged beside the model (code_paths)
-            import modeling  # type: ignore[import-not-found]  # noqa: F401
-
-        folder = context.artifacts["hf_model"]
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
-        self.max_length = min(int(self.tokenizer.model_max_length or 512), 512)
-        self.torch = torch
+        try:
+            from components import inference
+        except ImportError:  # outside Ratchet: the copies logged beside the model (code_paths)
+            import inference  # type: ignore[import-not-found,no-redef]
+        self.inference: Any = inference
+        self.classifier = inference.load_classifier(context.artifacts["hf_model"])
 
     def predict(
         self, context: PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
         texts = [str(text) for text in model_input["text"].tolist()]
+        probabilities, _ = self.inference.predict_proba(self.classifier, texts, BATCH_SIZE)
+        labels = self.classifier.labels
         rows = []
-        batch_size = 64
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                texts[start : start + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-            with self.torch.inference_mode():
-                probabilities = self.model(**batch).logits.float().softmax(dim=-1).numpy()
-            for row in probabilities:
-                best = int(row.argmax())
-                record = {"label": self.labels[best], "score": float(row[best])}
-                probabilities_by_name = zip(self.labels, row, strict=True)
-                record.update({f"prob_{name}": float(p) for name, p in probabilities_by_name})
-                rows.append(record)
-        return pd.DataFrame(rows)
+        for row in probabilities:
+            best = int(row.argmax())
+            record = {"label": labels[best], "score": float(row[best])}
+            record.update({f"prob_{name}": float(p) for name, p in zip(labels, row, strict=True)})
+            rows.append(record)
+        return pd.DataFrame(rows, columns=["label", "score", *(f"prob_{n}" for n in labels)])
 
 
 mlflow.models.set_model(TextClassifierModel())

@@ -143,8 +143,9 @@ def lineage_tags(
 
 
 def inference_tags(config: RatchetConfig) -> dict[str, str]:
-    """The settings the version is evaluated and served with: token window, precision,
-    runtime (the Bento and the evaluation both run the model in torch)."""
+    """The settings the version is evaluated with, and re-scored with by the gate: token
+    window, precision, runtime. Evaluation always runs torch; a Bento on an exported
+    runtime (``serving.runtime``) is proven against it first and records ``parity.*``."""
     return {
         INFERENCE_MAX_LENGTH: str(config.model.max_length),
         INFERENCE_PRECISION: config.serving.precision,

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from components.config import RatchetConfig
@@ -36,7 +37,10 @@ BENTOFILE = Path(__file__).with_name("bentofile.yaml")
 SERVICE_MODULE = "serving.service"
 HF_FOLDER = "hf_model"
 # Version tags that are not lineage: MLflow's own, and metrics (kept as numbers).
-NON_LINEAGE_TAG_PREFIXES = ("mlflow.",)
+# Parity figures are labelled from the build that measured them, never from stale tags.
+NON_LINEAGE_TAG_PREFIXES = ("mlflow.", "parity.")
+PARITY_FOLDER = "parity"
+PARITY_PREDICTIONS = "predictions.parquet"
 METRIC_TAG_PREFIX = "metric."
 KEY_METRIC_PATTERN = re.compile(r"(accuracy|f1|precision|recall|ece|loss)", re.IGNORECASE)
 
@@ -133,28 +137,56 @@ def model_labels(registry: dict[str, Any]) -> dict[str, str]:
     return labels
 
 
-def save_to_model_store(registry: dict[str, Any], hf_dir: Path) -> str:
-    """Copy the HF folder into the BentoML model store once per registry version.
+def model_store_tag(registry: dict[str, Any], runtime: str) -> str:
+    """``<name>:v<version>``, plus ``-<runtime>`` for an exported runtime (its own files)."""
+    suffix = "" if runtime == "torch" else f"-{runtime}"
+    return f"{store_name(registry['name'])}:v{registry['version']}{suffix}"
 
-    Returns:
-        The BentoML model tag, ``<name>:v<registry version>``.
+
+def stored_model(tag: str, registry: dict[str, Any]) -> Any | None:
+    """The BentoML store's model ``tag`` when it holds this registry version, else None.
+
+    Raises:
+        ServingError: the tag holds another registry's model (a shared BENTOML_HOME).
     """
     import bentoml
     from bentoml.exceptions import NotFound
 
-    tag = f"{store_name(registry['name'])}:v{registry['version']}"
     try:
         existing = bentoml.models.get(tag)
     except NotFound:
-        pass
-    else:
-        stored_run = str(existing.info.metadata.get("run_id"))
-        if stored_run != str(registry["run_id"]):
-            raise ServingError(
-                f"the BentoML model store already holds {tag} from MLflow run {stored_run}, "
-                f"but {registry['name']} v{registry['version']} is run {registry['run_id']}: "
-                "two registries share one BENTOML_HOME; give each state folder its own"
-            )
+        return None
+    stored_run = str(existing.info.metadata.get("run_id"))
+    if stored_run != str(registry["run_id"]):
+        raise ServingError(
+            f"the BentoML model store already holds {tag} from MLflow run {stored_run}, "
+            f"but {registry['name']} v{registry['version']} is run {registry['run_id']}: "
+            "two registries share one BENTOML_HOME; give each state folder its own"
+        )
+    return existing
+
+
+def save_to_model_store(
+    registry: dict[str, Any],
+    hf_dir: Path,
+    runtime: str = "torch",
+    parity: tuple[dict[str, str], pd.DataFrame] | None = None,
+) -> str:
+    """Copy the HF folder (with its exported ``onnx/`` graph) into the BentoML model store
+    once per registry version and runtime.
+
+    Args:
+        parity: for an exported runtime, its ``parity.*`` labels and its predictions on the
+            test split (kept in the store: the Bento check compares against them).
+
+    Returns:
+        The BentoML model tag, ``<name>:v<registry version>[-<runtime>]``.
+    """
+    import bentoml
+
+    tag = model_store_tag(registry, runtime)
+    existing = stored_model(tag, registry)
+    if existing is not None:
         logger.info("model %s already in the BentoML store", existing.tag)
         return str(existing.tag)
     metadata = {
@@ -164,11 +196,64 @@ def save_to_model_store(registry: dict[str, Any], hf_dir: Path) -> str:
         "run_id": registry["run_id"],
         "metrics": registry["metrics"],
         "lineage": lineage_tags(registry["tags"]),
+        "runtime": runtime,
     }
-    with bentoml.models.create(tag, labels=model_labels(registry), metadata=metadata) as model:
+    labels = model_labels(registry)
+    if parity is not None:
+        metadata["parity"] = parity[0]
+        labels.update(parity[0])
+    with bentoml.models.create(tag, labels=labels, metadata=metadata) as model:
         shutil.copytree(hf_dir, model.path_of(HF_FOLDER))
+        if parity is not None:
+            Path(model.path_of(PARITY_FOLDER)).mkdir()
+            parity[1].to_parquet(model.path_of(f"{PARITY_FOLDER}/{PARITY_PREDICTIONS}"))
     logger.info("saved registry %s v%s as %s", registry["name"], registry["version"], tag)
     return tag
+
+
+def stored_reference(model_tag: str) -> pd.DataFrame | None:
+    """The exported runtime's own test-split predictions kept with a stored model (None
+    for torch: its Bento must answer as evaluated)."""
+    import bentoml
+
+    path = Path(bentoml.models.get(model_tag).path_of(f"{PARITY_FOLDER}/{PARITY_PREDICTIONS}"))
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def prove_runtime(
+    config: RatchetConfig, registry: dict[str, Any], hf_dir: Path
+) -> tuple[dict[str, str], pd.DataFrame]:
+    """Export ``hf_dir`` for ``serving.runtime`` and prove parity on the whole test split;
+    the figures are recorded on the version whatever the outcome.
+
+    Raises:
+        ParityError: the runtime does not score like the evaluated torch model.
+        ServingError: no recorded evaluation predictions, or the export failed.
+    """
+    from mlflow import MlflowClient
+
+    from components.inference import onnx_path
+    from components.registry import recorded_inference_settings, recorded_predictions
+    from serving.parity import parity_error, parity_failures, record_parity, score_parity
+
+    runtime = config.serving.runtime
+    evaluated = recorded_predictions(MlflowClient(), registry["name"], registry["version"])
+    if evaluated is None:
+        raise ServingError(
+            f"{registry['name']} v{registry['version']} has no recorded evaluation "
+            f"predictions to prove the {runtime} runtime against; register it through "
+            "`ratchet retrain`, or serve it with serving.runtime: torch"
+        )
+    max_length, _ = recorded_inference_settings(registry["tags"])
+    report, predictions = score_parity(
+        hf_dir, runtime, evaluated, max_length, config.eval.batch_size
+    )
+    failures = parity_failures(report)
+    exported = onnx_path(hf_dir, runtime)
+    record_parity(registry["name"], registry["version"], report, not failures, exported)
+    if failures:
+        raise parity_error(report, failures)
+    return report.tags(), predictions
 
 
 def pinned_packages(names: list[str], constraints_file: Path) -> list[str]:
@@ -223,6 +308,7 @@ def serve_arguments(config: RatchetConfig, model_tag: str) -> dict[str, Any]:
         "max_batch_size": serving.max_batch_size,
         "max_latency_ms": serving.max_latency_ms,
         "precision": serving.precision,
+        "runtime": serving.runtime,
         "num_threads": serving.num_threads,
         "workers": serving.workers,
         "auth_required": api_key_configured(serving),
@@ -315,6 +401,8 @@ def build_bento(
 
     Raises:
         RegistryError: the alias or version does not exist.
+        ParityError: ``serving.runtime`` is exported and does not score the test split
+            like the evaluated torch model (nothing is stored or built).
         ServingError: the build failed.
     """
     import bentoml
@@ -328,10 +416,20 @@ def build_bento(
         registry = resolve_alias(name, alias)
     else:
         raise ServingError("build_bento needs a registry version or alias")
-    with tempfile.TemporaryDirectory(prefix="ratchet-build-") as tmp:
-        hf_dir = download_hf_model(f"models:/{registry['name']}/{registry['version']}", Path(tmp))
-        model_tag = save_to_model_store(registry, hf_dir)
-    labels = {**model_labels(registry), "bento_model": model_tag}
+    runtime = config.serving.runtime
+    stored = stored_model(model_store_tag(registry, runtime), registry)
+    if stored is None:
+        with tempfile.TemporaryDirectory(prefix="ratchet-build-") as tmp:
+            uri = f"models:/{registry['name']}/{registry['version']}"
+            hf_dir = download_hf_model(uri, Path(tmp))
+            # An exported runtime is stored (and so built) only once parity is proven.
+            parity = None if runtime == "torch" else prove_runtime(config, registry, hf_dir)
+            model_tag = save_to_model_store(registry, hf_dir, runtime, parity)
+        parity_labels = parity[0] if parity is not None else {}
+    else:
+        model_tag = str(stored.tag)
+        parity_labels = dict(stored.info.metadata.get("parity") or {})
+    labels = {**model_labels(registry), **parity_labels, "bento_model": model_tag}
     options = build_options(paths, labels)
     # The service reads its Bento arguments at import; a module imported earlier in this
     # process would keep the previous model tag, so import it afresh for this build.

@@ -44,6 +44,7 @@ from serving.middleware import (
 )
 from serving.predict import (
     Precision,
+    Runtime,
     configure_threads,
     container_cores,
     load_classifier,
@@ -74,6 +75,7 @@ class ServeArgs(BaseModel):
     max_batch_size: int = Field(ServingConfig().max_batch_size, ge=1)
     max_latency_ms: int = Field(ServingConfig().max_latency_ms, ge=1)
     precision: Precision = ServingConfig().precision
+    runtime: Runtime = ServingConfig().runtime
     num_threads: int | None = Field(ServingConfig().num_threads, ge=1)
     workers: int | None = Field(ServingConfig().workers, ge=1)
     timeout_s: int = Field(60, ge=1)
@@ -135,6 +137,7 @@ class ModelMetadata(BaseModel):
     )
     max_length: int = Field(description="Token window; longer texts are truncated.")
     precision: str
+    runtime: str = Field(description="torch, onnx or onnx-int8 (serving.runtime).")
 
 
 metadata_app = FastAPI(title="metadata")
@@ -176,11 +179,13 @@ class RatchetClassifier:
     bento_model = bentoml.models.BentoModel(args.model_tag)
 
     def __init__(self) -> None:
-        configure_threads(plan.threads)
+        threads = configure_threads(plan.threads)
         # On the instance, BentoML has already resolved the reference to the stored model.
         stored: Any = self.bento_model
         info = stored.info
-        self.classifier = load_classifier(stored.path_of("hf_model"), args.precision)
+        self.classifier = load_classifier(
+            stored.path_of("hf_model"), args.precision, runtime=args.runtime, threads=threads
+        )
         meta: dict[str, Any] = dict(info.metadata)
         self.served = ServedModel(
             name=str(meta.get("name", info.tag.name)),
@@ -197,6 +202,7 @@ class RatchetClassifier:
             lineage={k: str(v) for k, v in meta.get("lineage", {}).items()},
             max_length=self.classifier.max_length,
             precision=self.classifier.precision,
+            runtime=self.classifier.runtime,
         )
         self.traffic = TrafficLog(  # the inference log: serving/traffic_log.py
             settings_from_environment(),

@@ -304,9 +304,11 @@ def test_list_show_compare(
 
 
 def run_cli(*args: str) -> str:
-    """Run ``ratchet <args>`` against the project's params.yaml; returns stdout."""
+    """Run ``ratchet <args>`` against the project's params.yaml, serving torch as the
+    ``config`` fixture's smoke profile does (a Bento built there is reused); returns stdout."""
     params = str(PROJECT_ROOT / "params.yaml")
-    result = CliRunner().invoke(get_app(), [*args, "--params", params])
+    torch = ["--set", "serving.runtime=torch"]
+    result = CliRunner().invoke(get_app(), [*args, "--params", params, *torch])
     assert result.exit_code == 0, result.output
     return result.stdout
 

@@ -92,7 +92,18 @@ def built_bento(
         patch.undo()
     # A subprocess, as a user would run it: BentoML reads BENTOML_HOME once at import.
     params = str(PROJECT_ROOT / "params.yaml")
-    result = run_ratchet("build", "--alias", "champion", "--params", params, env=env)
+    # Registered without an evaluation: torch needs no parity proof (the exported
+    # runtimes are built in tests/flows/test_runtime_release.py).
+    result = run_ratchet(
+        "build",
+        "--alias",
+        "champion",
+        "--params",
+        params,
+        "--set",
+        "serving.runtime=torch",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     tag = result.stdout.strip().splitlines()[-1]
     yield BuiltBento(tag=tag, registry_version=version, env=env, model_dir=model_dir)

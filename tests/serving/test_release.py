@@ -16,6 +16,7 @@ from components.errors import ServingError
 from serving.release import (
     BF16_TOLERANCE,
     FP32_TOLERANCE,
+    INT8_TOLERANCE,
     CheckSample,
     check_bento,
     check_sample,
@@ -77,3 +78,5 @@ def test_the_check_sample_and_tolerances() -> None:
         FP32_TOLERANCE,
         BF16_TOLERANCE,
     )
+    assert probability_tolerance("fp32", "onnx") == FP32_TOLERANCE
+    assert probability_tolerance("fp32", "onnx-int8") == INT8_TOLERANCE == 2e-2

@@ -291,7 +291,7 @@ def auth_bento(built_bento: BuiltBento) -> BuiltBento:
     """The session Bento's model re-built while ``serving.api_key`` was configured."""
     rebuilt = subprocess.run(
         [*RATCHET, "build", "--params", str(PROJECT_ROOT / "params.yaml")]
-        + ["--set", f"serving.api_key={API_KEY}"],
+        + ["--set", f"serving.api_key={API_KEY}", "--set", "serving.runtime=torch"],
         env=built_bento.env,
         cwd=PROJECT_ROOT,
         capture_output=True,

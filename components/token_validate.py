@@ -40,7 +40,6 @@ from components.validation_report import (
     failure_examples,
     format_report,
     settle_report,
-    shorten,
     write_summary,
 )
 
@@ -192,10 +191,8 @@ def describe_token_failure(
     failure["examples"] = failure_examples(
         rows.head(data_cfg.checks.max_failed_examples),
         raw,
-        lambda row: {
-            "text": shorten(row["text"]),
-            "problem": row[column] if column in PROBLEM_COLUMNS else None,
-        },
+        lambda row: row["text"],
+        lambda row: {"problem": row[column] if column in PROBLEM_COLUMNS else None},
     )
     return failure
 

@@ -32,7 +32,6 @@ from components.validation_report import (
     failure_examples,
     format_report,
     settle_report,
-    shorten,
     write_summary,
 )
 
@@ -385,10 +384,8 @@ def describe_failure(
     failure["examples"] = failure_examples(
         rows,
         raw,
-        lambda row: {
-            "text": shorten(text_or_none(row.get("text"))),
-            "label": text_or_none(row.get("label")),
-        },
+        lambda row: text_or_none(row.get("text")),
+        lambda row: {"label": text_or_none(row.get("label"))},
     )
     return failure
 

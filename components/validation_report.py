@@ -69,14 +69,18 @@ def settle_report(
 
 
 def failure_examples(
-    rows: pd.DataFrame, raw: RawDataset, details: Callable[[pd.Series], dict[str, Any]]
+    rows: pd.DataFrame,
+    raw: RawDataset,
+    text: Callable[[pd.Series], Any],
+    details: Callable[[pd.Series], dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """The offending ``rows`` as examples: the file and line each came from, and what
-    ``details`` picks out of the row (its text, label or tags)."""
+    """The offending ``rows`` as examples: the file and line each came from, its ``text``
+    (shortened) and what ``details`` picks out of the row (its label, or the problem)."""
     return [
         {
             "file": raw.files.get(row["split"], row["split"]),
             "line": int(row["line"]),
+            "text": shorten(text(row)),
             **details(row),
         }
         for _, row in rows.iterrows()

@@ -13,22 +13,40 @@ retrain flow take turns.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
 from cli.options import command, console, load
+from components.config import RatchetConfig
 from components.locks import data_lock
+from components.state import ProjectPaths
 
 DataOption = Annotated[
     str | None,
     typer.Option("--data", help="File, folder or hf:<name>; default data.source."),
 ]
 
+T = TypeVar("T")
+
 commands = typer.Typer()
 data_app = typer.Typer(help="Version data with DVC: push, pull, commit, lineage.")
 GROUPS = {None: commands, "data": data_app}
+
+
+DataStep = Callable[[str, RatchetConfig, ProjectPaths], T]
+
+
+def on_source(ctx: typer.Context, data: str | None, tokens: DataStep[T], texts: DataStep[T]) -> T:
+    """Run a data step on ``--data`` (default ``data.source``) while holding the data
+    folder's lock: ``tokens`` for ``data.task`` token-classification, else ``texts``."""
+    settings, paths = load(ctx)
+    source = data or settings.data.source
+    with data_lock(paths.raw_dir.parent):
+        step = tokens if settings.data.task == "token-classification" else texts
+        return step(source, settings, paths)
 
 
 @command(commands, "ingest")
@@ -55,13 +73,12 @@ def validate(
     from components.token_validate import run_token_validation
     from components.validate import run_validation
 
-    settings, paths = load(ctx)
-    source = data or settings.data.source
-    with data_lock(paths.raw_dir.parent):
-        if settings.data.task == "token-classification":
-            result = run_token_validation(source, settings, paths, report)
-        else:
-            result = run_validation(source, settings.data, paths, report)
+    result = on_source(
+        ctx,
+        data,
+        lambda source, config, paths: run_token_validation(source, config, paths, report),
+        lambda source, config, paths: run_validation(source, config.data, paths, report),
+    )
     rows = ", ".join(f"{name}={count}" for name, count in result.row_counts.items())
     console.print(
         f"validation passed: {len(result.checks)} expectations on {result.source} "
@@ -83,13 +100,13 @@ def prepare(
     from components.prepare import run_prepare
     from components.token_prepare import run_token_prepare
 
-    settings, paths = load(ctx)
-    source = data or settings.data.source
-    with data_lock(paths.raw_dir.parent):
-        if settings.data.task == "token-classification":
-            manifest = run_token_prepare(source, settings, paths, validate=not skip_validation)
-        else:
-            manifest = run_prepare(source, settings.data, paths, validate=not skip_validation)
+    validate = not skip_validation
+    manifest = on_source(
+        ctx,
+        data,
+        lambda source, config, paths: run_token_prepare(source, config, paths, validate),
+        lambda source, config, paths: run_prepare(source, config.data, paths, validate),
+    )
     for name, split in manifest["splits"].items():
         counts = split.get("label_counts", split.get("entity_counts"))
         console.print(f"{name}: {split['rows']} rows {counts} md5 {split['md5']}", highlight=False)

@@ -85,42 +85,52 @@ def evaluate(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate the fine-tuned model on the frozen test split (writes eval.json and plots)."""
-    from components.behaviour import suite_for_labels
-    from components.evaluate import evaluate_model
-    from components.prepare import load_prepared
+    from components.model_stages import evaluate_node
 
     settings, paths = load(ctx)
     if settings.data.task == "token-classification":
         evaluate_tokens(settings, paths, model_dir, output_dir, as_json)
         return
-    data = load_prepared(paths.prepared_dir)
-    suite, notice = suite_for_labels(
-        settings.eval.behaviour_checks, data.labels, paths.project_root
+    model, output = evaluation_dirs(paths, model_dir, output_dir)
+    report = evaluate_node(
+        settings,
+        paths,
+        model,
+        output,
+        paths.project_root,
+        None if as_json else lambda notice: console.print(notice, highlight=False),
     )
-    if suite is None and not as_json:
-        console.print(notice, highlight=False)
-    report = evaluate_model(
-        paths.resolve(model_dir) if model_dir else paths.models_dir / "finetuned",
-        data.test,
-        data.labels,
-        settings.eval,
-        paths.resolve(output_dir) if output_dir else paths.metrics_dir,
-        suite,
-        settings.model.max_length,
-        settings.serving.precision,
-    )
+    rows = [
+        (name, metric_cell(report.metrics.get(name)))
+        for name in ("accuracy", "f1_macro", "f1_weighted", "roc_auc", "log_loss", "ece")
+    ]
+    rows += [(f"behaviour {result.name}", f"{result.pass_rate:.0%}") for result in report.behaviour]
+    if show_evaluation(report, as_json, f"Test split ({len(report.y_true)} examples)", rows):
+        console.print(f"files: {report.output_dir}", highlight=False)
+
+
+def evaluation_dirs(
+    paths: Any, model_dir: Path | None, output_dir: Path | None
+) -> tuple[Path, Path]:
+    """The model folder evaluated (default models/finetuned) and where the files go
+    (default metrics/), as `ratchet evaluate --model-dir/--output-dir` name them."""
+    model = paths.resolve(model_dir) if model_dir else paths.models_dir / "finetuned"
+    return model, paths.resolve(output_dir) if output_dir else paths.metrics_dir
+
+
+def show_evaluation(report: Any, as_json: bool, title: str, rows: list[tuple[str, str]]) -> bool:
+    """Print an evaluation: its summary as JSON for scripts, else a table of ``rows``
+    (metric, value) under ``title``. Returns whether the table was printed."""
     if as_json:
         print_json(report.summary())
-        return
-    table = Table(title=f"Test split ({len(report.y_true)} examples)")
+        return False
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name in ("accuracy", "f1_macro", "f1_weighted", "roc_auc", "log_loss", "ece"):
-        table.add_row(name, metric_cell(report.metrics.get(name)))
-    for result in report.behaviour:
-        table.add_row(f"behaviour {result.name}", f"{result.pass_rate:.0%}")
+    for name, value in rows:
+        table.add_row(name, value)
     console.print(table)
-    console.print(f"files: {report.output_dir}", highlight=False)
+    return True
 
 
 def evaluate_tokens(
@@ -131,25 +141,22 @@ def evaluate_tokens(
     from components.token_prepare import load_prepared_tokens
 
     data = load_prepared_tokens(paths.prepared_dir)
+    model, output = evaluation_dirs(paths, model_dir, output_dir)
     report = evaluate_token_model(
-        paths.resolve(model_dir) if model_dir else paths.models_dir / "finetuned",
+        model,
         data.test,
         data.labels,
         settings.eval,
-        paths.resolve(output_dir) if output_dir else paths.metrics_dir,
+        output,
         settings.model.max_length,
         settings.serving.precision,
     )
-    if as_json:
-        print_json(report.summary())
-        return
-    table = Table(title=f"Test split ({len(report.gold)} sentences)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in report.metrics.items():
-        if name.startswith(("entity_", "token_")) and not name.startswith("entity_support"):
-            table.add_row(name, metric_cell(value))
-    console.print(table)
+    rows = [
+        (name, metric_cell(value))
+        for name, value in report.metrics.items()
+        if name.startswith(("entity_", "token_")) and not name.startswith("entity_support")
+    ]
+    show_evaluation(report, as_json, f"Test split ({len(report.gold)} sentences)", rows)
 
 
 @command(registry_app, "list")

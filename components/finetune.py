@@ -73,11 +73,9 @@ def run_finetuning(
         if not token_task:
             check_finetune_inputs(config, data, init_model)
         claim_checkpoint_dir(checkpoint_dir, finetune_resume_key(config, data, init_model))
-    if token_task:
-        return finetune_tokens_once(
-            config, data, init_model, output_dir, checkpoint_dir, on_metrics
-        )
     job = FinetuneJob(config, data, init_model, output_dir, checkpoint_dir, on_metrics)
+    if token_task:
+        return finetune_tokens_once(job)
     return run_soup_finetuning(job) if config.train.soup_seeds else finetune_once(job)
 
 

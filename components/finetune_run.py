@@ -24,7 +24,7 @@ from components.config import RatchetConfig, TrainConfig
 from components.errors import ConfigError, TrainingError
 from components.files import save_pretrained_atomically
 from components.kernels.first_position import last_layer_at_first_position
-from components.model_surgery import freeze_lower_weights, layerwise_lr_scales
+from components.model_surgery import prepare_for_finetuning
 from components.prepare import PreparedData
 from components.training.batching import BatchOrder, BatchSource, pad_batch
 from components.training.checkpoints import clear_checkpoints
@@ -387,14 +387,7 @@ def build_classifier(
         id2label=dict(enumerate(data.labels)),
         label2id={name: index for index, name in enumerate(data.labels)},
     )
-    trainable = freeze_lower_weights(model, train_cfg.freeze_embeddings, train_cfg.freeze_layers)
-    logger.info("fine-tuning %d of %d weights", trainable, model.num_parameters())
-    lr_scales = (
-        layerwise_lr_scales(model, train_cfg.layer_lr_decay)
-        if train_cfg.layer_lr_decay < 1
-        else None
-    )
-    return model, lr_scales
+    return model, prepare_for_finetuning(model, train_cfg)
 
 
 class ModelScorer(Protocol):

@@ -88,18 +88,25 @@ MODEL_NODES: dict[str, ModelNode] = {"pretrain": pretrain_node, "train": train_n
 
 
 def evaluate_node(
-    config: RatchetConfig, paths: ProjectPaths, model_dir: Path, output_dir: Path, suites_root: Path
+    config: RatchetConfig,
+    paths: ProjectPaths,
+    model_dir: Path,
+    output_dir: Path,
+    suites_root: Path,
+    on_no_suite: Callable[[str], None] | None = None,
 ) -> Any:
     """Score ``model_dir`` on the prepared test split: metrics, plots, slices, latency,
-    behavioural checks (suites found under ``suites_root``), at the settings the model
-    will be served with (``model.max_length``, ``serving.precision``). Returns the
-    ``EvaluationReport``."""
+    behavioural checks (suites found under ``suites_root``; without one, ``on_no_suite``
+    gets the notice saying why), at the settings the model will be served with
+    (``model.max_length``, ``serving.precision``). Returns the ``EvaluationReport``."""
     from components.behaviour import suite_for_labels
     from components.evaluate import evaluate_model
     from components.prepare import load_prepared
 
     data = load_prepared(paths.prepared_dir)
-    suite, _ = suite_for_labels(config.eval.behaviour_checks, data.labels, suites_root)
+    suite, notice = suite_for_labels(config.eval.behaviour_checks, data.labels, suites_root)
+    if suite is None and on_no_suite is not None:
+        on_no_suite(notice)
     return evaluate_model(
         model_dir,
         data.test,

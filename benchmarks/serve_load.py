@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/serve_load.py --runtime torch,onnx,onnx-int8
     .venv/bin/python benchmarks/serve_load.py --demo-model             # no champion yet
     .venv/bin/python benchmarks/serve_load.py --bento TAG1,TAG2 --no-plain-servers
+    .venv/bin/python benchmarks/serve_load.py --bento TAG --logging-rounds 5 --levels 32
 
 One run on one machine, the same requests for every server: single sentences from SST-2
 validation, sent at concurrency 1, 8 and 32 (bounded: each sentence once per level) with an
@@ -20,6 +21,10 @@ uvicorn around a Hugging Face ``pipeline`` with greedy batching), and a one-requ
 ``http.server`` + ``pipeline`` for continuity. Prints requests/s, p50/p95/p99 and errors per
 level, and the ratios Bento/limit, Bento/torch Bento, Bento/alternative. Run by hand, not
 in CI: figures depend on the machine and whatever else runs on it.
+
+``--logging-rounds N`` measures the inference log's cost instead (issue 22): the first Bento
+only, served with the log off and on in N alternating rounds at the highest ``--levels``
+value; see ``benchmarks/_logging_overhead.py``.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
+from benchmarks._logging_overhead import median_ratio, run_rounds, verdict  # noqa: E402
 from components.waiting import wait_for_http  # noqa: E402
 
 SST2_DEV = PROJECT_ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
@@ -369,12 +375,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, help="build with serving.num_threads=N (default: the rule)"
     )
+    parser.add_argument(
+        "--logging-rounds",
+        type=int,
+        default=0,
+        help="instead: serve the first Bento with the inference log off and on, N rounds "
+        "in alternating order, at the highest --levels value; print the median on/off ratio",
+    )
     parser.add_argument("--limit-of", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     options.levels = [int(level) for level in options.levels.split(",")]
     if options.requests < 1 or min(options.levels) < 1:
         parser.error("--requests and --levels must be positive")
+    if options.logging_rounds < 0:
+        parser.error("--logging-rounds must be 0 (off) or a number of rounds")
     return options
+
+
+def serve_bento(
+    name: str, tag: str, env: dict[str, str], plan: argparse.Namespace
+) -> list[LoadResult]:
+    """``ratchet serve --bento TAG`` on a free port, measured by :func:`measure_server`."""
+    port = free_port()
+    command = [*RATCHET_CLI, "serve", "--bento", tag, "--port", str(port)]
+    return measure_server(name, command, f"http://127.0.0.1:{port}/readyz", env, plan)
+
+
+def logging_overhead(bento: Candidate, env: dict[str, str], options: argparse.Namespace) -> None:
+    """The inference log's cost on ``bento``: alternating off/on rounds at one level."""
+    plan = argparse.Namespace(**{**vars(options), "levels": [max(options.levels)]})
+    print(
+        f"inference log off/on: {bento.name}={bento.tag}, c={plan.levels[0]}, "
+        f"{options.logging_rounds} round(s), {len(plan.sentences)} requests per server "
+        f"after {plan.warmup} warm-up ones",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="serve-load-log-") as scratch:
+        rounds = run_rounds(
+            options.logging_rounds,
+            Path(scratch),
+            env,
+            lambda name, server_env: serve_bento(name, bento.tag, server_env, plan)[0].rps,
+            min(plan.warmup, len(plan.sentences)) + len(plan.sentences),
+        )
+    print(verdict(median_ratio(rounds)))
 
 
 def run_plain_servers(
@@ -415,6 +459,10 @@ def main() -> None:
         register_demo_champion(state, env)
     options.sentences = sst2_sentences(options.requests)
     bentos = candidates(options, env)
+    if options.logging_rounds:
+        logging_overhead(bentos[0], env, options)
+        scratch.cleanup()
+        return
     print(
         f"{len(bentos)} Bento(s): {', '.join(f'{c.name}={c.tag}' for c in bentos)}; "
         f"{os.cpu_count()} cores, {len(options.sentences)} requests per level, "
@@ -423,10 +471,7 @@ def main() -> None:
     )
     for candidate in bentos:
         candidate.limit = measure_limit(candidate.tag, env, options.requests)
-        port = free_port()
-        command = [*RATCHET_CLI, "serve", "--bento", candidate.tag, "--port", str(port)]
-        ready = f"http://127.0.0.1:{port}/readyz"
-        candidate.results = measure_server(candidate.name, command, ready, env, options)
+        candidate.results = serve_bento(candidate.name, candidate.tag, env, options)
     others = {}
     if not options.no_plain_servers:
         torch_bento = next((c for c in bentos if c.runtime == TORCH), bentos[0])

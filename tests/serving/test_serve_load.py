@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -50,6 +51,46 @@ def test_options_are_checked(serve_load: ModuleType) -> None:
     assert (options.runtime, options.levels, options.requests) == ("torch", [1, 8], 5)
     with pytest.raises(SystemExit):
         serve_load.parse_args(["--levels", "0,8"])
+
+
+def test_logging_rounds_are_an_option(serve_load: ModuleType) -> None:
+    assert serve_load.parse_args([]).logging_rounds == 0
+    assert serve_load.parse_args(["--logging-rounds", "5", "--levels", "32"]).logging_rounds == 5
+    with pytest.raises(SystemExit):
+        serve_load.parse_args(["--logging-rounds", "-1"])
+
+
+def test_logging_rounds_alternate_and_compare_by_the_median(serve_load: ModuleType) -> None:
+    from benchmarks._logging_overhead import OverheadRound, median_ratio, round_order, verdict
+
+    assert [round_order(index) for index in range(3)] == [
+        ("off", "on"),
+        ("on", "off"),
+        ("off", "on"),
+    ]
+    rounds = [OverheadRound(100.0, 97.0, 288), OverheadRound(100.0, 50.0, 288)]
+    rounds.append(OverheadRound(200.0, 198.0, 288))
+    # The median, not the mean (0.82): one disturbed round does not decide.
+    assert median_ratio(rounds) == pytest.approx(0.97)
+    assert verdict(0.97) == "median on/off = 0.970 (drop +3.0%; within the 5% allowed)"
+    assert verdict(0.94) == "median on/off = 0.940 (drop +6.0%; OVER the 5% allowed)"
+    with pytest.raises(ValueError, match="--logging-rounds must be at least 1"):
+        median_ratio([])
+    with pytest.raises(ValueError, match="a log-off server answered no request"):
+        median_ratio([OverheadRound(0.0, 10.0, 0)])
+
+
+def test_the_logged_server_gets_the_file_exporter_in_its_own_state(tmp_path: Path) -> None:
+    from benchmarks._logging_overhead import traffic_environment
+    from serving.traffic_log import settings_from_environment
+
+    on = settings_from_environment(traffic_environment(tmp_path / "on", "file"))
+    off = settings_from_environment(traffic_environment(tmp_path / "off", "off"))
+
+    assert (on.exporter, on.log_dir) == ("file", str(tmp_path / "on" / "traffic"))
+    assert (off.exporter, off.log_dir) == ("off", str(tmp_path / "off" / "traffic"))
+    assert on.feedback_file == str(tmp_path / "on" / "feedback" / "feedback.jsonl")
+    assert not on.log_texts
 
 
 @pytest.mark.integration

@@ -40,6 +40,11 @@ ONNX_FOLDER = "onnx"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
 # Texts are scored in chunks of similar length so one long text does not pad the rest.
 DEFAULT_CHUNK_SIZE = 32
+# Runtimes that score one text per forward pass: dynamic int8 quantisation takes one
+# activation scale over the whole input tensor, so in a batch a text's probabilities would
+# depend on its batch-mates (gaps up to 0.075 and label flips seen on the SST-2 champion),
+# and what the Bento serves would differ from what parity proved.
+BATCH_DEPENDENT_RUNTIMES = frozenset({"onnx-int8"})
 POSITION_LIMIT = 512
 
 
@@ -242,12 +247,14 @@ def predict_proba(
     Args:
         classifier: from :func:`load_classifier`.
         texts: any number of strings; each longer than the token window is truncated.
-        chunk_size: texts per forward pass.
+        chunk_size: texts per forward pass (1 for :data:`BATCH_DEPENDENT_RUNTIMES`).
 
     Returns:
         (probabilities of shape ``(len(texts), classes)``, truncated flags), in input order.
     """
     texts = [str(text) for text in texts]
+    if classifier.runtime in BATCH_DEPENDENT_RUNTIMES:
+        chunk_size = 1
     probabilities = np.zeros((len(texts), len(classifier.labels)), dtype=np.float64)
     truncated = np.zeros(len(texts), dtype=bool)
     for chunk in length_sorted_chunks([len(text) for text in texts], chunk_size):

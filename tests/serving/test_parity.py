@@ -89,6 +89,14 @@ def test_onnx_int8_holds_accuracy_and_keeps_only_its_graph(
     assert tags["parity.per_channel"] == str(report.per_channel)
     assert float(tags["parity.agreement"]) == pytest.approx(report.agreement, abs=1e-6)
 
+    # Served as parity proved it: a text scores the same alone or among any batch-mates
+    # (dynamic int8 takes one activation scale per input tensor).
+    int8 = load_classifier(model_copy, runtime="onnx-int8")
+    texts = evaluated["text"].tolist()[:24]
+    alone = np.vstack([predict_proba(int8, [text])[0] for text in texts])
+    together = predict_proba(int8, texts, 24)[0]
+    assert np.abs(alone - together).max() <= 1e-6
+
 
 def test_parity_rules_name_what_broke() -> None:
     evaluated = pd.DataFrame(

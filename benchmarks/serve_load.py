@@ -457,6 +457,10 @@ def main() -> None:
             BENTOML_HOME=str(state / "bentoml"),
         )
         register_demo_champion(state, env)
+    else:  # the project's own store, where `ratchet build` put the Bentos
+        from components.state import ProjectPaths
+
+        env.setdefault("BENTOML_HOME", str(ProjectPaths.discover(PROJECT_ROOT).bentoml_home))
     options.sentences = sst2_sentences(options.requests)
     bentos = candidates(options, env)
     if options.logging_rounds:

@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
     args = parser.parse_args()
 
-    from components.export import export_runtime
+    from components.export import Probe, export_runtime
     from components.inference import load_classifier
     from serving.predict import configure_threads
 
@@ -89,7 +89,7 @@ def main() -> None:
         reference = None
         for runtime in RUNTIMES:
             started = time.perf_counter()
-            export_runtime(folder, runtime, probe=texts)
+            export_runtime(folder, runtime, Probe(texts))
             export_s = time.perf_counter() - started
             classifier = load_classifier(
                 folder, max_length=args.max_length, runtime=runtime, threads=threads

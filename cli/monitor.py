@@ -39,7 +39,10 @@ def monitor(
     from components.monitoring_run import run_monitor
 
     resolved, paths = load(ctx)
-    outcome = run_monitor(resolved, paths, since, plot_path=plot)
+    outcome = run_monitor(resolved, paths, since)
+    if plot is not None and outcome.picture is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot.write_bytes(outcome.picture)
     result = outcome.result
     if as_json:
         typer.echo(json.dumps(result.to_dict()))

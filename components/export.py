@@ -21,6 +21,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,26 +106,25 @@ def quantize_int8(source: Path, target: Path, per_channel: bool) -> Path:
     return target
 
 
-def export_int8(
-    model_dir: Path,
-    raw: Path,
-    probe: Sequence[str] | None = None,
-    reference: np.ndarray | None = None,
-) -> bool:
-    """Quantise per tensor and per channel; keep the one that agrees better with torch.
+@dataclass(frozen=True)
+class Probe:
+    """Texts that choose between per-tensor and per-channel int8 weights (the test split,
+    when the caller has it), and torch's probabilities on them when already known
+    (evaluation's); label agreement with torch decides, the largest gap breaks a tie."""
 
-    Args:
-        probe: texts to compare on (the test split, when the caller has it); default
-            :data:`PROBE_TEXTS`. Label agreement decides, the largest probability gap
-            breaks a tie.
-        reference: torch's probabilities on ``probe`` when already known (evaluation's);
-            else they are computed here.
+    texts: Sequence[str] = tuple(PROBE_TEXTS)
+    reference: np.ndarray | None = None
+
+
+def export_int8(model_dir: Path, raw: Path, probe: Probe) -> bool:
+    """Quantise per tensor and per channel; keep the one that agrees better with torch.
 
     Returns:
         Whether the kept int8 weights are per channel.
     """
     target = onnx_path(model_dir, "onnx-int8")
-    texts = list(probe or PROBE_TEXTS)
+    texts = list(probe.texts)
+    reference = probe.reference
     if reference is None:
         reference = predict_proba(load_classifier(model_dir), texts)[0]
     scores: dict[bool, tuple[float, float]] = {}
@@ -144,19 +144,13 @@ def export_int8(
     return per_channel
 
 
-def export_runtime(
-    model_dir: Path,
-    runtime: str,
-    probe: Sequence[str] | None = None,
-    reference: np.ndarray | None = None,
-) -> dict[str, Any]:
+def export_runtime(model_dir: Path, runtime: str, probe: Probe | None = None) -> dict[str, Any]:
     """Write the graph ``runtime`` needs into ``model_dir/onnx/`` (nothing for torch).
 
     Args:
         model_dir: a Hugging Face classifier folder (written to).
         runtime: ``torch``, ``onnx`` or ``onnx-int8``.
-        probe: texts that choose between per-tensor and per-channel int8 weights.
-        reference: torch's probabilities on ``probe``, if known (saves re-scoring).
+        probe: what chooses between per-tensor and per-channel int8 weights.
 
     Returns:
         What was exported: ``files`` (paths relative to ``model_dir``) and, for int8,
@@ -178,7 +172,7 @@ def export_runtime(
             if runtime == "onnx":
                 optimize_graph(raw, target)
             else:
-                exported["per_channel"] = export_int8(model_dir, raw, probe, reference)
+                exported["per_channel"] = export_int8(model_dir, raw, probe or Probe())
     except (RuntimeError, ValueError, OSError) as error:
         target.unlink(missing_ok=True)
         raise ServingError(f"exporting {model_dir} to {runtime} failed: {error}") from error

@@ -9,7 +9,6 @@ The decision itself is pure (``components/monitoring.py``).
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 import warnings
@@ -42,6 +41,7 @@ class MonitorOutcome:
     model_name: str
     version: str
     run_id: str | None  # the MLflow run holding the report (None: not enough data)
+    picture: bytes | None = None  # the drift picture (PNG) logged with the report
 
 
 def champion_reference(config: RatchetConfig) -> tuple[str, pd.DataFrame]:
@@ -144,15 +144,13 @@ def run_monitor(
     config: RatchetConfig,
     paths: ProjectPaths,
     since: str | None = None,
-    now: float | None = None,
-    plot_path: Path | None = None,
 ) -> MonitorOutcome:
     """Compare the window's traffic with the champion's reference; log the report.
 
     Returns:
         The outcome; with enough data the Evidently HTML report, the JSON summary and
         the drift picture are logged to MLflow (``monitoring/``) in a run tagged with the
-        champion's version, and the picture is copied to ``plot_path`` when given.
+        champion's version (the picture is also returned, for the caller to save).
     """
     from components.monitoring_plots import plot_drift
     from components.tracking import setup_tracking
@@ -160,7 +158,7 @@ def run_monitor(
     setup_tracking(config, paths)
     since_s = parse_duration(since or config.monitor.window)
     version, reference = champion_reference(config)
-    current, window = traffic_window(paths, version, since_s, time.time() if now is None else now)
+    current, window = traffic_window(paths, version, since_s, time.time())
     result = check_drift(reference, current, config.monitor, window)
     if result.drift is None:
         return MonitorOutcome(result, config.registry.model_name, version, None)
@@ -171,7 +169,5 @@ def run_monitor(
         summary.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
         picture = plot_drift(reference, current, result, Path(tmp) / REPORT_PNG)
         run_id = log_monitor_run(config, version, result, [html, summary, picture])
-        if plot_path is not None:
-            plot_path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(picture, plot_path)
-    return MonitorOutcome(result, config.registry.model_name, version, run_id)
+        png = picture.read_bytes()
+    return MonitorOutcome(result, config.registry.model_name, version, run_id, png)

@@ -132,12 +132,12 @@ def score_parity(
     Raises:
         ServingError: the export failed.
     """
-    from components.export import export_runtime
+    from components.export import Probe, export_runtime
     from components.inference import load_classifier, predict_proba
 
     texts = evaluated["text"].astype(str).tolist()
     torch_probabilities = evaluated[probability_columns(evaluated)].to_numpy(dtype=float)
-    exported = export_runtime(model_dir, runtime, probe=texts, reference=torch_probabilities)
+    exported = export_runtime(model_dir, runtime, Probe(texts, torch_probabilities))
     classifier = load_classifier(model_dir, max_length=max_length, runtime=runtime)
     probabilities, _ = predict_proba(classifier, texts, batch_size)
     report = measure_parity(evaluated, probabilities, runtime)

@@ -47,8 +47,8 @@ class ServingConfig(Section):
         "only after it scores the whole test split like the evaluated torch model (parity: "
         "onnx label agreement >= 99.5% and accuracy within 0.5 points, onnx-int8 accuracy "
         "within 1 point); the figures become parity.* version tags and Bento labels. Default "
-        "onnx-int8: on a 2-core Xeon the SST-2 champion scored about 2x torch's sentences/s "
-        "in batches of 32 (1.7-3.2x one at a time) with the same dev accuracy, 0.8704 "
+        "onnx-int8: on a 2-core Xeon the SST-2 champion scored 1.38x torch's batched "
+        "sentences/s and 3.66x its one-at-a-time rate, 0.46 points below its accuracy "
         "(benchmarks/runtimes.py).",
     )
     num_threads: int | None = Field(

@@ -403,8 +403,3 @@ def evaluate_model(
         )
         artifacts["behaviour.json"] = behaviour_path
     return report
-
-
-def read_predictions(path: Path) -> pd.DataFrame:
-    """Read a ``predictions.parquet`` written by :func:`evaluate_model`."""
-    return pd.read_parquet(path)

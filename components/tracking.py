@@ -254,7 +254,3 @@ def download_run_artifact(run_id: str, artifact_path: str, dst: Path | None = No
 
 def run_metrics(run_id: str) -> dict[str, float]:
     return dict(MlflowClient().get_run(run_id).data.metrics)
-
-
-def run_params(run_id: str) -> dict[str, str]:
-    return dict(MlflowClient().get_run(run_id).data.params)

@@ -121,12 +121,6 @@ def commit_stage_outputs(project_root: Path, targets: Sequence[str] = ()) -> Non
     run_dvc(project_root, "commit", "--force", "--quiet", *targets)
 
 
-def track_raw_snapshot(project_root: Path) -> str | None:
-    """Commit the ``ingest`` stage (the ``data/raw`` snapshot) and return its md5."""
-    commit_stage_outputs(project_root, ["ingest"])
-    return locked_md5(project_root, "data/raw")
-
-
 def push(project_root: Path, remote_url: str, targets: Sequence[str] = DATA_STAGES) -> None:
     """Upload the outputs of ``targets`` to ``remote_url`` (this workspace's default remote)."""
     configure_remote(project_root, remote_url)

@@ -1,12 +1,14 @@
 """Ingest: read a labelled text data set into frames with the standard columns.
 
-A source is a CSV, TSV, JSONL or Parquet file (format from the extension), a folder
-holding ``train``/``dev``/``test`` files of those formats, or ``hf:<dataset>[/<config>]``
-(Hugging Face ``datasets``, needs the internet). Columns ``data.text_column`` and
-``data.label_column`` become ``text`` and ``label``; labels are kept as raw strings here
-and mapped to class ids by :func:`label_mapping`. Every row keeps its file ``line`` so
-errors can point at it. Malformed files (bad UTF-8, ragged rows, empty files) raise
-``DataError`` naming the file and line; content problems are left to the validate stage.
+A source is a CSV, TSV, JSONL or Parquet file (format from the extension; one data set,
+split by the prepare stage, whatever its name), a folder whose files are matched to
+``train``/``validation``/``test`` by name (:mod:`components.data_files`), or
+``hf:<dataset>[/<config>]`` (Hugging Face ``datasets``, needs the internet). Columns
+``data.text_column`` and ``data.label_column`` become ``text`` and ``label``; labels are
+kept as raw strings here and mapped to class ids by :func:`label_mapping`. Every row keeps
+its file ``line`` so errors can point at it. Malformed files (bad UTF-8, ragged rows,
+empty files) raise ``DataError`` naming the file and line; content problems are left to
+the validate stage.
 
 The ingest stage (``ratchet ingest``) copies the source byte-for-byte into ``data/raw/``
 so DVC records its checksum (``dvc.lock``) and can push it to the remote.
@@ -28,37 +30,25 @@ from typing import Any
 import pandas as pd
 
 from components.config import DataConfig
+from components.data_files import (
+    FORMATS,
+    SPLIT_WORDS,
+    TOKEN_FORMATS,
+    data_format,
+    locate_split_files,
+)
 from components.errors import ConfigError, DataError
 from components.files import replace_folder
 from components.state import ProjectPaths
 
 logger = logging.getLogger(__name__)
 
-FORMATS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".parquet": "parquet",
-}
-# What data.task token-classification reads: CoNLL-style text and JSONL token/tag lists.
-TOKEN_FORMATS = {".txt": "conll", ".conll": "conll", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
 
 def formats_for_task(task: str) -> Mapping[str, str]:
-    """The file suffixes (and their formats) a folder source of ``data.task`` may hold."""
+    """The file suffixes (and their formats) a source of ``data.task`` may hold."""
     return TOKEN_FORMATS if task == "token-classification" else FORMATS
 
 
-# File stems a folder source may use, mapped to the raw split they hold.
-SPLIT_STEMS = {
-    "train": "train",
-    "dev": "dev",
-    "validation": "dev",
-    "valid": "dev",
-    "val": "dev",
-    "test": "test",
-}
 HF_PREFIX = "hf:"
 LINE_COLUMN = "line"
 
@@ -105,52 +95,6 @@ def read_dataset(source: str, data_cfg: DataConfig, project_root: Path) -> RawDa
         for split, file in files.items()
     }
     return RawDataset(source=source, splits=splits, files={k: str(v) for k, v in files.items()})
-
-
-def locate_split_files(path: Path, formats: Mapping[str, str] = FORMATS) -> dict[str, Path]:
-    """Map raw split names to files: a single file is split ``all``.
-
-    Args:
-        path: a data file or a folder of split files.
-        formats: file suffix -> format of the files the task reads (default: tables;
-            :data:`components.token_data.TOKEN_FORMATS` for token classification).
-    """
-    if path.is_file():
-        data_format(path, formats)
-        return {"all": path}
-    if not path.is_dir():
-        raise DataError(f"data source not found: {path}")
-    candidates = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in formats)
-    found: dict[str, Path] = {}
-    for candidate in candidates:
-        split = SPLIT_STEMS.get(candidate.stem.lower())
-        if split is None:
-            continue
-        if split in found:
-            raise DataError(
-                f"{path} has two files for split {split!r}: {found[split]}, {candidate}"
-            )
-        found[split] = candidate
-    if found:
-        if "train" not in found:
-            raise DataError(f"{path} has {sorted(found)} files but no train file")
-        return found
-    if len(candidates) == 1:
-        return {"all": candidates[0]}
-    names = [p.name for p in candidates] or "none"
-    raise DataError(
-        f"{path} holds no train/dev/test data files (supported: {', '.join(formats)}); "
-        f"data files found: {names}"
-    )
-
-
-def data_format(path: Path, formats: Mapping[str, str] = FORMATS) -> str:
-    try:
-        return formats[path.suffix.lower()]
-    except KeyError:
-        raise DataError(
-            f"{path}: unsupported file type {path.suffix!r} (use {', '.join(formats)})"
-        ) from None
 
 
 def read_table(path: Path, max_rows: int | None = None) -> pd.DataFrame:
@@ -357,7 +301,7 @@ def load_hf_frames(source: str, max_rows: int | None = None) -> dict[str, pd.Dat
         frame = frame.head(max_rows) if max_rows else frame
         if "label" in frame and (frame["label"] == -1).all():
             continue
-        frames[SPLIT_STEMS.get(split_name, split_name)] = frame
+        frames[SPLIT_WORDS.get(split_name, split_name)] = frame
     return frames
 
 

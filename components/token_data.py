@@ -143,7 +143,13 @@ def read_token_jsonl(path: Path, text: str) -> Iterable[Sentence]:
 
 
 def string_list(record: dict[str, Any], key: str, path: Path, number: int) -> list[str]:
-    value = record.get(key)
+    if key not in record:
+        raise DataError(
+            f"{path} line {number}: no {key!r} list (keys: {sorted(record)}); data.task "
+            "token-classification reads JSONL rows of tokens/tags lists: for rows of a text "
+            "and a label, set data.task: text-classification"
+        )
+    value = record[key]
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise DataError(
             f"{path} line {number}: {key!r} must be a list of strings, got {value!r:.60}"

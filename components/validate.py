@@ -380,6 +380,10 @@ def describe_failure(
         configured = data_cfg.text_column if check["column"] == "text" else data_cfg.label_column
         columns = {c for split in raw.splits.values() for c in split.attrs.get("columns", [])}
         failure["observed"] = f"no column {configured!r}; columns are {sorted(columns)}"
+        if {"tokens", "tags"} <= columns:
+            failure["observed"] += (
+                " (token/tag lists: set data.task: token-classification to read them)"
+            )
     rows = offending_rows(check, frame, data_cfg).head(data_cfg.checks.max_failed_examples)
     failure["examples"] = failure_examples(
         rows,

@@ -32,6 +32,7 @@ from components.config import (
 )
 from components.errors import ConfigError
 from components.pipeline import PIPELINE
+from components.preflight import preflight
 from components.state import ProjectPaths, configure_environment
 from flows import tasks
 from flows.caches import (
@@ -180,23 +181,6 @@ def measure_truncation_before_training(
     record.update_summary(truncation=fractions)
     check_truncation(fractions, config.model.max_length, config.data.checks.max_truncated_fraction)
     return fractions
-
-
-def preflight_behaviour_suite(config: RatchetConfig, paths: ProjectPaths) -> str:
-    """Resolve ``eval.behaviour_checks`` against the prepared data's labels before any
-    training, so a suite written for other labels stops the run now (ConfigError) rather
-    than at evaluation, after the training time is spent. Returns the notice (which suite,
-    or why none)."""
-    import json
-
-    from components.behaviour import suite_for_labels
-    from components.prepare import MANIFEST_FILE
-
-    manifest = json.loads((paths.prepared_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-    _, notice = suite_for_labels(
-        config.eval.behaviour_checks, manifest["labels"], paths.project_root
-    )
-    return notice
 
 
 def train_models(prepared: PreparedRun, record: RunRecord, force: bool) -> tuple[str, str]:
@@ -373,7 +357,8 @@ def retrain_in_slot(
         record.save()
         md5s = prepare_data_exclusively(config, paths, record)
         prepared = PreparedRun(config, paths, md5s, base_model)
-        logger.info(preflight_behaviour_suite(config, paths))
+        for notice in preflight(config, paths, base_model):  # before any training
+            logger.info(notice)
         if skip_if_unchanged and champion_is_current(config, md5s):
             # The champion's caches are still the current ones: keep them from pruning.
             mark_caches_used(paths, prepared.training_keys())

@@ -295,18 +295,30 @@ def test_invalid_data_fails_at_validation_and_registers_nothing(
 
 
 def test_a_named_suite_for_other_labels_stops_the_run_before_training(
-    flow_project: Path, state_dir: Path, tiny_bert_dir: Path
+    tmp_path: Path, state_dir: Path, tiny_bert_dir: Path
 ) -> None:
-    (flow_project / "checks.yaml").write_text(
-        "labels: [neg, pos]\nchecks:\n  - {name: x, type: MFT, texts: [t], expect_label: neg}\n"
+    # Issue 21: a 3-class tweet-sentiment set with a 2-class suite trained for minutes,
+    # then stopped at evaluation. The preflight stops it once the data is prepared.
+    words = {"negative": "awful", "neutral": "okay", "positive": "great"}
+    rows = [(f"tweet {i} was {w}", label) for i in range(90) for label, w in words.items()]
+    write_tsv(tmp_path / "tweets" / "test.tsv", rows)  # one file, whatever its name: split
+    project = make_project(tmp_path / "project", tmp_path / "tweets" / "test.tsv")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["labels"] = None  # inferred: negative, neutral, positive
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "checks.yaml").write_text(
+        "labels: [negative, positive]\n"
+        "checks:\n  - {name: x, type: MFT, texts: [t], expect_label: negative}\n"
     )
     overrides = flow_overrides(tiny_bert_dir, **{"eval.behaviour_checks": "checks.yaml"})
     with pytest.raises(
         ConfigError,
-        match=r"eval.behaviour_checks names checks.yaml, a suite for labels \['neg', 'pos'\], "
-        r"but the data's labels are \['negative', 'positive'\]",
+        match=r"eval.behaviour_checks names checks.yaml, a suite for labels "
+        r"\['negative', 'positive'\], but the data's labels are "
+        r"\['negative', 'neutral', 'positive'\]",
     ):
-        run_flow(flow_project, overrides)
+        run_flow(project, overrides)
     steps = [step["name"] for step in step_statuses(state_dir)]
-    assert steps[-1] == "push-data" and "train" not in steps
-    assert not (state_dir / "artifacts").is_dir() or not any((state_dir / "artifacts").iterdir())
+    assert steps == ["ingest", "validate", "prepare", "version-data", "push-data"]
+    for folder in (state_dir / "artifacts", state_dir / "checkpoints"):
+        assert not folder.is_dir() or not any(folder.iterdir()), f"{folder} was written"

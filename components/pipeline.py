@@ -213,7 +213,7 @@ INGEST = Stage(
         "Byte-for-byte snapshot of data.source: dvc.lock records the source path, its md5",
         "and the snapshot's md5 (hf: sources need `ratchet ingest` + `dvc commit ingest`).",
     ),
-    deps=(Dep("${data.source}"), *code("ingest.py", "token_data.py")),
+    deps=(Dep("${data.source}"), *code("ingest.py", "data_files.py", "token_data.py")),
     params=keys("data.source", "data.task"),
     outs=(
         data_output(
@@ -228,7 +228,12 @@ VALIDATE = Stage(
     deps=(
         Dep("data/raw"),
         *code(
-            "ingest.py", "validate.py", "validation_report.py", "token_data.py", "token_validate.py"
+            "ingest.py",
+            "data_files.py",
+            "validate.py",
+            "validation_report.py",
+            "token_data.py",
+            "token_validate.py",
         ),
     ),
     params=(*DATA_READING, Param("data.checks")),
@@ -241,7 +246,7 @@ PREPARE = Stage(
     comment=("The validate stage already gated these bytes (its report is a dependency).",),
     deps=(
         *reads("data/raw", "metrics/data_validation.json"),
-        *code("ingest.py", "prepare.py", "token_data.py", "token_prepare.py"),
+        *code("ingest.py", "data_files.py", "prepare.py", "token_data.py", "token_prepare.py"),
         Dep("components/validate.py", "normalise_text keys the split hash"),
     ),
     params=(*DATA_READING, Param("data.split")),

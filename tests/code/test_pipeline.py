@@ -36,6 +36,7 @@ def test_generated_dvc_yaml_keeps_what_dvc_reads() -> None:
     assert stages["ingest"]["deps"] == [
         "${data.source}",
         "components/ingest.py",
+        "components/data_files.py",
         "components/token_data.py",
     ]
     assert stages["ingest"]["params"] == ["data.source", "data.task"]

@@ -140,6 +140,9 @@ def test_a_base_model_offline_or_without_the_task_head_or_tokenizer_names_model_
     )
     with pytest.raises(ConfigError, match="cannot build as AutoModelForMaskedLM"):
         preflight(settings(tiny_bert_dir), paths, str(vision))  # pretraining first
+    scratch = settings(tiny_bert_dir, "pretrain.from_scratch=true")  # a new BERT: tokenizer only
+    with pytest.raises(ConfigError, match=r"model.base .*vit: its tokenizer does not load"):
+        preflight(scratch, paths, str(vision))
     untokenized = tmp_path / "no-tokenizer"
     untokenized.mkdir()
     shutil.copy(tiny_bert_dir / "config.json", untokenized / "config.json")
@@ -193,3 +196,29 @@ def test_ratchet_train_stops_before_training_on_a_suite_for_other_labels(
     output = " ".join(result.output.split())
     assert output.startswith(AUTO_NOTICE) and "after 2 steps" in output
     assert (project / "models" / "finetuned" / "config.json").is_file()
+
+
+def test_a_hub_id_the_hub_cannot_serve_fails_in_one_request(
+    tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from components.preflight import load_model_config
+
+    asked = []
+
+    def unreachable(self: object, repo_id: str, timeout: float) -> None:
+        asked.append((repo_id, timeout))
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+    with pytest.raises(ConfigError) as raised:
+        load_model_config("some-org/some-model")
+    assert asked == [("some-org/some-model", 10)]
+    assert (
+        "is a Hugging Face hub id that is not in the local cache, and the hub cannot be "
+        "reached or does not have it (ConnectionError: Name or service not known): set "
+        "model.base to a local model folder" in str(raised.value)
+    )

@@ -98,7 +98,14 @@ def locate_split_files(path: Path, formats: Mapping[str, str] = FORMATS) -> dict
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     candidates = [p for p in files if p.suffix.lower() in formats]
     if not candidates:
-        raise DataError(no_data_files_message(path, files, formats))
+        message = no_data_files_message(path, files, formats)
+        folders = sorted(p.name for p in path.iterdir() if p.is_dir() and p.name[0] != ".")
+        if folders:
+            message += (
+                f"; subfolders {folders} are not read: point data.source at the folder (or "
+                "file) that holds the data"
+            )
+        raise DataError(message)
     if len(candidates) == 1:
         return {whole_file_split(candidates[0]): candidates[0]}
     return match_split_files(path, candidates)

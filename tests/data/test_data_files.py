@@ -143,6 +143,14 @@ def test_a_folder_of_the_other_task_s_files_names_data_task(tmp_path: Path) -> N
         DataError, match="CoNLL token/tag data: set data.task: token-classification"
     ):
         locate_split_files(tmp_path / "ner")
+    touch(tmp_path / "hub" / "data", "train-00000-of-00001.parquet")
+    with pytest.raises(DataError) as raised:
+        locate_split_files(tmp_path / "hub")
+    assert str(raised.value) == (
+        f"{tmp_path / 'hub'} holds no data files of the types .csv, .tsv, .jsonl, .ndjson, "
+        ".parquet; files: none; subfolders ['data'] are not read: point data.source at the "
+        "folder (or file) that holds the data"
+    )
     touch(tmp_path / "tables", "train.csv", "test.csv")
     with pytest.raises(DataError, match="for a table of texts and labels set data.task: text-"):
         locate_split_files(tmp_path / "tables", TOKEN_FORMATS)

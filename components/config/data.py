@@ -75,8 +75,10 @@ class DataConfig(Section):
     )
     source: str = Field(
         "../shared/data/sst2",
-        description="A CSV/TSV/JSONL/Parquet file or a folder with train/dev/test files, "
-        "relative to the project root; or hf:<dataset>[/<config>] (needs the internet).",
+        description="A CSV/TSV/JSONL/Parquet file (one data set, split by data.split "
+        "whatever its name) or a folder whose files are matched to splits by name (train, "
+        "validation/valid/dev, test: train.csv, sst2_train.tsv); relative to the project "
+        "root; or hf:<dataset>[/<config>] (needs the internet).",
     )
     text_column: str = Field("sentence", description="Column holding the text.")
     label_column: str = Field("label", description="Column holding the label.")

@@ -3,7 +3,7 @@
 Built by ``ratchet build`` when the registry version is tagged
 ``task=token-classification`` (``serving/build.py``), run by ``ratchet serve``::
 
-    ratchet --model conll build && ratchet --model conll serve --port 3001
+    ratchet -c configs/conll.yaml build && ratchet -c configs/conll.yaml serve --port 3001
     curl -s localhost:3001/entities -H 'content-type: application/json' \\
          -d '{"texts": ["Angela Merkel met Emmanuel Macron in Paris."]}'
 

@@ -1,5 +1,6 @@
-"""The tagger's inference core (components/token_inference.py) and the build's task
-dispatch (serving/tasks.py): no server, the tiny tagger in-process."""
+"""The tagger's inference core (components/token_inference.py), the build's task dispatch
+(serving/tasks.py) and the batcher both Bentos share (serving/contract.py): no server,
+the tiny tagger in-process."""
 
 from __future__ import annotations
 
@@ -164,3 +165,40 @@ def test_the_version_task_picks_the_service_and_the_model_must_agree(
         "serving.token_service:RatchetTagger"
     )
     assert build_options(paths, {})["service"] == "serving.service:RatchetClassifier"
+
+
+def test_the_shared_batcher_scores_concurrent_requests_together() -> None:
+    """serving/contract.py's TextBatcher, in-process: a request alone is scored at once;
+    requests arriving meanwhile share a forward pass and each gets its own answers."""
+    import time
+
+    import anyio
+
+    from serving.contract import TextBatcher
+
+    passes: list[list[str]] = []
+
+    def predict(texts: list[str]) -> list[str]:
+        passes.append(list(texts))
+        time.sleep(0.2)  # a forward pass: the other requests queue meanwhile
+        return [text.upper() for text in texts]
+
+    batcher = TextBatcher(predict)
+    answers: dict[int, list[str]] = {}
+
+    async def request(index: int) -> None:
+        answers[index] = await batcher([f"a{index}", f"b{index}"])
+
+    async def six_at_once() -> None:
+        async with anyio.create_task_group() as group:
+            for index in range(6):
+                group.start_soon(request, index)
+
+    anyio.run(six_at_once)
+
+    assert answers == {index: [f"A{index}", f"B{index}"] for index in range(6)}
+    assert passes[0] == ["a0", "b0"]  # alone: not queued
+    assert 2 <= len(passes) < 6  # the five others shared forward passes
+    assert sorted(text for texts in passes for text in texts) == sorted(
+        f"{letter}{index}" for index in range(6) for letter in "ab"
+    )

@@ -15,8 +15,9 @@ knows about HTTP or BentoML.
 2. **Sub-tokens.** The words go to the tokenizer with ``is_split_into_words=True``, in
    length-sorted chunks with dynamic padding, as in training (``components/token_finetune.py``).
    A word's tag and probability are its first sub-token's (the others are ignored, as they
-   were by the loss); a word with no sub-token, or cut off by the token window, is ``O``
-   (the text is flagged ``truncated``).
+   were by the loss); a word with no sub-token is ``O``. A text longer than the token
+   window is tagged in consecutive windows cut after sentence ends where possible
+   (:func:`word_windows`): no word is left untagged, and words see no context across a cut.
 3. **Entities** (:func:`decode_entities`) from the IOB2 word tags: ``B-X`` starts an entity,
    ``I-X`` continues an open ``X`` entity; an ``I-X`` after ``O`` or after another type
    starts a new entity (seqeval's default, lenient decoding, as ``conlleval`` does; the
@@ -49,6 +50,7 @@ from components.inference import (
 )
 
 OUTSIDE = "O"
+SENTENCE_ENDS = frozenset({".", "!", "?"})
 # Word characters, plus combining marks so a decomposed (NFD) "e" + U+0308 stays one word.
 _W = r"[\w\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]"
 _CLITIC = r"['’](?:s|re|ve|ll|d|m)(?!\w)"
@@ -77,7 +79,7 @@ class WordTags:
 
     tags: list[str]
     probabilities: list[float]  # of each word's tag
-    truncated: bool
+    windows: int  # token windows the words were tagged in (0: no words)
 
 
 def split_words(text: str) -> list[Word]:
@@ -138,13 +140,45 @@ def is_token_classifier(config: Any) -> bool:
     return any(name.endswith("ForTokenClassification") for name in config.architectures or [])
 
 
-def tag_chunk(tagger: Classifier, sentences: list[list[str]]) -> list[WordTags]:
-    """Tag the words of a few sentences in one forward pass (dynamic padding)."""
+def word_windows(tokenizer: Any, words: list[str], max_length: int) -> list[tuple[int, int]]:
+    """Consecutive ``(start, end)`` word ranges whose sub-tokens fit the token window.
+
+    A text longer than the window is tagged window by window, so no word goes untagged:
+    each window is filled with as many words as fit and cut after the last sentence end
+    (``.``, ``!``, ``?``) inside it, or after the last word that fits when it has none. A
+    word longer than the whole window sits alone in its own (its first sub-token, which
+    carries its tag, is always inside).
+    """
+    if not words:
+        return []
+    budget = max(1, max_length - tokenizer.num_special_tokens_to_add())
+    counts = [0] * len(words)
+    encoded = tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+    for word in encoded.word_ids():
+        if word is not None:
+            counts[word] += 1
+    windows, start, used = [], 0, 0
+    for index, count in enumerate(counts):
+        if used + count > budget and index > start:
+            ends = [cut for cut in range(index, start, -1) if words[cut - 1] in SENTENCE_ENDS]
+            cut = ends[0] if ends else index
+            windows.append((start, cut))
+            start, used = cut, sum(counts[cut:index])
+        used += count
+    windows.append((start, len(words)))
+    return windows
+
+
+def tag_chunk(
+    tagger: Classifier, sentences: list[list[str]]
+) -> list[tuple[list[str], list[float]]]:
+    """Tag the words of a few windows in one forward pass (dynamic padding): each word's
+    tag and its probability."""
     encoded = tagger.tokenizer(
         sentences,
         is_split_into_words=True,
         padding=True,
-        truncation=True,
+        truncation=True,  # only a single word longer than the window is cut
         max_length=tagger.max_length,
         return_tensors="np",
     )
@@ -152,15 +186,11 @@ def tag_chunk(tagger: Classifier, sentences: list[list[str]]) -> list[WordTags]:
     results = []
     for row, words in enumerate(sentences):
         tags, scores = [OUTSIDE] * len(words), [1.0] * len(words)
-        firsts = first_sub_tokens(encoded.word_ids(row))
-        for position, word in firsts:
+        for position, word in first_sub_tokens(encoded.word_ids(row)):
             best = int(probabilities[row, position].argmax())
-            tags[word], scores[word] = (
-                tagger.labels[best],
-                float(probabilities[row, position, best]),
-            )
-        cut = bool(encoded.encodings[row].overflowing)
-        results.append(WordTags(tags, scores, cut))
+            tags[word] = tagger.labels[best]
+            scores[word] = float(probabilities[row, position, best])
+        results.append((tags, scores))
     return results
 
 
@@ -169,20 +199,26 @@ def tag_words(
 ) -> list[WordTags]:
     """Each word's tag and its probability, for many sentences, in input order.
 
-    Sentences are scored in chunks of similar length; an empty sentence has no words.
+    Sentences are cut into token windows (:func:`word_windows`); windows are scored in
+    chunks of similar length. An empty sentence has no words and no window.
     """
-    results: list[WordTags | None] = [None] * len(sentences)
-    lengths = [sum(len(word) for word in words) for words in sentences]
+    windows = [
+        (row, start, end)
+        for row, words in enumerate(sentences)
+        for start, end in word_windows(tagger.tokenizer, list(words), tagger.max_length)
+    ]
+    pieces = [list(sentences[row][start:end]) for row, start, end in windows]
+    tags = [[OUTSIDE] * len(words) for words in sentences]
+    scores = [[1.0] * len(words) for words in sentences]
+    counts = [0] * len(sentences)
+    lengths = [sum(len(word) for word in piece) for piece in pieces]
     for chunk in length_sorted_chunks(lengths, chunk_size):
-        scored = [index for index in chunk if sentences[index]]
-        for index in chunk:
-            if not sentences[index]:
-                results[index] = WordTags([], [], False)
-        if scored:
-            tagged = tag_chunk(tagger, [list(sentences[index]) for index in scored])
-            for index, answer in zip(scored, tagged, strict=True):
-                results[index] = answer
-    return [answer for answer in results if answer is not None]
+        tagged = tag_chunk(tagger, [pieces[index] for index in chunk])
+        for index, (piece_tags, piece_scores) in zip(chunk, tagged, strict=True):
+            row, start, end = windows[index]
+            tags[row][start:end], scores[row][start:end] = piece_tags, piece_scores
+            counts[row] += 1
+    return [WordTags(*answer) for answer in zip(tags, scores, counts, strict=True)]
 
 
 def decode_entities(
@@ -224,19 +260,20 @@ def predict_entities(
 
     Args:
         tagger: from :func:`load_tagger`.
-        texts: any number of strings; words beyond the token window are tagged ``O``.
-        chunk_size: texts per forward pass.
+        texts: any number of strings; one longer than the token window is tagged window
+            by window (:func:`word_windows`).
+        chunk_size: windows per forward pass.
 
     Returns:
         One dict per text, in input order: ``entities`` (see :func:`decode_entities`) and
-        ``truncated`` (some words were beyond the token window).
+        ``windows`` (token windows it was tagged in; more than 1 for a long text).
     """
     words = [split_words(str(text)) for text in texts]
     tagged = tag_words(tagger, [[word.text for word in row] for row in words], chunk_size)
     return [
         {
             "entities": decode_entities(str(text), row, answer.tags, answer.probabilities),
-            "truncated": answer.truncated,
+            "windows": answer.windows,
         }
         for text, row, answer in zip(texts, words, tagged, strict=True)
     ]

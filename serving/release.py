@@ -16,8 +16,8 @@ A tagger (a version tagged ``task=token-classification``) is checked the same wa
 own probe: the built Bento's ``entities`` API, loaded in a fresh process, must find the
 same entities (type, text, character offsets) as :func:`components.token_inference.predict_entities`
 in this process on the stored model, scores within :func:`probability_tolerance`, on
-:data:`TAGGER_PROBES` (punctuation, multi-sub-token and non-ASCII words, a text beyond the
-token window) and up to ``CHECK_SAMPLE_SIZE`` sentences of the version's test split.
+:data:`TAGGER_PROBES` (punctuation, multi-sub-token and non-ASCII words, a text longer than
+the token window) and up to ``CHECK_SAMPLE_SIZE`` sentences of the version's test split.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def compare_entities(
         sliced = all(text[start:end] == part for _, start, end, part in spans)
         pairs = zip(wanted["entities"], got["entities"], strict=False)  # unequal: not same
         gap = max((abs(a["score"] - b["score"]) for a, b in pairs), default=0.0)
-        same = spans == entity_spans(wanted) and wanted["truncated"] == got["truncated"]
+        same = spans == entity_spans(wanted) and wanted["windows"] == got["windows"]
         if not (same and sliced and gap <= tolerance):
             problems.append(
                 f"text {index} ({text[:40]!r}): served {spans}, in-process "

@@ -63,9 +63,11 @@ class Entity(BaseModel):
 
 class TextEntities(BaseModel):
     entities: list[Entity] = Field(description="Entities in text order.")
-    truncated: bool = Field(
-        description="The text was longer than the model's token window: words beyond it "
-        "are tagged O."
+    windows: int = Field(
+        ge=0,
+        description="Token windows the text was tagged in: 1 for a text within the model's "
+        "window; a longer one is tagged in consecutive windows, cut after sentence ends "
+        "where possible (no word is left untagged; words see no context across a cut).",
     )
 
 

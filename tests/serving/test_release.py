@@ -129,8 +129,8 @@ def test_the_tagger_check_refuses_other_entities_and_another_version(
     texts = TAGGER_PROBES[:2]
     served = [
         {"entities": [{"label": "PER", "text": "Angela", "start": 0, "end": 6, "score": 0.9}],
-         "truncated": False},
-        {"entities": [], "truncated": False},
+         "windows": 1},
+        {"entities": [], "windows": 1},
     ]  # fmt: skip
     assert compare_entities(texts, served, served, 1e-4) == []
     shifted = [{**served[0], "entities": [{**served[0]["entities"][0], "end": 7}]}, served[1]]

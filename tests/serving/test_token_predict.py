@@ -15,11 +15,13 @@ from components.errors import ServingError
 from components.state import ProjectPaths
 from components.token_inference import (
     Word,
+    WordTags,
     decode_entities,
     load_tagger,
     predict_entities,
     split_words,
     tag_words,
+    word_windows,
 )
 from tests.conftest import PROJECT_ROOT
 
@@ -87,7 +89,7 @@ def test_entities_of_multi_sub_token_unicode_words_slice_the_original_text(
         [("LOC", "Zürich", 3, 9), ("PER", "Greta Tanaka", 11, 23)],
     ]
     for text, row in zip(texts, together, strict=True):
-        assert row["truncated"] is False
+        assert row["windows"] == 1
         assert all(text[e["start"] : e["end"]] == e["text"] for e in row["entities"])
         alone = predict_entities(tagger, [text])[0]
         assert spans(alone) == spans(row)
@@ -101,20 +103,41 @@ def test_entities_of_multi_sub_token_unicode_words_slice_the_original_text(
     ]
 
 
-def test_words_beyond_the_window_or_without_sub_tokens_are_outside(tiny_tagger_dir: Path) -> None:
+def test_a_text_longer_than_the_window_is_tagged_window_by_window(tiny_tagger_dir: Path) -> None:
     tagger = load_tagger(tiny_tagger_dir)
-    long_text = "Farid Smith flew to Quito " + "and then home " * 60 + "with Anna Okafor."
+    sentence = "Farid Smith flew to Quito. "  # 27 characters, 7 sub-tokens, 6 words
+    long_text = (sentence * 30).strip()  # 210 sub-tokens: two windows of 128
 
-    row = predict_entities(tagger, [long_text, "Farid Smith flew to Quito."])
+    rows = predict_entities(tagger, [long_text, sentence])
 
-    assert [answer["truncated"] for answer in row] == [True, False]
-    assert spans(row[0])[0] == ("PER", "Farid Smith", 0, 11)
-    # ~40 repeats fill the 128-token window: "Anna Okafor" at the end is never reached.
-    assert all(e["end"] < long_text.index("with Anna") for e in row[0]["entities"])
+    assert [row["windows"] for row in rows] == [2, 1]
+    # Every sentence is tagged, the last ones beyond the first window too.
+    assert spans(rows[0]) == [
+        span
+        for k in range(30)
+        for span in [
+            ("PER", "Farid Smith", 27 * k, 27 * k + 11),
+            ("LOC", "Quito", 27 * k + 20, 27 * k + 25),
+        ]
+    ]
     # A lone combining accent is a word with no sub-token: O, with certainty.
     [answer] = tag_words(tagger, [["Farid", "\u0301", "Smith"]])
     assert answer.tags[1] == "O" and answer.probabilities[1] == 1.0
-    assert tag_words(tagger, [[], ["Quito"]])[0].tags == []
+    assert tag_words(tagger, [[], ["Quito"]])[0] == WordTags([], [], 0)
+
+
+def test_windows_are_cut_after_a_sentence_end_and_fit_the_window(tiny_tagger_dir: Path) -> None:
+    tokenizer = load_tagger(tiny_tagger_dir).tokenizer
+    words = ["Anna", "met", "Bo", ".", "They", "left", "."]  # one sub-token each
+    assert [len(tokenizer.tokenize(word)) for word in words] == [1] * 7
+
+    # 7 = [CLS] + 5 words + [SEP]: "They" fits, "left" does not; the cut goes after ".".
+    assert word_windows(tokenizer, words, 7) == [(0, 4), (4, 7)]
+    assert word_windows(tokenizer, words, 9) == [(0, 7)]
+    assert word_windows(tokenizer, ["a"] * 7, 7) == [(0, 5), (5, 7)]  # no sentence end
+    # far ##id is longer than a 1-sub-token window: alone in its own.
+    assert word_windows(tokenizer, ["Farid", "ok"], 3) == [(0, 1), (1, 2)]
+    assert word_windows(tokenizer, [], 7) == []
 
 
 def test_a_sequence_classifier_is_not_loaded_as_a_tagger(tiny_classifiers: dict) -> None:

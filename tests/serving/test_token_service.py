@@ -71,7 +71,7 @@ def test_entities_have_labels_scores_and_offsets_into_the_raw_text(
         ("PER", "Zoë Ñúñez", 0, 9),
         ("LOC", "São Paulo", 18, 27),
     ]
-    assert [set(row) for row in served] == [{"entities", "truncated"}] * 3
+    assert [set(row) for row in served] == [{"entities", "windows"}] * 3
     assert set(served[0]["entities"][0]) == {"label", "text", "start", "end", "score"}
     assert all(0.5 < e["score"] <= 1 for row in served for e in row["entities"])
     for text, row in zip(texts, served, strict=True):
@@ -91,12 +91,15 @@ def test_entities_have_labels_scores_and_offsets_into_the_raw_text(
         )
 
 
-def test_a_text_beyond_the_token_window_is_flagged(client: httpx.Client) -> None:
-    long_text = "Farid Smith flew to Quito " + "and then home " * 60
+def test_a_text_longer_than_the_token_window_is_tagged_to_its_end(client: httpx.Client) -> None:
+    long_text = ("Farid Smith flew to Quito. " * 30).strip()  # 210 sub-tokens, window 128
 
     body = entities(client, [long_text, UNICODE_TEXT])
 
-    assert [row["truncated"] for row in body["predictions"]] == [True, False]
+    assert [row["windows"] for row in body["predictions"]] == [2, 1]
+    found = body["predictions"][0]["entities"]
+    assert len(found) == 60
+    assert (found[-1]["label"], found[-1]["start"], found[-1]["end"]) == ("LOC", 803, 808)
 
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS), ids=list(BAD_REQUESTS))
@@ -187,7 +190,7 @@ def test_openapi_states_the_entities_schema_and_limits(client: httpx.Client) -> 
         "description": "Offset of its first character (code points).",
     }
     assert schemas["Entity"]["required"] == ["label", "text", "start", "end", "score"]
-    assert set(schemas["TextEntities"]["properties"]) == {"entities", "truncated"}
+    assert set(schemas["TextEntities"]["properties"]) == {"entities", "windows"}
     assert "/classify" not in spec["paths"]
 
 

@@ -9,6 +9,13 @@ builds a Bento from ``serving/bentofile.yaml`` with python packages pinned from
 checks the challenger's Bento before the alias moves (``serving/release.py``), and
 ``ratchet serve`` runs the Bento of the version that holds the alias. Earlier Bentos stay
 in the store, so a rollback finds the restored version's Bento there.
+
+The version's ``task`` tag picks the service: ``token-classification`` builds the tagger
+(``serving/token_service.py``, ``POST /entities``), anything else, or no tag, the
+classifier (``serving/service.py``, ``POST /classify``); the downloaded model folder must
+agree (a ``…ForTokenClassification`` architecture for a tagger). A tagger is served by
+torch whatever ``serving.runtime`` says (the ONNX export covers sequence classifiers);
+the Bento records the fall-back in its ``runtime.fallback`` label.
 """
 
 from __future__ import annotations
@@ -30,11 +37,22 @@ import yaml
 from components.config import RatchetConfig
 from components.errors import RegistryError, ServingError
 from components.state import ProjectPaths
+from serving.tasks import (
+    SERVICES,
+    TEXT_TASK,
+    TOKEN_TASK,
+    TORCH_ONLY_FALLBACK,
+    check_model_task,
+    runtime_labels,
+    served_runtime,
+    version_task,
+)
 
 logger = logging.getLogger(__name__)
 
 BENTOFILE = Path(__file__).with_name("bentofile.yaml")
-SERVICE_MODULE = "serving.service"
+# Modules that read the Bento arguments at import (dropped before each build).
+SERVICE_MODULES = ("serving.service", "serving.token_service", "serving.contract")
 HF_FOLDER = "hf_model"
 # Version tags that are not lineage: MLflow's own, and metrics (kept as numbers).
 # Parity figures are labelled from the build that measured them, never from stale tags.
@@ -293,8 +311,8 @@ def pinned_packages(names: list[str], constraints_file: Path) -> list[str]:
     return [f"{name}=={pins[canonicalize_name(name)]}" for name in names]
 
 
-def serve_arguments(config: RatchetConfig, model_tag: str) -> dict[str, Any]:
-    """Bento arguments read by ``serving/service.py``. No secret: the API key is given to
+def serve_arguments(config: RatchetConfig, model_tag: str, task: str = TEXT_TASK) -> dict[str, Any]:
+    """Bento arguments read by ``serving/contract.py``. No secret: the API key is given to
     the server at start; ``auth_required`` records that one was configured at build, so
     the Bento refuses to start without one."""
     from serving.middleware import api_key_configured
@@ -308,16 +326,24 @@ def serve_arguments(config: RatchetConfig, model_tag: str) -> dict[str, Any]:
         "max_batch_size": serving.max_batch_size,
         "max_latency_ms": serving.max_latency_ms,
         "precision": serving.precision,
-        "runtime": serving.runtime,
+        "runtime": served_runtime(config, task),
         "num_threads": serving.num_threads,
         "workers": serving.workers,
         "auth_required": api_key_configured(serving),
     }
 
 
-def build_options(paths: ProjectPaths, labels: dict[str, str]) -> dict[str, Any]:
-    """``serving/bentofile.yaml`` with pinned packages and the given labels."""
+def build_options(
+    paths: ProjectPaths, labels: dict[str, str], task: str = TEXT_TASK
+) -> dict[str, Any]:
+    """``serving/bentofile.yaml`` with pinned packages, the given labels and the service
+    of ``task``."""
     options = yaml.safe_load(BENTOFILE.read_text(encoding="utf-8"))
+    options["service"] = SERVICES[task]
+    if task == TOKEN_TASK:
+        options["description"] = (
+            "Ratchet named-entity tagger: the registry version behind POST /entities."
+        )
     python = dict(options.get("python") or {})
     python["packages"] = pinned_packages(
         list(python.get("packages") or []), paths.project_root / "constraints.txt"
@@ -416,12 +442,14 @@ def build_bento(
         registry = resolve_alias(name, alias)
     else:
         raise ServingError("build_bento needs a registry version or alias")
-    runtime = config.serving.runtime
+    task = version_task(registry["tags"])
+    runtime = served_runtime(config, task)
     stored = stored_model(model_store_tag(registry, runtime), registry)
     if stored is None:
         with tempfile.TemporaryDirectory(prefix="ratchet-build-") as tmp:
             uri = f"models:/{registry['name']}/{registry['version']}"
             hf_dir = download_hf_model(uri, Path(tmp))
+            check_model_task(hf_dir, task)
             # An exported runtime is stored (and so built) only once parity is proven.
             parity = None if runtime == "torch" else prove_runtime(config, registry, hf_dir)
             model_tag = save_to_model_store(registry, hf_dir, runtime, parity)
@@ -429,16 +457,24 @@ def build_bento(
     else:
         model_tag = str(stored.tag)
         parity_labels = dict(stored.info.metadata.get("parity") or {})
-    labels = {**model_labels(registry), **parity_labels, "bento_model": model_tag}
-    options = build_options(paths, labels)
-    # The service reads its Bento arguments at import; a module imported earlier in this
-    # process would keep the previous model tag, so import it afresh for this build.
-    sys.modules.pop(SERVICE_MODULE, None)
+    if runtime != config.serving.runtime:
+        logger.warning(TORCH_ONLY_FALLBACK.format(runtime=config.serving.runtime))
+    labels = {
+        **model_labels(registry),
+        **parity_labels,
+        **runtime_labels(config, task),
+        "bento_model": model_tag,
+    }
+    options = build_options(paths, labels, task)
+    # The services read their Bento arguments at import; a module imported earlier in
+    # this process would keep the previous model tag, so import them afresh for this build.
+    for module in SERVICE_MODULES:
+        sys.modules.pop(module, None)
     try:
         bento = bentoml.bentos.build(
             name=f"{store_name(registry['name'])}-service",
             build_ctx=str(paths.project_root),
-            args=serve_arguments(config, model_tag),
+            args=serve_arguments(config, model_tag, task),
             **options,
         )
     except bentoml.exceptions.BentoMLException as error:

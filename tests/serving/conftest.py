@@ -4,11 +4,20 @@ The shared tiny BERT classifier (trained a few steps on separable sentences) is 
 ``log_classifier_model`` into a temporary SQLite MLflow store, registered and given the
 ``champion`` alias; ``ratchet build`` packages it and ``ratchet serve`` runs it on a free
 loopback port. Servers are started once per module and killed in teardown.
+
+A tiny token classifier (``tiny_tagger_dir``, trained a few steps on toy sentences with
+PER and LOC names) is evaluated with ``components/token_evaluate.py``, logged and
+registered as ``ratchet-conll`` tagged ``task=token-classification`` in the SAME state
+folder (MLflow store and BentoML home) as the classifier, and ``ratchet build`` packages
+it as the tagger Bento (``built_tagger``). Shortcut, kept here: the registry's
+``register_challenger`` needs a classification report (model card, behaviour checks), so
+the fixture registers with ``mlflow.register_model`` and sets the tags the registry sets.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,6 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,25 +42,42 @@ RATCHET = [sys.executable, "-c", "from cli.main import main; main()"]
 STARTUP_TIMEOUT_S = 120
 
 
-def register_champion(model_dir: Path, state: Path) -> str:
-    """Log, register and alias the model as champion; returns the registry version."""
+def register_champion(
+    model_dir: Path,
+    state: Path,
+    model_name: str = MODEL_NAME,
+    tags: dict[str, str] | None = None,
+    evaluation: Any = None,
+) -> str:
+    """Log, register and alias the model as champion; returns the registry version.
+
+    Args:
+        tags: version tags (default: the classifier's lineage and metric tags).
+        evaluation: a report logged under the run's ``evaluation/`` (as the registry does).
+    """
     import mlflow
     from mlflow import MlflowClient
 
+    from components import tracking
     from components.mlflow_model import log_classifier_model
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    experiment_id = mlflow.create_experiment(
-        "ratchet", artifact_location=(state / "mlartifacts").as_uri()
+    experiment = mlflow.get_experiment_by_name("ratchet")
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else mlflow.create_experiment("ratchet", artifact_location=(state / "mlartifacts").as_uri())
     )
-    with mlflow.start_run(experiment_id=experiment_id):
-        mlflow.log_metrics({"accuracy": 0.97})
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_metrics({"accuracy": 0.97} if evaluation is None else evaluation.metrics)
         info = log_classifier_model(model_dir)
-    version = mlflow.register_model(info.model_uri, MODEL_NAME)
+    if evaluation is not None:
+        tracking.log_evaluation(run.info.run_id, evaluation)
+    version = mlflow.register_model(info.model_uri, model_name)
     client = MlflowClient()
-    client.set_registered_model_alias(MODEL_NAME, "champion", version.version)
-    for key, value in {**LINEAGE_TAGS, **METRIC_TAGS}.items():
-        client.set_model_version_tag(MODEL_NAME, version.version, key, value)
+    client.set_registered_model_alias(model_name, "champion", version.version)
+    for key, value in (tags or {**LINEAGE_TAGS, **METRIC_TAGS}).items():
+        client.set_model_version_tag(model_name, version.version, key, value)
     return str(version.version)
 
 
@@ -107,6 +134,127 @@ def built_bento(
     assert result.returncode == 0, result.stderr[-3000:]
     tag = result.stdout.strip().splitlines()[-1]
     yield BuiltBento(tag=tag, registry_version=version, env=env, model_dir=model_dir)
+
+
+TAGGER_NAME = "ratchet-conll"
+TAGGER_TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+FIRST_NAMES = ["Anna", "Farid", "Zoë", "Hiro", "Greta", "Boris", "Ines", "Jonas"]
+LAST_NAMES = ["Smith", "Ñúñez", "Okafor", "Müller", "Tanaka", "Silva"]
+CITIES = ["Paris", "Quito", "São Paulo", "Zürich", "Kyiv", "Lima", "Cairo", "New Delhi"]
+TEMPLATES = [
+    "{person} flew to {city} .",
+    "In {city} , {person} met friends .",
+    "{person} said {city} was cold .",
+    "They visited {city} with {person} .",
+    "It rained all day .",
+]
+
+
+def toy_tagged_sentence(rng: random.Random) -> tuple[list[str], list[str]]:
+    """Words and IOB2 tags of one toy sentence: a PER and a LOC in one of a few frames."""
+    fillers = {
+        "{person}": ("PER", f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}".split()),
+        "{city}": ("LOC", rng.choice(CITIES).split()),
+    }
+    words, tags = [], []
+    for part in rng.choice(TEMPLATES).split():
+        kind, names = fillers.get(part, ("", [part]))
+        words += names
+        tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(names) - 1) if kind else ["O"]
+    return words, tags
+
+
+def train_tiny_tagger(base_dir: Path, output_dir: Path, steps: int = 80) -> Path:
+    """A tiny BERT token classifier fitted with plain AdamW steps on toy sentences (seconds);
+    tags at each word's first sub-token, as ``components/token_finetune.py`` aligns them."""
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from components.token_inference import first_sub_tokens
+
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    sentences = [toy_tagged_sentence(rng) for _ in range(200)]
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    model = AutoModelForTokenClassification.from_pretrained(
+        str(base_dir),
+        num_labels=len(TAGGER_TAGS),
+        id2label=dict(enumerate(TAGGER_TAGS)),
+        label2id={tag: index for index, tag in enumerate(TAGGER_TAGS)},
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        batch = [sentences[(step * 16 + i) % len(sentences)] for i in range(16)]
+        encoded = tokenizer(
+            [words for words, _ in batch],
+            is_split_into_words=True,
+            padding=True,
+            return_tensors="pt",
+        )
+        labels = torch.full_like(encoded["input_ids"], -100)
+        for row, (_, tags) in enumerate(batch):
+            for position, word in first_sub_tokens(encoded.word_ids(row)):
+                labels[row, position] = TAGGER_TAGS.index(tags[word])
+        model(**encoded, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger_dir(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_tagger(tiny_bert_dir, tmp_path_factory.mktemp("tiny-tagger") / "model")
+
+
+def evaluate_tiny_tagger(model_dir: Path, output_dir: Path) -> Any:
+    """The tagger's evaluation on 20 fresh toy sentences (components/token_evaluate.py)."""
+    import pandas as pd
+
+    from components.config import EvalConfig
+    from components.token_evaluate import evaluate_token_model
+
+    rng = random.Random(1)
+    rows = [toy_tagged_sentence(rng) for _ in range(20)]
+    test = pd.DataFrame({"tokens": [w for w, _ in rows], "tags": [t for _, t in rows]})
+    settings = EvalConfig(latency_samples=2)
+    return evaluate_token_model(model_dir, test, TAGGER_TAGS, settings, output_dir)
+
+
+@pytest.fixture(scope="session")
+def built_tagger(built_bento: BuiltBento, tiny_tagger_dir: Path) -> BuiltBento:
+    """The tagger registered beside the classifier (same state) and built by `ratchet build`
+    with the default ``serving.runtime`` (onnx-int8: a tagger falls back to torch)."""
+    state = Path(built_bento.env["RATCHET_HOME"])
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLFLOW_TRACKING_URI", built_bento.env["MLFLOW_TRACKING_URI"])
+    try:
+        report = evaluate_tiny_tagger(tiny_tagger_dir, state / "tagger-evaluation")
+        tags = {
+            "task": "token-classification",
+            "metric.f1": f"{report.metrics['f1']:.6g}",
+            "test_split_md5": report.test_split_md5,
+            **LINEAGE_TAGS,
+        }
+        version = register_champion(tiny_tagger_dir, state, TAGGER_NAME, tags, report)
+    finally:
+        patch.undo()
+    result = run_ratchet(
+        "build",
+        "--params",
+        str(PROJECT_ROOT / "params.yaml"),
+        "--set",
+        f"registry.model_name={TAGGER_NAME}",
+        env=built_bento.env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    tag = result.stdout.strip().splitlines()[-1]
+    return BuiltBento(
+        tag=tag, registry_version=version, env=built_bento.env, model_dir=tiny_tagger_dir
+    )
 
 
 def free_port() -> int:

@@ -80,3 +80,69 @@ def test_the_check_sample_and_tolerances() -> None:
     )
     assert probability_tolerance("fp32", "onnx") == FP32_TOLERANCE
     assert probability_tolerance("fp32", "onnx-int8") == INT8_TOLERANCE == 1e-3
+
+
+def test_the_tagger_release_builds_and_checks_its_bento_against_in_process_tags(
+    built_tagger: BuiltBento,
+) -> None:
+    """What runs before an alias moves to a tagger: not reusable with other serving settings,
+    so release_version builds a Bento and checks its `entities` on the probe texts."""
+    from mlflow import MlflowClient
+
+    from components.config import load_config
+    from components.state import ProjectPaths
+    from serving.build import use_bentoml_home
+    from serving.release import TAGGER_PROBES, release_version, tagger_probe_texts
+    from tests.conftest import PROJECT_ROOT
+    from tests.serving.conftest import TAGGER_NAME
+
+    env = built_tagger.env
+    patch = pytest.MonkeyPatch()
+    for name in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "RATCHET_HOME"):
+        patch.setenv(name, env[name])
+    try:
+        probe = tagger_probe_texts(MlflowClient(), TAGGER_NAME, built_tagger.registry_version)
+        config = load_config(
+            PROJECT_ROOT / "params.yaml",
+            overrides=[f"registry.model_name={TAGGER_NAME}", "serving.max_texts=48"],
+        )
+        paths = ProjectPaths(project_root=PROJECT_ROOT, state_dir=Path(env["RATCHET_HOME"]))
+        tag = release_version(config, paths, built_tagger.registry_version)
+        with use_bentoml_home(Path(env["BENTOML_HOME"])):
+            import bentoml
+
+            arguments = bentoml.bentos.get(tag).info.args
+    finally:
+        patch.undo()
+    # The probes, then the 20 test sentences its evaluation logged (predictions.jsonl).
+    assert probe[: len(TAGGER_PROBES)] == TAGGER_PROBES and len(probe) == len(TAGGER_PROBES) + 20
+    assert tag != built_tagger.tag
+    assert (arguments["max_texts"], arguments["runtime"]) == (48, "torch")
+
+
+def test_the_tagger_check_refuses_other_entities_and_another_version(
+    built_tagger: BuiltBento,
+) -> None:
+    from serving.build import use_bentoml_home
+    from serving.release import TAGGER_PROBES, check_tagger_bento, compare_entities
+
+    texts = TAGGER_PROBES[:2]
+    served = [
+        {"entities": [{"label": "PER", "text": "Angela", "start": 0, "end": 6, "score": 0.9}],
+         "windows": 1},
+        {"entities": [], "windows": 1},
+    ]  # fmt: skip
+    assert compare_entities(texts, served, served, 1e-4) == []
+    shifted = [{**served[0], "entities": [{**served[0]["entities"][0], "end": 7}]}, served[1]]
+    scored = [{**served[0], "entities": [{**served[0]["entities"][0], "score": 0.8}]}, served[1]]
+    assert compare_entities(texts, served, shifted, 1e-4) == [
+        "text 0 ('Angela Merkel met Emmanuel Macron in Par'): served "
+        "[('PER', 0, 7, 'Angela')], in-process [('PER', 0, 6, 'Angela')] (max score gap 0)"
+    ]
+    assert "(max score gap 0.1)" in compare_entities(texts, served, scored, 1e-4)[0]
+    refusal = f"serves v{built_tagger.registry_version}, not v99"
+    with (
+        use_bentoml_home(Path(built_tagger.env["BENTOML_HOME"])),
+        pytest.raises(ServingError, match=refusal),
+    ):
+        check_tagger_bento(built_tagger.tag, texts, "99", "fp32", built_tagger.env)

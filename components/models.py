@@ -320,6 +320,7 @@ def create_model(
         )
         code_root = Path(os.path.relpath(root, folder)).as_posix()
         (staging / "dvc.yaml").write_text(render_dvc_yaml(code_root=code_root), encoding="utf-8")
+        write_gitignores(root, staging)
         validation = validate_with_hint(readable, config, paths)
         move_into_place(staging, folder)
     finally:
@@ -359,11 +360,27 @@ def validate_once(source: str, config: RatchetConfig, paths: ProjectPaths) -> An
     return run_validation(source, config.data, paths, None)
 
 
+def write_gitignores(project_root: Path, folder: Path) -> None:
+    """What git leaves out of a model's folder, as at the project root: the model
+    folders DVC caches, and what ``data/.gitignore`` lists (a copy of the project's)."""
+    (folder / ".gitignore").write_text(
+        "# the model folders DVC caches (models/pretrained, models/finetuned)\n/models/\n",
+        encoding="utf-8",
+    )
+    project_data_ignores = project_root / "data" / ".gitignore"
+    if project_data_ignores.is_file():
+        (folder / "data").mkdir()
+        shutil.copyfile(project_data_ignores, folder / "data" / ".gitignore")
+
+
 def move_into_place(staging: Path, folder: Path) -> None:
     """Rename ``staging`` to ``folder``, or, when ``folder`` exists, replace its files
-    with ``staging``'s one by one (each replacement atomic)."""
+    with ``staging``'s one by one (each replacement atomic; what else it holds stays)."""
     if not folder.exists():
         os.replace(staging, folder)
         return
     for entry in sorted(staging.iterdir()):
-        os.replace(entry, folder / entry.name)
+        if entry.is_dir() and (folder / entry.name).is_dir():
+            move_into_place(entry, folder / entry.name)
+        else:
+            os.replace(entry, folder / entry.name)

@@ -72,7 +72,8 @@ def test_new_writes_a_model_folder_and_validates_its_data_once(
     result = runner.invoke(get_app(), new_ner(tiny_bert_dir))
     assert result.exit_code == 0, result.output
     folder = project / "pipelines" / "ner"
-    assert sorted(p.name for p in folder.iterdir()) == ["dvc.yaml", "params.yaml"]
+    assert sorted(p.name for p in folder.iterdir()) == [".gitignore", "dvc.yaml", "params.yaml"]
+    assert (folder / ".gitignore").read_text().endswith("\n/models/\n")
     config = load_config(folder / "params.yaml")
     # Relative to the model's folder, where DVC and Ratchet read it.
     assert config.data.source == "../../../ner"
@@ -174,9 +175,11 @@ def test_data_that_fails_validation_leaves_nothing_behind(
 
 def test_an_existing_model_is_kept_unless_forced(project: Path, tiny_bert_dir: Path) -> None:
     ner_source(project.parent / "ner")
+    (project / "data").mkdir()
+    (project / "data" / ".gitignore").write_text("/raw\n")
     assert runner.invoke(get_app(), new_ner(tiny_bert_dir)).exit_code == 0
     folder = project / "pipelines" / "ner"
-    (folder / "data").mkdir()
+    (folder / "data" / "raw").mkdir(parents=True)
     (folder / "dvc.lock").write_text("schema: '2.0'\n")
     again = runner.invoke(get_app(), new_ner(tiny_bert_dir, "--set", "train.lr=1e-4"))
     assert again.exit_code == 2
@@ -185,7 +188,8 @@ def test_an_existing_model_is_kept_unless_forced(project: Path, tiny_bert_dir: P
     forced = runner.invoke(get_app(), new_ner(tiny_bert_dir, "--set", "train.lr=1e-4", "--force"))
     assert forced.exit_code == 0, forced.output
     assert load_config(folder / "params.yaml").train.lr == 1e-4
-    assert (folder / "data").is_dir() and (folder / "dvc.lock").is_file()  # kept
+    assert (folder / "data" / "raw").is_dir() and (folder / "dvc.lock").is_file()  # kept
+    assert (folder / "data" / ".gitignore").read_text() == "/raw\n"  # the project's
     assert [p.name for p in (project / "pipelines").iterdir()] == ["ner"]  # no staging left
 
 

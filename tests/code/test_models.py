@@ -345,3 +345,16 @@ def test_pipeline_dvc_yaml_covers_every_model_folder(project: Path) -> None:
     assert squashed(alone.output) == squashed(f"wrote {folder / 'dvc.yaml'}")
     again = runner.invoke(get_app(), ["pipeline", "dvc-yaml", "--check"])
     assert again.exit_code == 0, again.output
+
+
+def test_a_model_folder_finds_the_project_state_without_ratchet_home(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RATCHET_HOME")
+    folder = project / "pipelines" / "ner"
+    folder.mkdir(parents=True)
+    shutil.copy(project / "params.yaml", folder / "params.yaml")
+    paths = ProjectPaths.discover(folder)
+    assert paths.state_dir == project / ".ratchet"  # one state: not pipelines/ner/.ratchet
+    assert paths.mlflow_db == project / ".ratchet" / "mlflow.db"
+    assert paths.data_docs_dir == project / ".ratchet" / "pipelines" / "ner" / "data-docs"

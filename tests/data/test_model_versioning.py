@@ -16,7 +16,7 @@ from cli.main import get_app
 from components.lineage import workspace_lineage
 from components.pipeline import render_dvc_yaml
 from components.versioning import ensure_dvc_repo, locked_md5, push, reproduce
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, add_model_folder
 from tests.data.test_versioning import git, project_environment, write_source
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,13 +31,13 @@ def test_a_model_folder_is_its_own_dvc_pipeline(
     shutil.copytree(PROJECT_ROOT / "components", repo / "components")  # stage deps
     shutil.copy(PROJECT_ROOT / "params.yaml", repo / "params.yaml")
     (repo / "dvc.yaml").write_text(render_dvc_yaml())
-    folder = repo / "pipelines" / "reviews"
-    folder.mkdir(parents=True)
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["data"]["source"] = "../../../src"  # relative to the model's folder
-    params["registry"]["model_name"] = "ratchet-reviews"
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (folder / "dvc.yaml").write_text(render_dvc_yaml(code_root="../.."))
+    folder = add_model_folder(
+        repo,
+        "reviews",
+        PROJECT_ROOT / "params.yaml",
+        data__source="../../../src",  # relative to the model's folder
+        registry__model_name="ratchet-reviews",
+    )
     project_environment(monkeypatch, tmp_path / "state")
     git(repo, "init", "--quiet")
     assert ensure_dvc_repo(repo) is True

@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from components.errors import DataValidationError
-from components.pipeline import render_dvc_yaml
+from tests.conftest import add_model_folder
 from tests.flows.conftest import flow_overrides, make_project, write_tsv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -38,13 +37,13 @@ def test_a_model_folder_retrains_from_its_own_folder(
     bad = tmp_path / "bad"
     write_tsv(bad / "train.tsv", [(f"a fine film {i}", i % 2) for i in range(40)] + [("dull", 7)])
     write_tsv(bad / "dev.tsv", [("lovely", 1), ("awful", 0)])
-    folder = project / "pipelines" / "reviews"
-    folder.mkdir(parents=True)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["source"] = "../../../bad"  # relative to the model's folder
-    params["registry"]["model_name"] = "ratchet-reviews"
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (folder / "dvc.yaml").write_text(render_dvc_yaml(code_root="../.."))
+    folder = add_model_folder(
+        project,
+        "reviews",
+        project / "params.yaml",
+        data__source="../../../bad",  # relative to the model's folder
+        registry__model_name="ratchet-reviews",
+    )
 
     with pytest.raises(DataValidationError, match="label") as failure:
         retrain(params=str(folder / "params.yaml"), overrides=flow_overrides(tiny_bert_dir))

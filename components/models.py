@@ -115,7 +115,10 @@ def list_models(project_root: Path) -> list[ModelEntry]:
     entries = []
     for name in model_names(project_root):
         params_file = params_file_of(project_root, name)
-        config = load_config(params_file)
+        try:
+            config = load_config(params_file)
+        except ConfigError as error:
+            raise ConfigError(f"model {name} ({params_file}): {error}") from error
         entries.append(ModelEntry(name, params_file, config.data.task, config.registry.model_name))
     return entries
 

@@ -358,3 +358,14 @@ def test_a_model_folder_finds_the_project_state_without_ratchet_home(
     assert paths.state_dir == project / ".ratchet"  # one state: not pipelines/ner/.ratchet
     assert paths.mlflow_db == project / ".ratchet" / "mlflow.db"
     assert paths.data_docs_dir == project / ".ratchet" / "pipelines" / "ner" / "data-docs"
+
+
+def test_models_names_the_model_whose_params_are_invalid(project: Path) -> None:
+    folder = project / "pipelines" / "ner"
+    folder.mkdir(parents=True)
+    (folder / "params.yaml").write_text("data:\n  task: translation\n")
+    result = runner.invoke(get_app(), ["models"])
+    assert result.exit_code == 2
+    assert squashed(f"model ner ({folder / 'params.yaml'}): invalid configuration") in squashed(
+        result.output
+    )

@@ -94,6 +94,12 @@ class ProjectPaths:
         return DEFAULT_MODEL if self.model_folder is None else self.model_folder.name
 
     @property
+    def params_in_project(self) -> str:
+        """The model's params.yaml relative to the project root, e.g.
+        ``pipelines/conll/params.yaml`` (what a deployment's ``params`` parameter takes)."""
+        return (self.model_root / DEFAULT_PARAMS_FILE).relative_to(self.project_root).as_posix()
+
+    @property
     def model_state_dir(self) -> Path:
         """The part of the state folder that is this model's alone (run reports, Data
         Docs, the inference log, feedback): the state folder itself for the default

@@ -369,3 +369,28 @@ def test_models_names_the_model_whose_params_are_invalid(project: Path) -> None:
     assert squashed(f"model ner ({folder / 'params.yaml'}): invalid configuration") in squashed(
         result.output
     )
+
+
+def test_events_name_the_model_params_the_trigger_retrains(project: Path) -> None:
+    from components.events import model_resource
+
+    folder = project / "pipelines" / "ner"
+    folder.mkdir(parents=True)
+    shutil.copy(project / "params.yaml", folder / "params.yaml")
+    assert ProjectPaths.discover(project).params_in_project == "params.yaml"
+    params = ProjectPaths.discover(folder).params_in_project
+    assert params == "pipelines/ner/params.yaml"
+    assert model_resource("ratchet-ner", "2", params) == {
+        "prefect.resource.id": "ratchet.model.ratchet-ner",
+        "ratchet.model": "ratchet-ner",
+        "ratchet.version": "2",
+        "ratchet.params": "pipelines/ner/params.yaml",
+    }
+    retrain_on_demand = next(
+        deployment
+        for deployment in yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+        if deployment["name"] == "retrain-on-demand"
+    )
+    assert {trigger["parameters"]["params"] for trigger in retrain_on_demand["triggers"]} == {
+        "{{ event.resource.get('ratchet.params', 'params.yaml') }}"
+    }

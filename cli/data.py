@@ -133,10 +133,10 @@ def transfer_data(ctx: typer.Context, direction: str) -> None:
     settings, paths = load(ctx)
     remote = dvc_remote_url(settings, paths)
     if direction == "push":
-        versioning.push(paths.project_root, remote)
+        versioning.push(paths.model_root, remote)
     else:
         with data_lock(paths.raw_dir.parent):
-            versioning.pull(paths.project_root, remote)
+            versioning.pull(paths.model_root, remote)
     console.print(f"{direction}: done ({mask_uri_credentials(remote)})", highlight=False)
 
 
@@ -149,7 +149,7 @@ def data_commit(ctx: typer.Context) -> None:
     _, paths = load(ctx)
     stages = PIPELINE.names("data")
     with data_lock(paths.raw_dir.parent):
-        commit_stage_outputs(paths.project_root, stages)
+        commit_stage_outputs(paths.model_root, stages)
     console.print(f"committed stages {', '.join(stages)}", highlight=False)
 
 
@@ -159,4 +159,4 @@ def data_lineage(ctx: typer.Context) -> None:
     from components.lineage import workspace_lineage
 
     _, paths = load(ctx)
-    typer.echo(json.dumps(workspace_lineage(paths.project_root), indent=2))
+    typer.echo(json.dumps(workspace_lineage(paths.model_root), indent=2))

@@ -18,9 +18,10 @@ from typing import Annotated
 import typer
 from rich.syntax import Syntax
 
-from cli import data, monitor, pipeline, registry, retrain, serving, train
+from cli import data, models, monitor, pipeline, registry, retrain, serving, train
 from cli.options import (
     ConfigOption,
+    ModelOption,
     ParamsOption,
     SetOption,
     Settings,
@@ -32,7 +33,8 @@ from components.logs import setup_logging
 
 app = typer.Typer(
     help="Ratchet: validate, version, pretrain, fine-tune, evaluate, gate and serve "
-    "transformer text classifiers. Every command reads params.yaml.",
+    "transformer text and token classifiers. Every command reads params.yaml, or with "
+    "--model NAME the project's model pipelines/NAME/params.yaml.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -44,12 +46,13 @@ config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_
 def main_callback(
     ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    model: ModelOption = None,
     params: ParamsOption = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
     setup_logging(logging.DEBUG if verbose else logging.INFO)
-    ctx.obj = Settings().extended(params, config, set_)
+    ctx.obj = Settings().extended(params, config, set_, model)
 
 
 @command(config_app, "show")
@@ -63,11 +66,12 @@ def config_show(
         typer.echo(resolved.model_dump_json(indent=2))
         return
     console.print(Syntax(resolved.to_yaml(), "yaml", theme="ansi_dark", word_wrap=True))
+    console.print(f"# model: {paths.model_name} ({paths.model_root})", highlight=False)
     console.print(f"# state folder: {paths.state_dir}", highlight=False)
 
 
 app.add_typer(config_app, name="config")
-for group in (data, train, registry, serving, retrain, pipeline, monitor):
+for group in (data, train, registry, serving, retrain, pipeline, monitor, models):
     for name, sub_app in group.GROUPS.items():
         app.add_typer(sub_app, name=name)
 

@@ -84,7 +84,8 @@ def feedback_export(ctx: typer.Context, as_json: JsonOption = False) -> None:
     }
     if exported.rows >= resolved.monitor.retrain_after_feedback_rows:
         payload = {"rows": exported.rows, "md5": exported.md5}
-        if emit_ratchet_event(FEEDBACK_EVENT, resolved.registry.model_name, payload):
+        model_name, params = resolved.registry.model_name, paths.params_in_project
+        if emit_ratchet_event(FEEDBACK_EVENT, model_name, payload, params=params):
             summary["event"] = FEEDBACK_EVENT
     if as_json:
         typer.echo(json.dumps(summary))

@@ -1,13 +1,15 @@
 """What every `ratchet` command shares, declared once.
 
-The settings options ``--params``, ``--config`` (repeatable) and ``--set`` (repeatable) are
-read by the root callback (``ratchet --set train.lr=1e-4 retrain``) and, through
-``command``, after every command too, as the docs show them
-(``ratchet retrain --config configs/demo.yaml --set train.epochs=3``). A command's own
-``--params`` replaces the root's; its ``--config`` files and ``--set`` overrides come after
-the root's. Either way they land in one ``Settings`` object in the Typer context
-(``ctx.obj``), which loads the configuration once, when a command first asks for it: so
-``--help`` works without a valid params.yaml.
+The settings options ``--model``, ``--params``, ``--config`` (repeatable) and ``--set``
+(repeatable) are read by the root callback (``ratchet --model conll --set train.lr=1e-4
+retrain``) and, through ``command``, after every command too, as the docs show them
+(``ratchet retrain --config configs/demo.yaml --set train.epochs=3``). ``--model NAME``
+picks the project's model ``pipelines/NAME/params.yaml`` instead of the default model's
+``params.yaml`` (docs/models.md). A command's own ``--model`` and ``--params`` replace the
+root's; its ``--config`` files and ``--set`` overrides come after the root's. Either way
+they land in one ``Settings`` object in the Typer context (``ctx.obj``), which loads the
+configuration once, when a command first asks for it: so ``--help`` works without a valid
+params.yaml.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ from components.state import ProjectPaths, configure_environment
 
 DEFAULT_PARAMS = Path("params.yaml")
 
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="The project's model to work on: pipelines/NAME/params.yaml (see `ratchet "
+        "models`); default: the project's default model, params.yaml.",
+    ),
+]
 ParamsOption = Annotated[
     Path | None,
     typer.Option("--params", help="Base parameters file (the one DVC reads); default params.yaml."),
@@ -66,21 +76,39 @@ class Settings:
     params: Path = DEFAULT_PARAMS
     config_files: list[Path] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
+    model: str | None = None
     _loaded: tuple[RatchetConfig, ProjectPaths] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
     def extended(
-        self, params: Path | None, config_files: list[Path] | None, overrides: list[str] | None
+        self,
+        params: Path | None,
+        config_files: list[Path] | None,
+        overrides: list[str] | None,
+        model: str | None = None,
     ) -> Settings:
-        """These settings with more options: ``params`` replaces, the rest come after."""
-        if params is None and not config_files and not overrides:
+        """These settings with more options: ``params`` and ``model`` replace, the rest
+        come after."""
+        if params is None and not config_files and not overrides and model is None:
             return self
         return Settings(
             params or self.params,
             [*self.config_files, *(config_files or [])],
             [*self.overrides, *(overrides or [])],
+            model or self.model,
         )
+
+    @property
+    def params_file(self) -> Path:
+        """The ``params.yaml`` these settings read: ``--model``'s, else ``--params``.
+
+        Raises:
+            ConfigError: ``--model`` names no model of the project (the message lists them).
+        """
+        from components.models import model_params_file
+
+        return model_params_file(self.params, self.model)
 
     def load(self) -> tuple[RatchetConfig, ProjectPaths]:
         """The configuration and project paths, loaded on the first call only.
@@ -90,7 +118,7 @@ class Settings:
                 key or a wrong value.
         """
         if self._loaded is None:
-            self._loaded = load_settings(self.params, self.config_files, self.overrides)
+            self._loaded = load_settings(self.params_file, self.config_files, self.overrides)
         return self._loaded
 
 
@@ -117,6 +145,7 @@ def run_command(action: Callable[[], T]) -> T:
 SETTINGS_PARAMETERS = [
     inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
     for name, annotation in (
+        ("settings_model", ModelOption),
         ("settings_params", ParamsOption),
         ("settings_config", ConfigOption),
         ("settings_set", SetOption),
@@ -137,7 +166,10 @@ def with_settings(function: Command) -> Command:
     @functools.wraps(function)
     def wrapper(**arguments: Any) -> None:
         ctx: typer.Context = arguments["ctx"]
-        ctx.obj = settings(ctx).extended(*(arguments.pop(p.name) for p in SETTINGS_PARAMETERS))
+        model, params, config_files, overrides = (
+            arguments.pop(p.name) for p in SETTINGS_PARAMETERS
+        )
+        ctx.obj = settings(ctx).extended(params, config_files, overrides, model)
         run_command(lambda: function(**arguments))
 
     parameters = [*signature.parameters.values(), *SETTINGS_PARAMETERS]

@@ -63,7 +63,7 @@ def retrain_with(given: Settings, **options: Any) -> dict[str, Any]:
     unset = {name: value for name, value in secret_environment.items() if name not in os.environ}
     with temporary_environment(unset):
         return retrain(
-            params=str(given.params),
+            params=str(given.params_file),
             config_files=[str(path) for path in given.config_files],
             overrides=overrides,
             **options,
@@ -140,7 +140,7 @@ def demo_command(ctx: typer.Context) -> None:
 
     --config files given too are merged over the demo profile."""
     given = settings(ctx)
-    demo = Settings(given.params, [DEMO_PROFILE, *given.config_files], given.overrides)
+    demo = Settings(given.params, [DEMO_PROFILE, *given.config_files], given.overrides, given.model)
     started = time.perf_counter()
     summary = retrain_with(demo)
     console.print(Panel(summary_table(summary), title="retrain summary"))
@@ -203,7 +203,15 @@ def smoke_test_serving(given: Settings) -> None:
     settings_options = [f"--config={profile}" for profile in given.config_files]
     settings_options += [f"--set={override}" for override in overrides]
     server = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", "--params", str(given.params), *settings_options],
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "serve",
+            "--params",
+            str(given.params_file),
+            *settings_options,
+        ],
         env={**secret_environment, **os.environ},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -46,7 +46,7 @@ def serve_environment(config: RatchetConfig, paths: ProjectPaths) -> dict[str, s
 
     env = dict(os.environ)
     env.setdefault("BENTOML_HOME", str(paths.bentoml_home))
-    for name, value in traffic_log_environment(config, paths.state_dir).items():
+    for name, value in traffic_log_environment(config, paths.model_state_dir).items():
         env.setdefault(name, value)  # the inference log's settings (serving/traffic_log.py)
     if api_key_from_environment(env) is not None:
         return env

@@ -46,11 +46,11 @@ class FeedbackExport:
 
 def store_path(paths: ProjectPaths) -> Path:
     """The server's feedback store in the state folder."""
-    return paths.state_dir / FEEDBACK_DIR_NAME / FEEDBACK_FILE_NAME
+    return paths.model_state_dir / FEEDBACK_DIR_NAME / FEEDBACK_FILE_NAME
 
 
 def dataset_path(paths: ProjectPaths) -> Path:
-    return paths.project_root / FEEDBACK_DATASET / FEEDBACK_FILE_NAME
+    return paths.model_root / FEEDBACK_DATASET / FEEDBACK_FILE_NAME
 
 
 def read_store(path: Path) -> pd.DataFrame:
@@ -87,7 +87,7 @@ def with_feedback(raw: RawDataset, feedback: pd.DataFrame) -> RawDataset:
 def source_dataset(config: RatchetConfig, paths: ProjectPaths) -> RawDataset:
     """The training data feedback is added to: the ``data/raw`` snapshot, else the source."""
     source = str(paths.raw_dir) if paths.raw_dir.is_dir() else config.data.source
-    return read_dataset(source, config.data, paths.project_root)
+    return read_dataset(source, config.data, paths.model_root)
 
 
 def export_feedback(config: RatchetConfig, paths: ProjectPaths) -> FeedbackExport:
@@ -116,8 +116,8 @@ def export_feedback(config: RatchetConfig, paths: ProjectPaths) -> FeedbackExpor
     target = dataset_path(paths)
     with atomic_dir(target.parent) as staging:
         kept.to_json(staging / target.name, orient="records", lines=True, force_ascii=False)
-    versioning.ensure_dvc_repo(paths.project_root)
-    versioning.run_dvc(paths.project_root, "add", "--quiet", FEEDBACK_DATASET)
-    md5 = versioning.locked_md5(paths.project_root, FEEDBACK_DATASET)
+    versioning.ensure_dvc_repo(paths.model_root)
+    versioning.run_dvc(paths.model_root, "add", "--quiet", FEEDBACK_DATASET)
+    md5 = versioning.locked_md5(paths.model_root, FEEDBACK_DATASET)
     logger.info("exported %d feedback rows (%d leaking dropped) to %s", len(kept), dropped, target)
     return FeedbackExport(rows=len(kept), dropped_leaking=dropped, md5=md5, path=target)

@@ -366,6 +366,6 @@ def run_ingest(
 ) -> list[Path]:
     """Snapshot ``source`` into ``data/raw`` (the DVC stage ``ingest``); ``formats`` are
     the file types the task reads (see :func:`locate_split_files`)."""
-    files = snapshot_source(source, paths.project_root, paths.raw_dir, formats)
+    files = snapshot_source(source, paths.model_root, paths.raw_dir, formats)
     logger.info("snapshot of %s in %s: %s", source, paths.raw_dir, [str(f) for f in files])
     return files

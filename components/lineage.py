@@ -33,7 +33,7 @@ def workspace_lineage(project_root: Path) -> dict[str, Any]:
     the ``dvc.lock`` entries when the data is committed; ``data_matches_lock`` says so.
 
     Args:
-        project_root: the project (git + DVC) root.
+        project_root: the model's folder (the project root for the default model).
 
     Returns:
         ``git_commit`` (str or None), ``git_dirty`` (bool or None; tracked files changed),

@@ -236,10 +236,10 @@ def run_prepare(
     Raises:
         DataValidationError: the data failed validation; ``data/prepared`` is untouched.
     """
-    raw = read_dataset(source, data_cfg, paths.project_root)
+    raw = read_dataset(source, data_cfg, paths.model_root)
     if validate:
         validate_dataset(raw, data_cfg, paths.data_docs_dir)
-    feedback = read_feedback_dataset(paths.project_root)
+    feedback = read_feedback_dataset(paths.model_root)
     prepared = prepare_splits(raw, data_cfg, feedback)
     manifest = write_prepared(prepared, paths.prepared_dir, source)
     rows = {name: split["rows"] for name, split in manifest["splits"].items()}

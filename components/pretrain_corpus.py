@@ -90,7 +90,7 @@ def corpora_fingerprint(config: RatchetConfig, paths: ProjectPaths) -> str:
     """
     fingerprints = []
     for corpus in config.pretrain.extra_corpora:
-        path = paths.resolve(corpus)
+        path = paths.resolve_data(corpus)
         if not path.exists():
             raise DataError(f"pretrain.extra_corpora: {path} does not exist")
         fingerprints.append(path_fingerprint(path))
@@ -132,7 +132,7 @@ def gather_pretraining_texts(config: RatchetConfig, paths: ProjectPaths) -> Pret
     held_out = [*prepared.validation["text"], *prepared.test["text"]]
     dropped = 0
     for corpus in config.pretrain.extra_corpora:
-        extra, repeats = drop_held_out_texts(read_corpus(paths.resolve(corpus)), held_out)
+        extra, repeats = drop_held_out_texts(read_corpus(paths.resolve_data(corpus)), held_out)
         logger.info("extra corpus %s: %d texts", corpus, len(extra))
         if repeats:
             logger.warning(

@@ -101,7 +101,7 @@ def recorded_config(client: Any, model_version: Any) -> RatchetConfig:
 
 def anchored_config(config: RatchetConfig, paths: ProjectPaths) -> RatchetConfig:
     """Relative paths in the config made absolute against the original project root."""
-    corpora = [str(paths.resolve(corpus)) for corpus in config.pretrain.extra_corpora]
+    corpora = [str(paths.resolve_data(corpus)) for corpus in config.pretrain.extra_corpora]
     base = config.model.base
     if base is not None and paths.resolve(base).exists():
         base = str(paths.resolve(base))

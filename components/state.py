@@ -1,8 +1,15 @@
 """Where Ratchet keeps its state, and the environment the embedded defaults need.
 
-The state folder (``.ratchet/`` beside ``params.yaml``, or ``$RATCHET_HOME``) holds the
-embedded defaults: the MLflow SQLite store and artifacts, Prefect's home, BentoML's
-home, the local DVC remote, checkpoints and run reports. Pointing at real services is
+A project holds one or more models. The default model's ``params.yaml`` and ``dvc.yaml``
+sit at the project root; every further model has its own folder ``pipelines/<name>/``
+with its own ``params.yaml``, ``dvc.yaml``, ``dvc.lock``, ``data/``, ``models/`` and
+``metrics/`` (docs/models.md). :class:`ProjectPaths` tells the model's folder (data,
+models, metrics, params) from the project root (state, configs, code).
+
+All models share one state folder (``.ratchet/`` beside the root ``params.yaml``, or
+``$RATCHET_HOME``), which holds the embedded defaults: the MLflow SQLite store and
+artifacts, Prefect's home, BentoML's home, the local DVC remote, checkpoints and run
+reports (each model's own in ``pipelines/<name>/`` there). Pointing at real services is
 configuration only: ``MLFLOW_TRACKING_URI`` / ``tracking.mlflow_uri``,
 ``PREFECT_API_URL`` / ``tracking.prefect_api_url`` and ``tracking.dvc_remote_url``.
 
@@ -18,9 +25,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import RatchetConfig
+from components.config import DEFAULT_PARAMS_FILE, RatchetConfig
 
 STATE_DIR_NAME = ".ratchet"
+# A project's further models live in <project root>/pipelines/<name>/.
+MODELS_DIR_NAME = "pipelines"
+# The name of the model whose params.yaml is the project root's.
+DEFAULT_MODEL = "default"
 
 # Telemetry and update checks off: the default path must work offline and quietly.
 QUIET_ENVIRONMENT = {
@@ -44,30 +55,72 @@ QUIET_ENVIRONMENT = {
 
 @dataclass(frozen=True)
 class ProjectPaths:
-    """Every path a run reads or writes, derived from the project root and state folder."""
+    """Every path a run reads or writes, derived from the project root, the state folder
+    and the model's folder.
+
+    Attributes:
+        project_root: the project (its ``.dvc/``, ``configs/``, ``components/``).
+        state_dir: the state folder every model of the project shares.
+        model_folder: ``pipelines/<name>/`` for a further model; None for the default
+            model, whose folder is the project root.
+    """
 
     project_root: Path
     state_dir: Path
+    model_folder: Path | None = None
 
     @classmethod
-    def discover(cls, project_root: str | Path | None = None) -> ProjectPaths:
-        root = Path(project_root or Path.cwd()).resolve()
-        state = Path(os.environ.get("RATCHET_HOME") or root / STATE_DIR_NAME).resolve()
-        return cls(project_root=root, state_dir=state)
+    def discover(cls, folder: str | Path | None = None) -> ProjectPaths:
+        """The paths of the model whose ``params.yaml`` is in ``folder`` (default: cwd).
 
-    # Data, DVC-tracked inside the project.
+        A folder ``<root>/pipelines/<name>/`` whose ``<root>`` has a ``params.yaml`` or a
+        ``.dvc/`` is a further model of the project at ``<root>``; any other folder is
+        a project root (its default model).
+        """
+        start = Path(folder or Path.cwd()).resolve()
+        root, model_folder = project_of(start)
+        state = Path(os.environ.get("RATCHET_HOME") or root / STATE_DIR_NAME).resolve()
+        return cls(project_root=root, state_dir=state, model_folder=model_folder)
+
+    # The model's own folder and its name.
+    @property
+    def model_root(self) -> Path:
+        """The folder of the model's ``params.yaml``, ``dvc.yaml``, data, models, metrics."""
+        return self.model_folder or self.project_root
+
+    @property
+    def model_name(self) -> str:
+        """``default`` for the project root's model, else its folder's name."""
+        return DEFAULT_MODEL if self.model_folder is None else self.model_folder.name
+
+    @property
+    def params_in_project(self) -> str:
+        """The model's params.yaml relative to the project root, e.g.
+        ``pipelines/conll/params.yaml`` (what a deployment's ``params`` parameter takes)."""
+        return (self.model_root / DEFAULT_PARAMS_FILE).relative_to(self.project_root).as_posix()
+
+    @property
+    def model_state_dir(self) -> Path:
+        """The part of the state folder that is this model's alone (run reports, Data
+        Docs, the inference log, feedback): the state folder itself for the default
+        model, ``pipelines/<name>/`` in it for the others."""
+        if self.model_folder is None:
+            return self.state_dir
+        return self.state_dir / MODELS_DIR_NAME / self.model_folder.name
+
+    # Data, DVC-tracked inside the model's folder.
     @property
     def raw_dir(self) -> Path:
-        return self.project_root / "data" / "raw"
+        return self.model_root / "data" / "raw"
 
     @property
     def prepared_dir(self) -> Path:
-        return self.project_root / "data" / "prepared"
+        return self.model_root / "data" / "prepared"
 
     @property
     def models_dir(self) -> Path:
         """Pretrained and fine-tuned model folders: DVC stage outputs, ignored by git."""
-        return self.project_root / "models"
+        return self.model_root / "models"
 
     @property
     def pretrained_dir(self) -> Path:
@@ -82,7 +135,7 @@ class ProjectPaths:
     @property
     def metrics_dir(self) -> Path:
         """Small JSON metrics files that DVC stages declare as metrics."""
-        return self.project_root / "metrics"
+        return self.model_root / "metrics"
 
     # Run outputs, inside the state folder.
     @property
@@ -120,16 +173,35 @@ class ProjectPaths:
 
     @property
     def reports_dir(self) -> Path:
-        return self.state_dir / "reports"
+        return self.model_state_dir / "reports"
 
     @property
     def data_docs_dir(self) -> Path:
-        return self.state_dir / "data-docs"
+        return self.model_state_dir / "data-docs"
 
     def resolve(self, path: str | Path) -> Path:
-        """A user path relative to the project root (absolute paths pass through)."""
+        """A path to a project file (base model, behaviour suite, API key file) relative
+        to the project root (absolute paths pass through)."""
         candidate = Path(path).expanduser()
         return candidate if candidate.is_absolute() else (self.project_root / candidate)
+
+    def resolve_data(self, path: str | Path) -> Path:
+        """A data path of the model's params (``data.source``, ``pretrain.extra_corpora``)
+        relative to the model's folder, where DVC reads it (absolute paths pass through)."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else (self.model_root / candidate)
+
+
+def project_of(folder: Path) -> tuple[Path, Path | None]:
+    """``(project root, model folder)`` of the params folder ``folder`` (resolved): a
+    model folder is ``<root>/pipelines/<name>/`` in a project (a ``params.yaml`` or a
+    ``.dvc/`` at ``<root>``); otherwise ``folder`` is the project root."""
+    parent = folder.parent
+    if parent.name == MODELS_DIR_NAME:
+        root = parent.parent
+        if (root / DEFAULT_PARAMS_FILE).is_file() or (root / ".dvc").is_dir():
+            return root, folder
+    return folder, None
 
 
 def mlflow_tracking_uri(config: RatchetConfig, paths: ProjectPaths) -> str:

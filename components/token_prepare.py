@@ -178,7 +178,7 @@ def run_token_prepare(
     Raises:
         DataError / DataValidationError: unreadable or invalid data.
     """
-    raw = read_token_dataset(source, config.data, paths.project_root)
+    raw = read_token_dataset(source, config.data, paths.model_root)
     if validate:
         tokenizer = load_tokenizer(config.model.base, paths.project_root)
         validate_token_dataset(

@@ -238,7 +238,7 @@ def run_token_validation(
         DataError: the source cannot be read.
         DataValidationError: an expectation failed; nothing is written to ``report_path``.
     """
-    raw = read_token_dataset(source, config.data, paths.project_root)
+    raw = read_token_dataset(source, config.data, paths.model_root)
     tokenizer = load_tokenizer(config.model.base, paths.project_root) if measure_subwords else None
     report = validate_token_dataset(
         raw, config.data, paths.data_docs_dir, tokenizer, config.model.max_length

@@ -21,7 +21,7 @@ DURATION_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 
 
 def traffic_dir(paths: ProjectPaths) -> Path:
-    return paths.state_dir / TRAFFIC_DIR_NAME
+    return paths.model_state_dir / TRAFFIC_DIR_NAME
 
 
 def parse_duration(text: str) -> float:

@@ -425,7 +425,7 @@ def run_validation(
         DataError: the source cannot be read.
         DataValidationError: an expectation failed; nothing is written to ``report_path``.
     """
-    raw = read_dataset(source, data_cfg, paths.project_root)
+    raw = read_dataset(source, data_cfg, paths.model_root)
     report = validate_dataset(raw, data_cfg, paths.data_docs_dir)
     if recorded_source is not None:
         report = replace(report, source=recorded_source)

@@ -49,8 +49,14 @@ def dvc_executable() -> str:
 
 
 def run_dvc(project_root: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """Run one DVC command in ``project_root``; its failure becomes a VersioningError."""
-    command = [dvc_executable(), *args]
+    """Run one DVC command in ``project_root`` (a model's folder: stage names are those of
+    its ``dvc.yaml``); its failure becomes a VersioningError.
+
+    DVC holds one lock per repository while a command runs; the models of a project
+    share the repository, so a command waits for another model's (``--wait-for-lock``)
+    instead of failing after a few seconds.
+    """
+    command = [dvc_executable(), "--wait-for-lock", *args]
     logger.debug("running %s", " ".join(command))
     done = subprocess.run(
         command, cwd=project_root, capture_output=True, text=True, check=False, env=env
@@ -61,13 +67,25 @@ def run_dvc(project_root: Path, *args: str, env: dict[str, str] | None = None) -
     return done.stdout
 
 
+def dvc_repo_root(folder: Path) -> Path | None:
+    """The DVC repository ``folder`` is in: the nearest folder with a ``.dvc/`` from
+    ``folder`` up to its git repository's root (None: not in a DVC repository)."""
+    for candidate in (folder, *folder.parents):
+        if (candidate / ".dvc").is_dir():
+            return candidate
+        if (candidate / ".git").exists():
+            return None
+    return None
+
+
 def ensure_dvc_repo(project_root: Path) -> bool:
-    """``dvc init`` when ``project_root`` has no ``.dvc/`` yet (it must be a git repo).
+    """``dvc init`` when ``project_root`` (or a model folder in it) is in no DVC
+    repository yet (it must be a git repo).
 
     Returns:
         True when a repository was created.
     """
-    if (project_root / ".dvc").is_dir():
+    if dvc_repo_root(project_root) is not None:
         return False
     if not (project_root / ".git").exists():
         raise VersioningError(f"{project_root} is not a git repository: run `git init` first")
@@ -79,7 +97,7 @@ def configure_remote(project_root: Path, url: str, name: str = REMOTE_NAME) -> N
     """Point the default remote at ``url`` for this workspace only (``.dvc/config.local``).
 
     Args:
-        project_root: the DVC repository.
+        project_root: the DVC repository, or a model folder in it.
         url: a folder path or a remote URL such as ``s3://bucket/ratchet``.
         name: remote name; it becomes the default remote.
     """
@@ -89,8 +107,9 @@ def configure_remote(project_root: Path, url: str, name: str = REMOTE_NAME) -> N
 
     if "://" not in url:
         Path(url).mkdir(parents=True, exist_ok=True)
+    repository = dvc_repo_root(project_root) or project_root
     try:
-        with Config(str(project_root / ".dvc")).edit("local") as local:
+        with Config(str(repository / ".dvc")).edit("local") as local:
             local["remote"][name] = {"url": url}
             local["core"]["remote"] = name
     except ConfigError as error:

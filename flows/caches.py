@@ -67,7 +67,7 @@ def training_keys(
 
 def listed_files_fingerprint(config: RatchetConfig, paths: ProjectPaths, key: str) -> str:
     """Content fingerprint of the files a params key lists (e.g. ``pretrain.extra_corpora``),
-    resolved against the project root, in order.
+    resolved against the model's folder, in order.
 
     Raises:
         DataError: a listed path does not exist.
@@ -75,7 +75,7 @@ def listed_files_fingerprint(config: RatchetConfig, paths: ProjectPaths, key: st
     from components.errors import DataError
     from components.fingerprints import path_fingerprint
 
-    listed = [paths.resolve(item) for item in param_value(config, key)]
+    listed = [paths.resolve_data(item) for item in param_value(config, key)]
     missing = [str(path) for path in listed if not path.exists()]
     if missing:
         raise DataError(f"{key}: {', '.join(missing)} does not exist")

@@ -21,8 +21,11 @@ from components.state import ProjectPaths, configure_environment
 ANNOUNCED_TAG = "monitor.drift_event"
 
 
-def announce_drift(config: RatchetConfig, version: str, summary: dict[str, Any]) -> bool:
-    """Emit ``ratchet.drift.detected`` once per champion version; returns whether it was."""
+def announce_drift(
+    config: RatchetConfig, version: str, summary: dict[str, Any], params: str | None = None
+) -> bool:
+    """Emit ``ratchet.drift.detected`` once per champion version; returns whether it was.
+    ``params``: the model's params.yaml relative to the project root, for the trigger."""
     from mlflow import MlflowClient
 
     from components.events import DRIFT_EVENT, emit_ratchet_event
@@ -31,7 +34,7 @@ def announce_drift(config: RatchetConfig, version: str, summary: dict[str, Any])
     client = MlflowClient()
     if client.get_model_version(name, version).tags.get(ANNOUNCED_TAG):
         return False
-    if not emit_ratchet_event(DRIFT_EVENT, name, summary, version):
+    if not emit_ratchet_event(DRIFT_EVENT, name, summary, version, params):
         return False
     client.set_model_version_tag(name, version, ANNOUNCED_TAG, summary["window"]["until"])
     return True
@@ -61,5 +64,7 @@ def monitor(
     outcome = run_monitor(config, paths, since)
     summary = outcome.result.to_dict()
     get_run_logger().info("%s v%s: %s", outcome.model_name, outcome.version, summary["reason"])
-    announced = bool(outcome.result.drift) and announce_drift(config, outcome.version, summary)
+    announced = bool(outcome.result.drift) and announce_drift(
+        config, outcome.version, summary, paths.params_in_project
+    )
     return {**summary, "event": "ratchet.drift.detected" if announced else None}

@@ -283,7 +283,7 @@ def headline(metrics: dict[str, float]) -> dict[str, float]:
 def lineage_for(prepared: PreparedRun, train_key: str) -> dict[str, Any]:
     from components.lineage import workspace_lineage
 
-    lineage = workspace_lineage(prepared.paths.project_root)
+    lineage = workspace_lineage(prepared.paths.model_root)
     lineage.update(prepared.md5s)
     lineage.update(
         base_model_id=prepared.config.model.base

@@ -56,7 +56,7 @@ def ingest_data(config: RatchetConfig, paths: ProjectPaths) -> Path:
     """Byte-for-byte snapshot of ``data.source`` into a staging folder beside ``data/raw``."""
     from components.ingest import stage_snapshot
 
-    return stage_snapshot(config.data.source, paths.project_root, paths.raw_dir)
+    return stage_snapshot(config.data.source, paths.model_root, paths.raw_dir)
 
 
 @task(name="validate")
@@ -93,9 +93,9 @@ def version_data(paths: ProjectPaths, stages: list[str]) -> dict[str, str | None
     from components import versioning
     from components.pipeline import PIPELINE
 
-    versioning.commit_stage_outputs(paths.project_root, stages)
+    versioning.commit_stage_outputs(paths.model_root, stages)
     return {
-        tag: versioning.locked_md5(paths.project_root, out_path)
+        tag: versioning.locked_md5(paths.model_root, out_path)
         for tag, out_path in PIPELINE.lineage_outputs().items()
     }
 
@@ -113,7 +113,7 @@ def push_data(config: RatchetConfig, paths: ProjectPaths) -> str:
     from components.secrets import mask_uri_credentials
 
     remote = dvc_remote_url(config, paths)
-    versioning.push(paths.project_root, remote)
+    versioning.push(paths.model_root, remote)
     return mask_uri_credentials(remote)
 
 

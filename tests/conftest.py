@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from components.base_model import shipped_model_dir
-from components.config import RatchetConfig, load_config
+from components.config import RatchetConfig, load_config, read_yaml_mapping, set_dotted
 from components.state import QUIET_ENVIRONMENT
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -198,3 +198,20 @@ def tiny_mean_classifier(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathF
     return train_tiny_classifier(
         tiny_bert_dir, tmp_path_factory.mktemp("tiny-mean") / "good", pooling="mean"
     )
+
+
+def add_model_folder(project: Path, name: str, params: Path, **changes: object) -> Path:
+    """``project/pipelines/<name>/`` holding ``params`` with ``changes`` (dotted keys with
+    ``__`` for dots, e.g. ``data__source``) and the model folder's generated dvc.yaml."""
+    import yaml
+
+    from components.pipeline import render_dvc_yaml
+
+    folder = project / "pipelines" / name
+    folder.mkdir(parents=True)
+    mapping = read_yaml_mapping(params)
+    for key, value in changes.items():
+        set_dotted(mapping, key.split("__"), value)
+    (folder / "params.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
+    (folder / "dvc.yaml").write_text(render_dvc_yaml(code_root="../.."))
+    return folder

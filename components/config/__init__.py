@@ -30,6 +30,7 @@ from components.config.root import (
     config_from_mapping,
     describe_validation_error,
     load_config,
+    merged_mapping,
 )
 from components.config.serving import RegistryConfig, ServingConfig, TrackingConfig
 from components.config.task import (
@@ -67,6 +68,7 @@ __all__ = [
     "describe_validation_error",
     "is_quoted",
     "load_config",
+    "merged_mapping",
     "parse_override",
     "read_yaml_mapping",
     "require_text_classification",

@@ -119,6 +119,16 @@ def load_config(
         ConfigError: a file is missing or malformed, a key is unknown or a value has the
             wrong type; the message names the key.
     """
+    return config_from_mapping(merged_mapping(params_file, config_files, overrides))
+
+
+def merged_mapping(
+    params_file: str | Path | Mapping[str, Any] | None,
+    config_files: Sequence[str | Path] = (),
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The raw mapping :func:`load_config` validates: the base, the files merged over it
+    in order, then the ``dotted.key=value`` overrides (``ratchet new`` writes it)."""
     raw: dict[str, Any] = {}
     if isinstance(params_file, Mapping):
         raw = copy.deepcopy(dict(params_file))
@@ -129,4 +139,4 @@ def load_config(
     for assignment in overrides:
         path, value = parse_override(assignment)
         set_dotted(raw, path, value)
-    return config_from_mapping(raw)
+    return raw

@@ -163,18 +163,21 @@ def test_drift_is_announced_once_per_champion_version(
     client = MlflowClient()
     client.create_registered_model("ratchet-sst2")
     version = client.create_model_version("ratchet-sst2", source=str(state_dir)).version
-    emitted: list[tuple[str, str, str | None]] = []
+    emitted: list[tuple[str, str, str | None, str | None]] = []
 
-    def fake_emit(name: str, model: str, payload: dict, version: str | None = None) -> bool:
-        emitted.append((name, model, version))
+    def fake_emit(
+        name: str, model: str, payload: dict, version: str | None = None, params: str | None = None
+    ) -> bool:
+        emitted.append((name, model, version, params))
         return True
 
     monkeypatch.setattr("components.events.emit_ratchet_event", fake_emit)
     summary = {"drift": True, "window": {"until": "2026-11-30T02:00:00+00:00"}}
     config = RatchetConfig()
-    assert monitor_flow.announce_drift(config, str(version), summary) is True
-    assert monitor_flow.announce_drift(config, str(version), summary) is False
-    assert emitted == [("ratchet.drift.detected", "ratchet-sst2", str(version))]
+    params = "pipelines/ner/params.yaml"
+    assert monitor_flow.announce_drift(config, str(version), summary, params) is True
+    assert monitor_flow.announce_drift(config, str(version), summary, params) is False
+    assert emitted == [("ratchet.drift.detected", "ratchet-sst2", str(version), params)]
     tags = client.get_model_version("ratchet-sst2", str(version)).tags
     assert tags["monitor.drift_event"] == "2026-11-30T02:00:00+00:00"
 

@@ -21,7 +21,9 @@ from tests.flows.test_deployment import prefect_server, ratchet_deploy  # noqa: 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EMIT = (
     "import sys; from components.events import emit_ratchet_event; "
-    "sys.exit(0 if emit_ratchet_event(sys.argv[1], 'ratchet-sst2', {'drift': True}, '3') else 9)"
+    "params = sys.argv[2] if len(sys.argv) > 2 else None; "
+    "sys.exit(0 if emit_ratchet_event(sys.argv[1], 'ratchet-sst2', {'drift': True}, '3', params) "
+    "else 9)"
 )
 
 
@@ -60,10 +62,16 @@ def test_drift_and_feedback_events_start_retrain_on_demand(
     retrain = httpx.get(f"{api}/deployments/name/retrain/retrain-on-demand", timeout=10).json()
     assert triggered_runs(api, retrain["id"]) == []
 
+    # A further model's event names its params (docs/models.md); the default's may not.
+    emitted_params = ["pipelines/ner/params.yaml", None]
     for count, event in enumerate((DRIFT_EVENT, FEEDBACK_EVENT), start=1):
-        emitted = subprocess.run(
-            [sys.executable, "-c", EMIT, event], env=env, cwd=flow_project, timeout=120
-        )
+        params = emitted_params[count - 1]
+        emit = [sys.executable, "-c", EMIT, event, *([params] if params else [])]
+        emitted = subprocess.run(emit, env=env, cwd=flow_project, timeout=120)
         assert emitted.returncode == 0
         runs = wait_for_runs(api, retrain["id"], count)
         assert len(runs) == count
+    assert sorted(run["parameters"]["params"] for run in runs) == [
+        "params.yaml",
+        "pipelines/ner/params.yaml",
+    ]

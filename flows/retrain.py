@@ -2,6 +2,7 @@
 register -> gate (-> build and check the Bento -> move the alias).
 
     ratchet retrain --config configs/demo.yaml       # in-process, Prefect's ephemeral API
+    ratchet retrain -c configs/conll.yaml            # a token classifier (NER), the same way
     ratchet deploy && prefect worker start --pool ratchet-process   # scheduled, on a server
 
 A model reaches ``champion`` only through the gate, and only as the last state change.
@@ -24,12 +25,7 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 
 from components.base_model import model_fingerprint, resolve_base_model
-from components.config import (
-    RatchetConfig,
-    load_config,
-    read_yaml_mapping,
-    require_text_classification,
-)
+from components.config import RatchetConfig, load_config, read_yaml_mapping
 from components.errors import ConfigError
 from components.pipeline import PIPELINE
 from components.state import ProjectPaths, configure_environment
@@ -191,11 +187,11 @@ def preflight_behaviour_suite(config: RatchetConfig, paths: ProjectPaths) -> str
 
     from components.behaviour import suite_for_labels
     from components.prepare import MANIFEST_FILE
+    from components.token_behaviour import token_suite_for_labels
 
     manifest = json.loads((paths.prepared_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-    _, notice = suite_for_labels(
-        config.eval.behaviour_checks, manifest["labels"], paths.project_root
-    )
+    resolve = token_suite_for_labels if config.data.task == tasks.TOKEN_TASK else suite_for_labels
+    _, notice = resolve(config.eval.behaviour_checks, manifest["labels"], paths.project_root)
     return notice
 
 
@@ -255,9 +251,10 @@ def finish_pending_gate(
     """Finish a version's registration (card, ``challenger``) and run its gate on the
     evaluation logged when it was registered."""
     from components import registry
+    from components.token_promotion import load_any_evaluation
 
     client, name = registry.make_client(), config.registry.model_name
-    report = registry.load_evaluation(client, name, version)
+    report = load_any_evaluation(client, name, version)
     registry.finish_registration(client, name, version, report, config)
     return timed_step(record, "gate", lambda: tasks.gate_challenger(config, paths, version, report))
 
@@ -292,7 +289,7 @@ def evaluate_register_and_gate(
 
 
 def headline(metrics: dict[str, float]) -> dict[str, float]:
-    wanted = ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece")
+    wanted = ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "entity_f1", "token_accuracy")
     return {name: round(metrics[name], 4) for name in wanted if name in metrics}
 
 
@@ -335,7 +332,6 @@ def retrain(
     """
     on_disk = read_yaml_mapping(Path(params))  # read once: the config and the DVC check
     config = load_config(on_disk, config_files or [], overrides or [])
-    require_text_classification(config, "ratchet retrain")
     ensure_dvc_sees_data_config(config, params, on_disk)
     paths = ProjectPaths.discover(Path(params).resolve().parent)
     configure_environment(config, paths)

@@ -34,7 +34,6 @@ from components.config.root import (
 from components.config.serving import RegistryConfig, ServingConfig, TrackingConfig
 from components.config.task import (
     check_task_settings,
-    require_text_classification,
     tag_problems,
     task_problems,
 )
@@ -69,7 +68,6 @@ __all__ = [
     "load_config",
     "parse_override",
     "read_yaml_mapping",
-    "require_text_classification",
     "set_dotted",
     "check_task_settings",
     "tag_problems",

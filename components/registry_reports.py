@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from components import tracking
+from components.errors import RegistryError
 from components.gate_stats import mcnemar_exact, paired_comparison
 from components.model_card import HEADLINE_METRICS
 from components.registry import (
@@ -114,6 +115,13 @@ def compare_versions(
         get_version(client, model_name, version_a),
         get_version(client, model_name, version_b),
     )
+    for model_version in (first, second):
+        if model_version.tags.get(TASK_TAG) == "token-classification":
+            raise RegistryError(
+                f"`ratchet registry compare` compares text classifiers; {model_name} "
+                f"v{model_version.version} is a token classifier: read each version's entity "
+                "scores and gate decision with `ratchet registry show VERSION`"
+            )
     metrics_a = tracking.run_metrics(evaluation_run_id(first))
     metrics_b = tracking.run_metrics(evaluation_run_id(second))
     report_a = load_evaluation(client, model_name, str(first.version))

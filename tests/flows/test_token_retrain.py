@@ -120,6 +120,14 @@ def test_registry_list_json_rows_of_a_token_classifier_carry_f1(token_run: dict)
     assert row["entity_recall"] == pytest.approx(float(tags["metric.entity_recall"]))
 
 
+def test_registry_compare_refuses_token_versions_with_a_clear_error(token_run: dict) -> None:
+    from components.errors import RegistryError
+    from components.registry_reports import compare_versions
+
+    with pytest.raises(RegistryError, match="ratchet-conll v1 is a token classifier"):
+        compare_versions(MODEL, "1", "1")
+
+
 def test_the_registered_model_loads_as_a_folder_and_as_pyfunc(
     token_run: dict, tmp_path: Path
 ) -> None:

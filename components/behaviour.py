@@ -15,7 +15,8 @@ are testable without a model. A check may carry ``min_pass_rate``; the promotion
 refuses a model whose pass rate falls below it.
 
 ``eval.behaviour_checks: auto`` (the default) picks the shipped suite (``configs/behaviour``)
-whose labels are the data's (:func:`choose_behaviour_suite`, pure); a suite named
+whose labels are the data's (:func:`choose_behaviour_suite`, pure; suites declaring ``task:
+token-classification`` are NER suites, run by ``components/token_behaviour.py``); a suite named
 explicitly must match the data's labels too, and the retrain flow checks that before it
 trains (:func:`suite_for_labels`).
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import yaml
@@ -34,9 +35,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from components.errors import ConfigError
 
 PredictProba = Callable[[list[str]], np.ndarray]
+
+
+class LabelledSuite(Protocol):
+    @property
+    def labels(self) -> list[str]: ...
+
+
+SuiteT = TypeVar("SuiteT", bound=LabelledSuite)
 MAX_FAILURES_KEPT = 5
 AUTO = "auto"
 SHIPPED_SUITES_DIR = "configs/behaviour"
+TOKEN_SUITE_TASK = "token-classification"  # NER suites (components/token_behaviour.py)
 
 
 class BehaviourCheck(BaseModel):
@@ -122,15 +132,26 @@ def load_behaviour_suite(path: Path) -> BehaviourSuite:
     Raises:
         ConfigError: the file is missing, not YAML, or a check is malformed.
     """
+    return read_suite(path, BehaviourSuite, "behaviour suite")
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def read_suite(path: Path, model: type[ModelT], kind: str) -> ModelT:
+    """Read a suite file as ``model`` (``kind`` names it in errors).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or does not validate.
+    """
     if not path.is_file():
         raise ConfigError(f"behaviour checks file not found: {path} (eval.behaviour_checks)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return BehaviourSuite.model_validate(raw)
+        return model.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid behaviour suite: {exc}") from exc
+        raise ConfigError(f"{path}: invalid {kind}: {exc}") from exc
 
 
 def run_check(check: BehaviourCheck, predict_proba: PredictProba, labels: list[str]) -> CheckResult:
@@ -254,13 +275,35 @@ def choose_behaviour_suite(
     )
 
 
+def suite_task(path: Path) -> str:
+    """The ``task`` a suite file declares ('' when none, as the sentiment suite)."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    return str(raw.get("task", "")) if isinstance(raw, dict) else ""
+
+
+def shipped_suite_names(project_root: Path, for_task: Callable[[str], bool]) -> list[str]:
+    """The shipped suites (``configs/behaviour/*.yaml``, relative to ``project_root``)
+    whose declared ``task`` passes ``for_task``: each task's runner reads its own kind."""
+    shipped = sorted((project_root / SHIPPED_SUITES_DIR).glob("*.yaml"))
+    return [str(path.relative_to(project_root)) for path in shipped if for_task(suite_task(path))]
+
+
+def is_text_suite(task: str) -> bool:
+    """Whether a suite declaring ``task`` is for text classification: any but NER's."""
+    return task != TOKEN_SUITE_TASK
+
+
 def suite_for_labels(
     setting: str | None, data_labels: Sequence[str], project_root: Path
 ) -> tuple[BehaviourSuite | None, str]:
     """Load the suite ``eval.behaviour_checks`` resolves to for these labels.
 
-    Relative paths are taken from ``project_root``; ``auto`` reads every
-    ``configs/behaviour/*.yaml`` there.
+    Relative paths are taken from ``project_root``; ``auto`` reads every text suite of
+    ``configs/behaviour/*.yaml`` there (NER suites are chosen by
+    ``components.token_behaviour.token_suite_for_labels``).
 
     Returns:
         (the suite or None, the notice saying which and why).
@@ -268,14 +311,22 @@ def suite_for_labels(
     Raises:
         ConfigError: a named suite is missing, malformed or written for other labels.
     """
+    return resolve_suite(setting, data_labels, project_root, load_behaviour_suite, is_text_suite)
+
+
+def resolve_suite(
+    setting: str | None,
+    data_labels: Sequence[str],
+    project_root: Path,
+    load: Callable[[Path], SuiteT],
+    for_task: Callable[[str], bool],
+) -> tuple[SuiteT | None, str]:
+    """:func:`suite_for_labels` for any kind of suite: ``load`` reads one file, and
+    ``auto`` considers the shipped files whose declared task passes ``for_task``."""
     if setting is None:
         return None, choose_behaviour_suite(None, data_labels, {}).notice
-    if setting == AUTO:
-        shipped = sorted((project_root / SHIPPED_SUITES_DIR).glob("*.yaml"))
-        names = [str(path.relative_to(project_root)) for path in shipped]
-    else:
-        names = [setting]
-    suites = {name: load_behaviour_suite(project_root / name) for name in names}
+    names = shipped_suite_names(project_root, for_task) if setting == AUTO else [setting]
+    suites = {name: load(project_root / name) for name in names}
     choice = choose_behaviour_suite(
         setting, data_labels, {name: suite.labels for name, suite in suites.items()}
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -20,6 +21,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_classifier.py")
+TOKEN_PYFUNC_CODE = Path(__file__).with_name("pyfunc_token_classifier.py")
 # Logged beside the model, so that loaders outside Ratchet can read mean-pooling models.
 MODELING_CODE = Path(__file__).with_name("modeling.py")
 # The pyfunc model scores through the one inference module, logged beside it likewise.
@@ -63,19 +65,46 @@ def log_classifier_model(model_dir: Path, name: str = "model") -> ModelInfo:
     Returns:
         MLflow's ``ModelInfo``; ``model_info.model_uri`` can be registered.
     """
+    return log_hf_model(
+        model_dir,
+        name,
+        python_model=str(PYFUNC_CODE),
+        signature=classifier_signature(class_names(model_dir)),
+        input_example=pd.DataFrame({"text": EXAMPLE_TEXTS}),
+        code_paths=[str(MODELING_CODE), str(INFERENCE_CODE)],
+    )
+
+
+def log_token_model(model_dir: Path, name: str = "model") -> ModelInfo:
+    """Log a fine-tuned token classifier (NER) to the active MLflow run as a pyfunc model
+    (``components/pyfunc_token_classifier.py``: text in, words and their tags out), with
+    the same ``hf_model`` artifact layout as :func:`log_classifier_model`, so
+    :func:`download_hf_model` returns its Hugging Face folder.
+
+    Returns:
+        MLflow's ``ModelInfo``; ``model_info.model_uri`` can be registered.
+    """
+    return log_hf_model(
+        model_dir,
+        name,
+        python_model=str(TOKEN_PYFUNC_CODE),
+        signature=ModelSignature(inputs=Schema([ColSpec("string", "text")])),
+    )
+
+
+def log_hf_model(model_dir: Path, name: str, **pyfunc: Any) -> ModelInfo:
+    """Log ``model_dir``'s serving files as the ``hf_model`` artifact of a pyfunc model
+    from code (``pyfunc``: ``python_model``, ``signature`` and the other arguments of
+    ``mlflow.pyfunc.log_model``)."""
     import tempfile
 
-    labels = class_names(model_dir)
     with tempfile.TemporaryDirectory() as tmp:
         staged = serving_files(model_dir, Path(tmp) / "hf_model")
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=str(PYFUNC_CODE),
             artifacts={HF_ARTIFACT_KEY: str(staged)},
-            signature=classifier_signature(labels),
-            input_example=pd.DataFrame({"text": EXAMPLE_TEXTS}),
             pip_requirements=["torch", "transformers", "pandas", "mlflow"],
-            code_paths=[str(MODELING_CODE), str(INFERENCE_CODE)],
+            **pyfunc,
         )
 
 

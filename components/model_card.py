@@ -24,8 +24,25 @@ HEADLINE_METRICS = (
     "latency_p50_ms_batch1",
     "latency_p99_ms_batch1",
     "throughput_texts_per_s_batch32",
+    # token classifiers (data.task token-classification); f1 repeats entity_f1
+    "f1",
+    "entity_f1",
+    "entity_precision",
+    "entity_recall",
+    "entity_f1_macro",
+    "token_accuracy",
+    "latency_p50_ms",
+    "latency_p99_ms",
 )
-LOWER_IS_BETTER = {"log_loss", "ece", "latency_p50_ms_batch1", "latency_p99_ms_batch1"}
+LOWER_IS_BETTER = {
+    "log_loss",
+    "ece",
+    "latency_p50_ms_batch1",
+    "latency_p99_ms_batch1",
+    "latency_p50_ms",
+    "latency_p99_ms",
+}
+TOKEN_TASK = "token-classification"
 WEAK_SLICE_MARGIN = 0.05
 DECISION_HEADING = "## Promotion decision"
 
@@ -45,6 +62,7 @@ class CardInputs:
     champion_version: str | None = None
     champion_metrics: Mapping[str, float] | None = None
     behaviour: Sequence[CheckResult] = field(default_factory=list)
+    task: str = "text-classification"
 
 
 def format_number(value: float | None) -> str:
@@ -75,12 +93,27 @@ def metrics_table(metrics: Mapping[str, float], champion: Mapping[str, float] | 
 
 
 def per_class_table(metrics: Mapping[str, float], labels: Sequence[str]) -> str:
-    rows = ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-    for label in labels:
-        values = [metrics.get(f"{kind}.{label}") for kind in ("precision", "recall", "f1")]
-        support = metrics.get(f"support.{label}")
+    return scores_table(metrics, "class", labels, "{kind}.{name}")
+
+
+def per_type_table(metrics: Mapping[str, float]) -> str:
+    """Entity-level precision, recall, F1 and support of each type (strict IOB2)."""
+    prefix = "entity_f1."
+    types = sorted(key[len(prefix) :] for key in metrics if key.startswith(prefix))
+    return scores_table(metrics, "entity type", types, "entity_{kind}.{name}")
+
+
+def scores_table(metrics: Mapping[str, float], title: str, names: Sequence[str], key: str) -> str:
+    """Precision, recall, F1 and support per name; ``key`` formats a metric's key from
+    ``kind`` (precision, recall, f1, support) and ``name``."""
+    rows = [f"| {title} | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    for name in names:
+        values = [
+            metrics.get(key.format(kind=kind, name=name)) for kind in ("precision", "recall", "f1")
+        ]
+        support = metrics.get(key.format(kind="support", name=name))
         cells = " | ".join(format_number(v) for v in values)
-        rows.append(f"| {label} | {cells} | {'n/a' if support is None else int(support)} |")
+        rows.append(f"| {name} | {cells} | {'n/a' if support is None else int(support)} |")
     return "\n".join(rows)
 
 
@@ -111,6 +144,13 @@ def behaviour_table(results: Sequence[CheckResult]) -> str:
 
 
 def limitations(inputs: CardInputs) -> list[str]:
+    if inputs.task == TOKEN_TASK:
+        notes = [
+            f"Evaluated on the held-out test sentences of `{inputs.data_source}`; entity "
+            "scores elsewhere (other domains, languages, entity types) are unknown.",
+            "Words beyond the token window (model.max_length) are tagged O.",
+        ]
+        return notes + behaviour_notes(inputs)
     notes = [
         f"Evaluated on {int(inputs.metrics.get('test_examples', 0))} held-out examples from "
         f"`{inputs.data_source}`; accuracy elsewhere (other domains, languages, lengths) is "
@@ -119,12 +159,17 @@ def limitations(inputs: CardInputs) -> list[str]:
         "as certainties.",
     ]
     notes += [f"Weak slice — {line}." for line in weak_slices(inputs.metrics)]
-    for result in inputs.behaviour:
-        if result.pass_rate < 1.0:
-            notes.append(
-                f"Behaviour check `{result.name}` ({result.capability}) fails "
-                f"{result.cases - result.passed} of {result.cases} cases."
-            )
+    return notes + behaviour_notes(inputs)
+
+
+def behaviour_notes(inputs: CardInputs) -> list[str]:
+    """Failing behaviour checks and a dirty working tree, one note each."""
+    notes = [
+        f"Behaviour check `{result.name}` ({result.capability}) fails "
+        f"{result.cases - result.passed} of {result.cases} cases."
+        for result in inputs.behaviour
+        if result.pass_rate < 1.0
+    ]
     if inputs.lineage.get("git_dirty") in ("true", "True", "1"):
         notes.append("Built from a working tree with uncommitted changes (git_dirty).")
     return notes
@@ -136,17 +181,23 @@ def render_model_card(inputs: CardInputs) -> str:
         f"| {key} | `{value}` |" for key, value in sorted(inputs.lineage.items())
     )
     training = ", ".join(f"{key}={value}" for key, value in inputs.training.items())
+    token = inputs.task == TOKEN_TASK
+    baseline = "all-O tagger" if token else "majority-class"
     if inputs.champion_version and inputs.champion_metrics:
         comparison = f"Compared with the champion, version {inputs.champion_version}:"
     else:
         comparison = (
-            "There is no champion yet: the gate's floors, the majority-class baseline and the "
+            f"There is no champion yet: the gate's floors, the {baseline} baseline and the "
             "behavioural checks decide promotion."
         )
+    if token:
+        types = sorted({label[2:] for label in inputs.labels if label != "O"})
+        summary = f"Token classifier (NER) of {len(types)} entity types: {', '.join(types)}"
+    else:
+        summary = f"Text classifier over {len(inputs.labels)} classes: {', '.join(inputs.labels)}"
     sections = [
         f"# {inputs.model_name} — version {inputs.version}",
-        f"Text classifier over {len(inputs.labels)} classes: {', '.join(inputs.labels)}. "
-        f"Fine-tuned from `{inputs.base_model}` ({training}).",
+        f"{summary}. Fine-tuned from `{inputs.base_model}` ({training}).",
         "## Data and lineage",
         f"Source: `{inputs.data_source}`. Test split md5: "
         f"`{inputs.lineage.get('test_split_md5', 'n/a')}`.",
@@ -154,8 +205,8 @@ def render_model_card(inputs: CardInputs) -> str:
         "## Metrics (frozen test split)",
         comparison,
         metrics_table(inputs.metrics, inputs.champion_metrics if inputs.champion_version else None),
-        "### Per class",
-        per_class_table(inputs.metrics, inputs.labels),
+        "### Per entity type" if token else "### Per class",
+        per_type_table(inputs.metrics) if token else per_class_table(inputs.metrics, inputs.labels),
     ]
     if inputs.behaviour:
         sections += ["## Behavioural checks", behaviour_table(inputs.behaviour)]

@@ -73,11 +73,12 @@ def pretrain_node(
 
 
 def train_node(config: RatchetConfig, paths: ProjectPaths, run: ModelStageRun) -> ModelStageResult:
-    """Sequence-classification fine-tuning on ``data/prepared``."""
+    """Fine-tuning on ``data/prepared``: a sequence classifier, or a token classifier
+    with ``data.task`` token-classification."""
     from components.finetune import run_finetuning
-    from components.prepare import load_prepared
+    from components.token_prepare import load_task_data
 
-    data = load_prepared(paths.prepared_dir)
+    data = load_task_data(config.data.task, paths.prepared_dir)
     result = run_finetuning(
         config, data, run.init_model, run.output_dir, run.checkpoint_dir, run.on_metrics
     )
@@ -98,22 +99,39 @@ def evaluate_node(
     """Score ``model_dir`` on the prepared test split: metrics, plots, slices, latency,
     behavioural checks (suites found under ``suites_root``; without one, ``on_no_suite``
     gets the notice saying why), at the settings the model will be served with
-    (``model.max_length``, ``serving.precision``). Returns the ``EvaluationReport``."""
+    (``model.max_length``, ``serving.precision``). Returns the ``EvaluationReport``; for
+    ``data.task`` token-classification a ``TokenEvaluationReport`` (entity scores, the
+    per-type confusion and error tables, the NER suite for the data's entity types)."""
+    from functools import partial
+
     from components.behaviour import suite_for_labels
     from components.evaluate import evaluate_model
-    from components.prepare import load_prepared
+    from components.token_behaviour import run_entity_suite, token_suite_for_labels
+    from components.token_evaluate import evaluate_token_model
+    from components.token_prepare import TASK, load_task_data
 
-    data = load_prepared(paths.prepared_dir)
-    suite, notice = suite_for_labels(config.eval.behaviour_checks, data.labels, suites_root)
+    data = load_task_data(config.data.task, paths.prepared_dir)
+    setting = config.eval.behaviour_checks
+    settings = (config.model.max_length, config.serving.precision)
+    if config.data.task == TASK:
+        entity_suite, notice = token_suite_for_labels(setting, data.labels, suites_root)
+        announce_missing_suite(entity_suite, notice, on_no_suite)
+        checks = (
+            None if entity_suite is None else partial(run_entity_suite, entity_suite, data.labels)
+        )
+        return evaluate_token_model(
+            model_dir, data.test, data.labels, config.eval, output_dir, *settings, checks
+        )
+    suite, notice = suite_for_labels(setting, data.labels, suites_root)
+    announce_missing_suite(suite, notice, on_no_suite)
+    return evaluate_model(
+        model_dir, data.test, data.labels, config.eval, output_dir, suite, *settings
+    )
+
+
+def announce_missing_suite(
+    suite: object | None, notice: str, on_no_suite: Callable[[str], None] | None
+) -> None:
+    """Tell ``on_no_suite`` why no behaviour suite runs (when none does)."""
     if suite is None and on_no_suite is not None:
         on_no_suite(notice)
-    return evaluate_model(
-        model_dir,
-        data.test,
-        data.labels,
-        config.eval,
-        output_dir,
-        suite,
-        config.model.max_length,
-        config.serving.precision,
-    )

@@ -67,7 +67,9 @@ def preflight(
     """
     manifest = read_manifest(paths.prepared_dir)
     labels = check_prepared_data(config, manifest)
-    notices = [behaviour_notice(config.eval.behaviour_checks, labels, paths.project_root)]
+    notices = [
+        behaviour_notice(config.eval.behaviour_checks, labels, paths.project_root, config.data.task)
+    ]
     check_base_model(config, base_model, stages, model_setting)
     return notices
 
@@ -111,8 +113,14 @@ def check_prepared_data(config: RatchetConfig, manifest: dict[str, Any]) -> list
     return labels
 
 
-def behaviour_notice(setting: str | None, labels: Sequence[str], project_root: Path) -> str:
-    """Resolve ``eval.behaviour_checks`` against the data's labels now, not at evaluation.
+def behaviour_notice(
+    setting: str | None,
+    labels: Sequence[str],
+    project_root: Path,
+    task: str = "text-classification",
+) -> str:
+    """Resolve ``eval.behaviour_checks`` against the data's labels (a token classifier's
+    tags: its NER suites) now, not at evaluation.
 
     Returns:
         Which suite will run, or why none (``auto`` with no suite for these labels).
@@ -121,9 +129,11 @@ def behaviour_notice(setting: str | None, labels: Sequence[str], project_root: P
         ConfigError: a suite named explicitly is missing, malformed or for other labels.
     """
     from components.behaviour import suite_for_labels
+    from components.token_behaviour import token_suite_for_labels
 
-    _, notice = suite_for_labels(setting, labels, project_root)
-    return notice
+    if task == "token-classification":
+        return token_suite_for_labels(setting, labels, project_root)[1]
+    return suite_for_labels(setting, labels, project_root)[1]
 
 
 def check_base_model(

@@ -24,6 +24,8 @@ from components.alias_lock import default_state_dir
 from components.config import GateConfig
 from components.errors import GateRejected, RegistryError
 from components.gate import GateDecision, compare_to_champion
+from components.token_evaluate import TokenEvaluationReport
+from components.token_promotion import gate_tokens_against_champions, load_any_evaluation
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -141,7 +143,7 @@ def decide_against_champions(
 def apply_gate(
     model_name: str,
     challenger_version: str,
-    report: EvaluationReport,
+    report: EvaluationReport | TokenEvaluationReport,
     gate_cfg: GateConfig,
     *,
     batch_size: int = 64,
@@ -162,7 +164,9 @@ def apply_gate(
         model_name: registered model name (``registry.model_name``).
         challenger_version: the version registered by ``registry.register_challenger``.
         report: the challenger's evaluation on its test split (``report.texts`` are used to
-            re-score the champion when its test split differs).
+            re-score the champion when its test split differs); a token classifier's
+            ``TokenEvaluationReport`` is gated on entity F1
+            (``components/token_promotion.py``).
         gate_cfg: the ``gate`` config section.
         batch_size: batch size of a champion re-score (its other settings are its own).
         client: an MlflowClient; default uses the current tracking URI.
@@ -181,9 +185,15 @@ def apply_gate(
     """
     client = client or registry.make_client()
     version = str(challenger_version)
-    decide = partial(
-        gate_against_champions, client, model_name, version, report, gate_cfg, batch_size
-    )
+    decide: Callable[[str | None], GateDecision]
+    if isinstance(report, TokenEvaluationReport):
+        decide = partial(
+            gate_tokens_against_champions, client, model_name, version, report, gate_cfg, batch_size
+        )
+    else:
+        decide = partial(
+            gate_against_champions, client, model_name, version, report, gate_cfg, batch_size
+        )
     return settle(client, model_name, version, gate_cfg, decide, release, state_dir, by)
 
 
@@ -303,7 +313,7 @@ def promote_manually(
     if registry.aliases(client, model_name).get(registry.CHAMPION) == str(version):
         raise RegistryError(f"{model_name} v{version} is already the champion")
     if not force:
-        report = registry.load_evaluation(client, model_name, version)
+        report = load_any_evaluation(client, model_name, version)
         decision = apply_gate(
             model_name,
             str(version),

@@ -41,6 +41,9 @@ from components.secrets import redact_tree
 
 if TYPE_CHECKING:
     from components.gate import GateDecision
+    from components.token_evaluate import TokenEvaluationReport
+
+    AnyReport = EvaluationReport | TokenEvaluationReport
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -63,6 +66,9 @@ LINEAGE_TAGS = (
     "feedback_data_md5",
 )
 LISTED_METRICS = ("accuracy", "f1_macro", "roc_auc", "ece")
+# A token classifier's rows add these; f1 is its entity micro-F1.
+TOKEN_LISTED_METRICS = ("f1", "entity_precision", "entity_recall", "token_accuracy")
+TASK_TAG = "task"  # data.task of the version: text-classification or token-classification
 # Set on a version when it becomes champion (never removed): who ever held the alias.
 CHAMPION_HELD = "champion.held"
 # How a version is (or will be) served, so a re-score can use its own settings.
@@ -127,7 +133,7 @@ def parent_of(client: MlflowClient, run_id: str) -> str:
 
 
 def lineage_tags(
-    lineage: Mapping[str, Any], config: RatchetConfig, report: EvaluationReport, eval_run_id: str
+    lineage: Mapping[str, Any], config: RatchetConfig, report: AnyReport, eval_run_id: str
 ) -> dict[str, str]:
     """Tags recorded on a version: lineage, config hash, test split, labels, key metrics."""
     tags = {key: str(value) for key, value in lineage.items() if value is not None}
@@ -135,6 +141,7 @@ def lineage_tags(
     tags["test_split_md5"] = report.test_split_md5
     tags["eval_run_id"] = eval_run_id
     tags["labels"] = json.dumps(report.labels)
+    tags[TASK_TAG] = config.data.task  # serving/build.py dispatches on it
     for name in HEADLINE_METRICS:
         if name in report.metrics:
             tags[f"metric.{name}"] = f"{report.metrics[name]:.6g}"
@@ -182,7 +189,7 @@ def card_inputs(
     client: MlflowClient,
     model_name: str,
     version: str,
-    report: EvaluationReport,
+    report: AnyReport,
     tags: Mapping[str, str],
     config: RatchetConfig,
 ) -> CardInputs:
@@ -209,13 +216,14 @@ def card_inputs(
         champion_version=str(champion.version) if champion and champion_metrics else None,
         champion_metrics=champion_metrics,
         behaviour=report.behaviour,
+        task=config.data.task,
     )
 
 
 def register_challenger(
     model_name: str,
     model_uri: str,
-    report: EvaluationReport,
+    report: AnyReport,
     lineage: Mapping[str, Any],
     config: RatchetConfig,
     eval_run_id: str,
@@ -259,7 +267,7 @@ def finish_registration(
     client: MlflowClient,
     model_name: str,
     version: str,
-    report: EvaluationReport,
+    report: AnyReport,
     config: RatchetConfig,
 ) -> None:
     """Write the model card and point ``challenger`` at ``version``; safe to repeat."""

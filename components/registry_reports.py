@@ -15,11 +15,14 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from components import tracking
+from components.errors import RegistryError
 from components.gate_stats import mcnemar_exact, paired_comparison
 from components.model_card import HEADLINE_METRICS
 from components.registry import (
     LINEAGE_TAGS,
     LISTED_METRICS,
+    TASK_TAG,
+    TOKEN_LISTED_METRICS,
     aliases,
     evaluation_run_id,
     get_version,
@@ -31,7 +34,9 @@ from components.registry import (
 
 
 def list_versions(model_name: str, client: MlflowClient | None = None) -> list[dict[str, Any]]:
-    """One row per version, newest first: aliases, key metrics, data md5, gate, created."""
+    """One row per version, newest first: aliases, key metrics, data md5, gate, created,
+    task; a token classifier's rows add ``f1`` (entity micro-F1), entity precision and
+    recall and word accuracy (its classification metrics are None)."""
     client = client or make_client()
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases(client, model_name).items():
@@ -48,8 +53,10 @@ def list_versions(model_name: str, client: MlflowClient | None = None) -> list[d
             "prepared_data_md5": tags.get("prepared_data_md5", ""),
             "gate": tags.get("gate.decision", ""),
             "run_id": model_version.run_id,
+            "task": tags.get(TASK_TAG, "text-classification"),
         }
-        for name in LISTED_METRICS:
+        token = row["task"] == "token-classification"
+        for name in LISTED_METRICS + (TOKEN_LISTED_METRICS if token else ()):
             value = tags.get(f"metric.{name}")
             row[name] = None if value is None else float(value)
         rows.append(row)
@@ -108,6 +115,13 @@ def compare_versions(
         get_version(client, model_name, version_a),
         get_version(client, model_name, version_b),
     )
+    for model_version in (first, second):
+        if model_version.tags.get(TASK_TAG) == "token-classification":
+            raise RegistryError(
+                f"`ratchet registry compare` compares text classifiers; {model_name} "
+                f"v{model_version.version} is a token classifier: read each version's entity "
+                "scores and gate decision with `ratchet registry show VERSION`"
+            )
     metrics_a = tracking.run_metrics(evaluation_run_id(first))
     metrics_b = tracking.run_metrics(evaluation_run_id(second))
     report_a = load_evaluation(client, model_name, str(first.version))

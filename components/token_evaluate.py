@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from components.behaviour import CheckResult, behaviour_metrics
 from components.config import EvalConfig
 from components.errors import ConfigError
 from components.evaluate import metric_key
@@ -34,7 +35,10 @@ from components.evaluation_plots import plot_confusion_matrix
 from components.token_finetune import encode_words, entity_scores, predict_word_tags
 
 EVAL_FILE = "eval.json"
+PREDICTIONS_FILE = "predictions.jsonl"
 OUTSIDE = "O"
+# Runs a NER behaviour suite (components/token_behaviour.py) with a sentence tagger.
+BehaviourRunner = Callable[[Callable[[list[list[str]]], list[list[str]]]], list[CheckResult]]
 
 
 @dataclass
@@ -48,13 +52,17 @@ class TokenEvaluationReport:
     predicted: list[list[str]]
     test_split_md5: str
     artifacts: dict[str, Path] = field(default_factory=dict)
+    tokens: list[list[str]] = field(default_factory=list)
+    behaviour: list[CheckResult] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
+            "task": "token-classification",
             "metrics": self.metrics,
             "labels": self.labels,
             "test_sentences": len(self.gold),
             "test_split_md5": self.test_split_md5,
+            "behaviour": [result.to_dict() for result in self.behaviour],
         }
 
 
@@ -202,7 +210,7 @@ def write_token_report_files(
         "entity_confusion.csv": output_dir / "entity_confusion.csv",
         "missed_entities.csv": output_dir / "missed_entities.csv",
         "spurious_entities.csv": output_dir / "spurious_entities.csv",
-        "predictions.jsonl": output_dir / "predictions.jsonl",
+        PREDICTIONS_FILE: output_dir / PREDICTIONS_FILE,
     }
     confusion.to_csv(files["entity_confusion.csv"])
     missed.to_csv(files["missed_entities.csv"], index=False)
@@ -211,7 +219,7 @@ def write_token_report_files(
         json.dumps({"tokens": list(t), "tags": list(g), "predicted": p}, ensure_ascii=False)
         for t, g, p in zip(test["tokens"], gold, predicted, strict=True)
     )
-    files["predictions.jsonl"].write_text("".join(f"{line}\n" for line in lines), "utf-8")
+    files[PREDICTIONS_FILE].write_text("".join(f"{line}\n" for line in lines), "utf-8")
     plot = output_dir / "entity_confusion.png"
     files["entity_confusion.png"] = plot_confusion_matrix(
         confusion.to_numpy(), confusion.index, plot
@@ -227,6 +235,7 @@ def evaluate_token_model(
     output_dir: Path,
     max_length: int | None = None,
     precision: str = "fp32",
+    behaviour: BehaviourRunner | None = None,
 ) -> TokenEvaluationReport:
     """Tag ``test`` with the model in ``model_dir``, score it, write the evaluation files.
 
@@ -238,6 +247,7 @@ def evaluate_token_model(
         output_dir: where the files are written (created).
         max_length: the token window (``model.max_length``); None: the tokenizer's.
         precision: ``serving.precision``, so the model is scored as it will be served.
+        behaviour: runs the NER behaviour suite with the model's tagger (None: no checks).
 
     Raises:
         ConfigError: the model's tags differ from the data's.
@@ -251,12 +261,18 @@ def evaluate_token_model(
     predicted = tagger.tag(sentences, eval_cfg.batch_size)
     metrics = entity_metrics(gold, predicted)
     metrics.update(measure_tagging_latency(tagger, sentences, eval_cfg.latency_samples))
+    results = (
+        [] if behaviour is None else behaviour(lambda words: tagger.tag(words, eval_cfg.batch_size))
+    )
+    metrics.update(behaviour_metrics(results))
     report = TokenEvaluationReport(
         metrics=metrics,
         labels=list(labels),
         gold=gold,
         predicted=predicted,
         test_split_md5=fingerprint_sentences(sentences, gold),
+        tokens=[list(words) for words in sentences],
+        behaviour=results,
     )
     report.artifacts = write_token_report_files(
         test, predicted, report, eval_cfg.top_mistakes, output_dir

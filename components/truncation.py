@@ -80,6 +80,9 @@ def measure_prepared_truncation(
     model's tokenizer (the run's: pretraining and fine-tuning keep it); ``base_model`` is
     ``model.base`` already resolved (resolved against the project root when not given).
 
+    For ``data.task`` token-classification the share is of sentences longer than
+    ``model.max_length`` sub-word tokens, their words tokenised as the tagger sees them.
+
     Returns:
         The two fractions, keyed ``data.truncated_fraction_train`` / ``_test``.
     """
@@ -88,10 +91,30 @@ def measure_prepared_truncation(
     from components.base_model import resolve_base_model
     from components.prepare import load_prepared
 
-    data = load_prepared(paths.prepared_dir)
     tokenizer = AutoTokenizer.from_pretrained(
         base_model or resolve_base_model(config.model.base, paths.project_root)
     )
+    if config.data.task == "token-classification":
+        return measure_token_truncation(paths.prepared_dir, tokenizer, config.model.max_length)
+    data = load_prepared(paths.prepared_dir)
     return measure_truncation(
         data.train["text"].tolist(), data.test["text"].tolist(), tokenizer, config.model.max_length
     )
+
+
+def measure_token_truncation(prepared_dir: Any, tokenizer: Any, max_length: int) -> dict:
+    """Shares of prepared train and test sentences longer than ``max_length`` sub-word
+    tokens (special tokens included): the words the window cuts are tagged ``O``."""
+    from components.token_prepare import load_prepared_tokens
+    from components.token_validate import subword_lengths
+
+    data = load_prepared_tokens(prepared_dir)
+
+    def share(tokens: list[list[str]]) -> float:
+        lengths = np.asarray(subword_lengths(tokens, tokenizer), dtype=np.int64)
+        return float((lengths > max_length).mean()) if len(lengths) else 0.0
+
+    return {
+        TRAIN_KEY: share(data.train["tokens"].tolist()),
+        TEST_KEY: share(data.test["tokens"].tolist()),
+    }

@@ -2,6 +2,7 @@
 register -> gate (-> build and check the Bento -> move the alias).
 
     ratchet retrain --config configs/demo.yaml       # in-process, Prefect's ephemeral API
+    ratchet retrain -c configs/conll.yaml            # a token classifier (NER), the same way
     ratchet deploy && prefect worker start --pool ratchet-process   # scheduled, on a server
 
 A model reaches ``champion`` only through the gate, and only as the last state change.
@@ -24,12 +25,7 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 
 from components.base_model import model_fingerprint, resolve_base_model
-from components.config import (
-    RatchetConfig,
-    load_config,
-    read_yaml_mapping,
-    require_text_classification,
-)
+from components.config import RatchetConfig, load_config, read_yaml_mapping
 from components.errors import ConfigError
 from components.pipeline import PIPELINE
 from components.preflight import preflight
@@ -239,9 +235,10 @@ def finish_pending_gate(
     """Finish a version's registration (card, ``challenger``) and run its gate on the
     evaluation logged when it was registered."""
     from components import registry
+    from components.token_promotion import load_any_evaluation
 
     client, name = registry.make_client(), config.registry.model_name
-    report = registry.load_evaluation(client, name, version)
+    report = load_any_evaluation(client, name, version)
     registry.finish_registration(client, name, version, report, config)
     return timed_step(record, "gate", lambda: tasks.gate_challenger(config, paths, version, report))
 
@@ -276,7 +273,7 @@ def evaluate_register_and_gate(
 
 
 def headline(metrics: dict[str, float]) -> dict[str, float]:
-    wanted = ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece")
+    wanted = ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "entity_f1", "token_accuracy")
     return {name: round(metrics[name], 4) for name in wanted if name in metrics}
 
 
@@ -319,7 +316,6 @@ def retrain(
     """
     on_disk = read_yaml_mapping(Path(params))  # read once: the config and the DVC check
     config = load_config(on_disk, config_files or [], overrides or [])
-    require_text_classification(config, "ratchet retrain")
     ensure_dvc_sees_data_config(config, params, on_disk)
     paths = ProjectPaths.discover(Path(params).resolve().parent)
     configure_environment(config, paths)

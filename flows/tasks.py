@@ -24,6 +24,7 @@ RETRIES = 3
 RAW_SNAPSHOT = "data/raw"  # what the DVC stages validate and prepare
 RETRY_DELAYS = [2.0, 5.0, 15.0]
 TRANSIENT_ERRORS = (ConnectionError, TimeoutError)
+TOKEN_TASK = "token-classification"  # data.task whose steps read token data
 
 
 def is_transient(error: BaseException) -> bool:
@@ -53,10 +54,12 @@ def retry_when_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 @task(name="ingest")
 def ingest_data(config: RatchetConfig, paths: ProjectPaths) -> Path:
-    """Byte-for-byte snapshot of ``data.source`` into a staging folder beside ``data/raw``."""
-    from components.ingest import stage_snapshot
+    """Byte-for-byte snapshot of ``data.source`` into a staging folder beside ``data/raw``
+    (the file formats of ``data.task``)."""
+    from components.ingest import formats_for_task, stage_snapshot
 
-    return stage_snapshot(config.data.source, paths.model_root, paths.raw_dir)
+    formats = formats_for_task(config.data.task)
+    return stage_snapshot(config.data.source, paths.model_root, paths.raw_dir, formats)
 
 
 @task(name="validate")
@@ -73,16 +76,36 @@ def validate_data(
 
     # The summary names data/raw, as the DVC stage's does, so dvc.lock reads the same
     # whichever of the two validated the snapshot.
-    report = run_validation(str(snapshot), config.data, paths, report_path, RAW_SNAPSHOT)
+    if config.data.task == TOKEN_TASK:
+        report = validate_token_snapshot(config, paths, snapshot, report_path)
+    else:
+        report = run_validation(str(snapshot), config.data, paths, report_path, RAW_SNAPSHOT)
     replace_folder(snapshot, paths.raw_dir)
     return report.to_dict()
+
+
+def validate_token_snapshot(
+    config: RatchetConfig, paths: ProjectPaths, snapshot: Path, report_path: Path
+) -> Any:
+    """The token data checks (``ratchet validate``'s for data.task token-classification)
+    on the staged snapshot; the summary names data/raw."""
+    from dataclasses import replace
+
+    from components.token_validate import run_token_validation
+    from components.validation_report import write_summary
+
+    report = run_token_validation(str(snapshot), config, paths)
+    return write_summary(replace(report, source=RAW_SNAPSHOT), report_path)
 
 
 @task(name="prepare")
 def prepare_data(config: RatchetConfig, paths: ProjectPaths) -> dict[str, Any]:
     """Stable hash-based splits of ``data/raw`` into ``data/prepared`` (already validated)."""
     from components.prepare import run_prepare
+    from components.token_prepare import run_token_prepare
 
+    if config.data.task == TOKEN_TASK:
+        return run_token_prepare(RAW_SNAPSHOT, config, paths, validate=False)
     return run_prepare(RAW_SNAPSHOT, config.data, paths, validate=False)
 
 
@@ -121,8 +144,9 @@ def push_data(config: RatchetConfig, paths: ProjectPaths) -> str:
 def measure_truncation(
     config: RatchetConfig, paths: ProjectPaths, base_model: str | None = None
 ) -> dict[str, float]:
-    """Share of train and test texts longer than ``model.max_length`` tokens (base
-    model's tokenizer): ``data.truncated_fraction_train`` / ``_test``."""
+    """Share of train and test texts (sentences, for token classification) longer than
+    ``model.max_length`` sub-word tokens (base model's tokenizer):
+    ``data.truncated_fraction_train`` / ``_test``."""
     from components.truncation import measure_prepared_truncation
 
     return measure_prepared_truncation(config, paths, base_model)
@@ -176,11 +200,14 @@ def register_model(
     lineage: dict[str, Any],
     eval_run_id: str,
 ) -> str:
-    """Log the model to the active (evaluate) run and register it as ``challenger``."""
-    from components.mlflow_model import log_classifier_model
+    """Log the model to the active (evaluate) run and register it as ``challenger``: a
+    token classifier as a token pyfunc (same Hugging Face folder layout), tagged
+    ``task=token-classification``."""
+    from components.mlflow_model import log_classifier_model, log_token_model
     from components.registry import register_challenger
 
-    model_info = log_classifier_model(model_dir)
+    token = config.data.task == TOKEN_TASK
+    model_info = log_token_model(model_dir) if token else log_classifier_model(model_dir)
     version = register_challenger(
         config.registry.model_name, model_info.model_uri, report, lineage, config, eval_run_id
     )

@@ -35,7 +35,6 @@ from components.config.root import (
 from components.config.serving import RegistryConfig, ServingConfig, TrackingConfig
 from components.config.task import (
     check_task_settings,
-    require_text_classification,
     tag_problems,
     task_problems,
 )
@@ -71,7 +70,6 @@ __all__ = [
     "merged_mapping",
     "parse_override",
     "read_yaml_mapping",
-    "require_text_classification",
     "set_dotted",
     "check_task_settings",
     "tag_problems",

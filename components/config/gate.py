@@ -82,12 +82,31 @@ class GateConfig(Section):
         "(0.1: a 50:50 set needs 0.55, a 90:10 set 0.91). 0 keeps only the significance "
         "test; null turns both off.",
     )
+    min_entity_f1: float | None = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="data.task token-classification: entity micro-F1 floor (strict IOB2). "
+        "NER's baseline, the all-O tagger, scores 0, and the challenger must also beat it "
+        "significantly (one-sided paired bootstrap over sentences). 0.5: a tagger that "
+        "misses or mangles half the entities is of no use to anyone, while ordinary "
+        "taggers score 0.85-0.92 on CoNLL-2003 and a tiny one reaches 0.8; null sets none.",
+    )
+    min_type_recall: float | None = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="data.task token-classification: every entity type present in the test "
+        "split must be recalled (strict: type and both ends right) at least this often, as "
+        "gate.min_class_recall does for classes: a tagger that (nearly) never finds a type "
+        "fails it; null turns the check off.",
+    )
     min_test_examples: int = Field(
         100,
         ge=1,
-        description="Fewest test examples the gate decides on; below it the challenger is "
-        "rejected (too few to tell models apart: at 100 examples one accuracy point is one "
-        "example).",
+        description="Fewest test examples (sentences, for a token classifier) the gate "
+        "decides on; below it the challenger is rejected (too few to tell models apart: "
+        "at 100 examples one accuracy point is one example).",
     )
     tolerance: float = Field(
         0.005,

@@ -92,16 +92,3 @@ def check_task_settings(config: RatchetConfig) -> None:
         raise ConfigError(
             f"settings do not fit data.task {config.data.task!r}:\n  " + "\n  ".join(problems)
         )
-
-
-def require_text_classification(config: RatchetConfig, command: str) -> None:
-    """Stop a command that does not handle token classification yet, before any work.
-
-    Raises:
-        ConfigError: ``data.task`` is token-classification; names the commands that do.
-    """
-    if config.data.task == "token-classification":
-        raise ConfigError(
-            f"{command} does not handle data.task 'token-classification' yet: run "
-            "`ratchet ingest`, `validate`, `prepare`, `pretrain`, `train` and `evaluate`"
-        )

@@ -86,10 +86,3 @@ def test_default_behaviour_suite_is_skipped_for_tags_with_a_notice() -> None:
 def test_a_named_sentiment_suite_fails_for_tags(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="a suite for labels \\['negative', 'positive'\\]"):
         suite_for_labels("configs/behaviour/sentiment-en.yaml", TAGS, PROJECT_ROOT)
-
-
-def test_retrain_stops_before_any_work_for_token_classification(tmp_path: Path) -> None:
-    from flows.retrain import retrain
-
-    with pytest.raises(ConfigError, match="ratchet retrain does not handle data.task"):
-        retrain.fn(str(PARAMS), [str(CONLL)])

@@ -260,7 +260,9 @@ class RatchetClassifier:
         return FeedbackReceipt(**self.traffic.feedback(text, label, self.metadata.labels))
 
     async def run_model(self, texts: list[str]) -> list[dict]:
-        """Score texts in a worker thread; one forward pass at a time uses all cores."""
+        """Score texts in a worker thread, one batch at a time: torch and onnx run it as
+        forward passes on every intra-op thread, onnx-int8 as one pass per text, those of a
+        batch side by side on the classifier's threads."""
         return await anyio.to_thread.run_sync(
             predict_texts, self.classifier, texts, limiter=self.model_slot
         )

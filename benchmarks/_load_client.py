@@ -57,7 +57,9 @@ class KeepAliveConnection:
             await self.read_chunks()
         else:
             await self.reader.readexactly(int(headers.get("content-length", "0")))
-        if headers.get("connection") == "close":
+        # HTTP/1.0 (http.server's default) closes after each answer unless told otherwise.
+        keep_alive = "keep-alive" if lines[0].startswith("HTTP/1.1") else "close"
+        if headers.get("connection", keep_alive) == "close":
             await self.close()
         return status
 

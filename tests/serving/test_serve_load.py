@@ -113,7 +113,8 @@ def test_a_short_run_on_the_tiny_bento(built_bento: BuiltBento) -> None:
 
 def test_the_lean_client_reads_whole_answers_and_counts_failures() -> None:
     """drive_lean against a tiny server answering by the text: 200 with a length, 200 in
-    chunks, 200 then closing the connection, 500; every request is sent exactly once."""
+    chunks, 200 then closing the connection (said, or HTTP/1.0), 500; every request is
+    sent exactly once."""
     import asyncio
     import json
 
@@ -133,8 +134,12 @@ def test_the_lean_client_reads_whole_answers_and_counts_failures() -> None:
             if text == "chunked":
                 writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
                 writer.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
-            elif text == "close":
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            elif text in ("close", "http/1.0"):
+                if text == "close":
+                    writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n")
+                else:  # http.server's default: HTTP/1.0 closes without saying so
+                    writer.write(b"HTTP/1.0 200 OK\r\n")
+                writer.write(b"Content-Length: 2\r\n\r\n{}")
                 await writer.drain()
                 break
             else:
@@ -146,10 +151,12 @@ def test_the_lean_client_reads_whole_answers_and_counts_failures() -> None:
     async def run() -> tuple[int, int]:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        texts = ["a", "chunked", "close", "b", "fail", "c", "close", "d"]
+        texts = ["a", "chunked", "close", "b", "fail", "http/1.0", "c", "http/1.0", "d"]
         async with server:
             outcome = await drive_lean(f"http://127.0.0.1:{port}/classify", texts, 2)
         return len(outcome.latencies_ms), outcome.errors
 
-    assert asyncio.run(run()) == (7, 1)
-    assert sorted(seen) == sorted(["a", "chunked", "close", "b", "fail", "c", "close", "d"])
+    assert asyncio.run(run()) == (8, 1)
+    assert sorted(seen) == sorted(
+        ["a", "chunked", "close", "b", "fail", "http/1.0", "c", "http/1.0", "d"]
+    )

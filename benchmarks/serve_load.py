@@ -7,10 +7,10 @@
     .venv/bin/python benchmarks/serve_load.py --bento TAG --logging-rounds 5 --levels 32
 
 One run on one machine, the same requests for every server: single sentences from SST-2
-validation, sent at concurrency 1, 8 and 32 (bounded: each sentence once per level) with an
-httpx client, on loopback only, one server at a time. For each Bento (one built per
-``--runtime`` from the champion, ``ratchet build --set serving.runtime=X``, and any built
-ones named by ``--bento``):
+validation, sent at concurrency 1, 8 and 32 (bounded: each sentence once per level) by a
+lean keep-alive client (``--client``, ``benchmarks/_load_client.py``), on loopback only,
+one server at a time. For each Bento (one built per ``--runtime`` from the champion,
+``ratchet build --set serving.runtime=X``, and any built ones named by ``--bento``):
 
 1. the limit: the Bento's own model called in-process (no HTTP) on batches of
    ``serving.max_batch_size`` sentences (sentences/s), and on one sentence (p50);
@@ -45,10 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
+from benchmarks._load_client import DRIVERS  # noqa: E402
 from benchmarks._logging_overhead import median_ratio, run_rounds, verdict  # noqa: E402
 from components.waiting import wait_for_http  # noqa: E402
 
@@ -136,35 +135,15 @@ def known_runtimes() -> list[str] | None:
 
 
 # ---------------------------------------------------------------- load driver
-async def drive(url: str, sentences: list[str], concurrency: int, name: str) -> LoadResult:
-    """Send each sentence once, ``concurrency`` requests in flight at a time."""
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for sentence in sentences:
-        queue.put_nowait(sentence)
-    latencies: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-
-        async def worker() -> None:
-            nonlocal errors
-            while not queue.empty():
-                sentence = queue.get_nowait()
-                started = time.perf_counter()
-                try:
-                    response = await client.post(url, json={"texts": [sentence]})
-                    ok = response.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append((time.perf_counter() - started) * 1000)
-                else:
-                    errors += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds = time.perf_counter() - started
-    return LoadResult(name, concurrency, len(sentences), errors, seconds, latencies)
+async def drive(
+    url: str, sentences: list[str], concurrency: int, name: str, client: str = "lean"
+) -> LoadResult:
+    """Send each sentence once, ``concurrency`` requests in flight at a time, with the
+    ``client`` driver (``benchmarks/_load_client.py``)."""
+    outcome = await DRIVERS[client](url, sentences, concurrency)
+    return LoadResult(
+        name, concurrency, len(sentences), outcome.errors, outcome.seconds, outcome.latencies_ms
+    )
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -192,10 +171,10 @@ def measure_server(
     url = ready_url.rsplit("/", 1)[0] + "/classify"
     try:
         wait_for_http(ready_url, 300, process=process)
-        asyncio.run(drive(url, plan.sentences[: plan.warmup], 4, name))
+        asyncio.run(drive(url, plan.sentences[: plan.warmup], 4, name, plan.client))
         results = []
         for concurrency in plan.levels:
-            result = asyncio.run(drive(url, plan.sentences, concurrency, name))
+            result = asyncio.run(drive(url, plan.sentences, concurrency, name, plan.client))
             print_result(result)
             results.append(result)
         return results
@@ -369,6 +348,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=256, help="requests per level")
     parser.add_argument("--levels", default="1,8,32", help="concurrency levels")
     parser.add_argument("--warmup", type=int, default=32, help="requests before measuring")
+    parser.add_argument(
+        "--client",
+        choices=sorted(DRIVERS),
+        default="lean",
+        help="load generator: lean (a keep-alive HTTP/1.1 client that spends little CPU "
+        "on the cores it shares with the server) or httpx (the driver of runs before "
+        "2026-11-30)",
+    )
     parser.add_argument(
         "--no-plain-servers", action="store_true", help="skip the FastAPI and http.server ones"
     )

@@ -212,7 +212,9 @@ class TextBatcher(Generic[Row]):
             self.in_flight -= 1
 
     async def run_model(self, texts: list[str]) -> list[Row]:
-        """Score texts in a worker thread; one forward pass at a time uses all cores."""
+        """Score texts in a worker thread, one batch at a time: torch and onnx run it as
+        forward passes on every intra-op thread, onnx-int8 as one pass per text, those of a
+        batch side by side on the classifier's threads."""
         return await anyio.to_thread.run_sync(self.predict, texts, limiter=self.model_slot)
 
     async def score_requests(self, requests: Sequence[list[str]]) -> list[list[Row]]:

@@ -10,7 +10,6 @@ MLflow model); this module sets the threads and shapes the answers. The service
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any
 
 from components.inference import (
@@ -18,6 +17,7 @@ from components.inference import (
     Classifier,
     Precision,
     Runtime,
+    container_cores,
     length_sorted_chunks,
     load_classifier,
     predict_proba,
@@ -33,14 +33,6 @@ __all__ = [
     "load_classifier",
     "predict_texts",
 ]
-
-
-def container_cores() -> int:
-    """CPU cores this process may use (cgroup/affinity aware), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def configure_threads(num_threads: int | None) -> int:

@@ -1,4 +1,8 @@
-"""How many model workers a Bento runs and how many torch threads each uses.
+"""How many model workers a Bento runs and how many threads each uses.
+
+A worker's threads are torch's (or ONNX Runtime's) intra-op threads; for ``onnx-int8``,
+which scores one text per forward pass, they are how many single-threaded passes run side
+by side (``components/inference.py``).
 
 The rule, from the cores the server may use (cgroup/affinity aware): up to 7 cores, one
 model worker with every core. A batch of short sentences keeps all the cores of a small box
@@ -19,7 +23,7 @@ MIN_CORES_FOR_SEVERAL_WORKERS = 8
 
 @dataclass(frozen=True)
 class WorkerPlan:
-    """Model workers (processes) and torch intra-op threads per worker."""
+    """Model workers (processes) and threads per worker."""
 
     workers: int
     threads: int

@@ -54,8 +54,9 @@ class ServingConfig(Section):
     num_threads: int | None = Field(
         None,
         ge=1,
-        description="torch intra-op threads per model worker; null = the cores the server "
-        "may use shared out among the workers.",
+        description="Threads per model worker: torch's (and onnx's) intra-op threads; for "
+        "onnx-int8, which scores one text per forward pass, how many single-threaded passes "
+        "run side by side. null = the cores the server may use shared out among the workers.",
     )
     workers: int | None = Field(
         None,

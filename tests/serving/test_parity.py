@@ -16,7 +16,7 @@ import pytest
 from components.errors import ParityError, ServingError
 from components.evaluate import predictions_frame
 from components.export import export_runtime
-from components.inference import load_classifier, onnx_path, predict_proba
+from components.inference import container_cores, load_classifier, onnx_path, predict_proba
 from serving.parity import (
     CARD_HEADING,
     ParityReport,
@@ -96,6 +96,22 @@ def test_onnx_int8_holds_accuracy_and_keeps_only_its_graph(
     alone = np.vstack([predict_proba(int8, [text])[0] for text in texts])
     together = predict_proba(int8, texts, 24)[0]
     assert np.abs(alone - together).max() <= 1e-6
+
+    # The passes run side by side, one intra-op thread each, as many as `threads` says
+    # (the Bento passes serving.num_threads); the answers are those of one pass at a time.
+    side_by_side = load_classifier(model_copy, runtime="onnx-int8", threads=3)
+    one_by_one = load_classifier(model_copy, runtime="onnx-int8", threads=1)
+    assert side_by_side.passes is not None and side_by_side.passes._max_workers == 3
+    assert one_by_one.passes is None
+    for classifier in (side_by_side, one_by_one, int8):
+        assert classifier.model.get_session_options().intra_op_num_threads == 1
+    default_passes = int8.passes._max_workers if int8.passes else 1
+    assert default_passes == container_cores()
+    parallel, parallel_cut = predict_proba(side_by_side, texts)
+    serial, serial_cut = predict_proba(one_by_one, texts)
+    np.testing.assert_array_equal(parallel, serial)
+    np.testing.assert_array_equal(parallel, alone)
+    assert parallel_cut.tolist() == serial_cut.tolist() == [True] + [False] * 23
 
 
 def test_parity_rules_name_what_broke() -> None:

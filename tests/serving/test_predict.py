@@ -199,3 +199,58 @@ def test_the_bento_includes_every_project_module_the_service_imports() -> None:
     assert {"components/token_inference.py", "serving/contract.py"} <= needed
     assert "components/config/overrides.py" in needed  # a package's modules count too
     assert needed - included == set()
+
+
+class BarrierSession:
+    """An ONNX Runtime session stand-in whose passes only finish side by side: each run
+    waits at a barrier for ``parties`` runs, so passes run one after another time out."""
+
+    def __init__(self, parties: int) -> None:
+        import threading
+
+        self.barrier = threading.Barrier(parties, timeout=20)
+        self.threads: set[str] = set()
+
+    def get_inputs(self) -> list[object]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(name=name) for name in ("input_ids", "attention_mask")]
+
+    def run(self, outputs: list[str], feeds: dict[str, object]) -> list[object]:
+        import threading
+
+        import numpy as np
+
+        ids = np.asarray(feeds["input_ids"])
+        assert outputs == ["logits"] and ids.shape[0] == 1  # one text per pass
+        self.threads.add(threading.current_thread().name)
+        self.barrier.wait()
+        return [np.array([[float(ids.shape[1]), 0.0]], dtype=np.float32)]
+
+
+def test_int8_passes_run_side_by_side_in_input_order(tiny_classifier_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from components.inference import Classifier, predict_proba, softmax
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_classifier_dir))
+    session = BarrierSession(parties=2)
+    texts = ["a b c d e f", "a", "a b c", "word " * 200]
+    with ThreadPoolExecutor(2, thread_name_prefix="ratchet-pass") as passes:
+        classifier = Classifier(
+            session, tokenizer, ["negative", "positive"], 16, runtime="onnx-int8", passes=passes
+        )
+        probabilities, truncated = predict_proba(classifier, texts)
+
+    # Each text alone in its pass, unpadded ([CLS] ... [SEP], cut at the window of 16).
+    lengths = [len(tokenizer(text, truncation=True, max_length=16)["input_ids"]) for text in texts]
+    assert lengths == [8, 3, 5, 16]
+    expected = softmax(np.array([[length, 0.0] for length in lengths], dtype=np.float64))
+    np.testing.assert_array_equal(probabilities, expected)
+    assert truncated.tolist() == [False, False, False, True]
+    assert len(session.threads) == 2 and all(
+        name.startswith("ratchet-pass") for name in session.threads
+    )

@@ -109,3 +109,54 @@ def test_a_short_run_on_the_tiny_bento(built_bento: BuiltBento) -> None:
     assert all(row[-1] == "errors=0" for row in rows[:2])
     assert "sentences/s" in run.stdout
     assert "c=1 p50 - in-process single p50" in run.stdout
+
+
+def test_the_lean_client_reads_whole_answers_and_counts_failures() -> None:
+    """drive_lean against a tiny server answering by the text: 200 with a length, 200 in
+    chunks, 200 then closing the connection (said, or HTTP/1.0), 500; every request is
+    sent exactly once."""
+    import asyncio
+    import json
+
+    from benchmarks._load_client import drive_lean
+
+    seen: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            text = json.loads(await reader.readexactly(length))["texts"][0]
+            seen.append(text)
+            if text == "chunked":
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                writer.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            elif text in ("close", "http/1.0"):
+                if text == "close":
+                    writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n")
+                else:  # http.server's default: HTTP/1.0 closes without saying so
+                    writer.write(b"HTTP/1.0 200 OK\r\n")
+                writer.write(b"Content-Length: 2\r\n\r\n{}")
+                await writer.drain()
+                break
+            else:
+                status = b"500 Internal Server Error" if text == "fail" else b"200 OK"
+                writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+        writer.close()
+
+    async def run() -> tuple[int, int]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        texts = ["a", "chunked", "close", "b", "fail", "http/1.0", "c", "http/1.0", "d"]
+        async with server:
+            outcome = await drive_lean(f"http://127.0.0.1:{port}/classify", texts, 2)
+        return len(outcome.latencies_ms), outcome.errors
+
+    assert asyncio.run(run()) == (8, 1)
+    assert sorted(seen) == sorted(
+        ["a", "chunked", "close", "b", "fail", "http/1.0", "c", "http/1.0", "d"]
+    )

@@ -70,6 +70,33 @@ def require_accelerate() -> None:
         )
 
 
+def trainer_arguments(name: str, steps: int, batch_size: int, bf16: bool, sampling: str) -> Any:
+    """The ``TrainingArguments`` every Trainer baseline shares: the benchmark's optimiser
+    settings, no checkpoints, no reporting; ``sampling`` is ``train_sampling_strategy``
+    (``group_by_length`` is transformers 5's length grouping)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix=f"bench-{name}-"),
+        per_device_train_batch_size=batch_size,
+        max_steps=steps,
+        learning_rate=LR,
+        weight_decay=WEIGHT_DECAY,
+        warmup_steps=int(WARMUP_FRACTION * steps),
+        max_grad_norm=1.0,
+        lr_scheduler_type="linear",
+        seed=SEED,
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),  # the Trainer refuses CPU bf16 without it
+        train_sampling_strategy=sampling,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(steps, 1),
+        disable_tqdm=progress_disabled(),
+        dataloader_pin_memory=False,
+    )
+
+
 def run_trainer_baseline(
     name: str, train: pd.DataFrame, steps: int, batch_size: int, max_length: int, padded: bool
 ) -> dict[str, Any]:
@@ -79,7 +106,6 @@ def run_trainer_baseline(
         AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
-        TrainingArguments,
         default_data_collator,
     )
 
@@ -98,24 +124,8 @@ def run_trainer_baseline(
     torch.manual_seed(SEED)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
     bf16 = (not padded) and (torch.cuda.is_available() or cpu_has_native_bf16())
-    arguments = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix=f"bench-{name}-"),
-        per_device_train_batch_size=batch_size,
-        max_steps=steps,
-        learning_rate=LR,
-        weight_decay=WEIGHT_DECAY,
-        warmup_steps=int(WARMUP_FRACTION * steps),
-        max_grad_norm=1.0,
-        lr_scheduler_type="linear",
-        seed=SEED,
-        bf16=bf16,
-        use_cpu=not torch.cuda.is_available(),  # the Trainer refuses CPU bf16 without it
-        train_sampling_strategy="random" if padded else "group_by_length",
-        save_strategy="no",
-        report_to="none",
-        logging_steps=max(steps, 1),
-        disable_tqdm=progress_disabled(),
-        dataloader_pin_memory=False,
+    arguments = trainer_arguments(
+        name, steps, batch_size, bf16, "random" if padded else "group_by_length"
     )
     trainer = Trainer(
         model=model,

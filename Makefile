@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest lock clean-state help
+.PHONY: install demo demo-ner test lint typecheck pytest lock clean-state help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -27,6 +27,11 @@ install: $(STAMP)  ## create .venv and install the pinned set
 
 demo: install  ## run the retrain flow end to end on SST-2 with the demo profile, then serve a request
 	$(BIN)/ratchet demo
+
+demo-ner: install  ## add the CoNLL-2003 NER model beside SST-2 (once), retrain it with its demo profile, serve a request
+	test -f pipelines/conll/params.yaml || $(BIN)/ratchet new conll --task token-classification \
+	    --data ../shared/data/conll2003 --config configs/conll.yaml
+	$(BIN)/ratchet --model conll demo
 
 lint: install
 	$(BIN)/ruff check cli components flows serving tests benchmarks

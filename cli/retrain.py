@@ -18,7 +18,16 @@ from rich.table import Table
 from cli.options import Settings, command, console, err_console, load, settings
 from components.errors import RatchetError
 
-DEMO_PROFILE = Path("configs/demo.yaml")
+# The demo profile of each task: sized so both training stages take a few minutes on 2 cores.
+DEMO_PROFILES = {
+    "text-classification": Path("configs/demo.yaml"),
+    "token-classification": Path("configs/conll-demo.yaml"),
+}
+# What the demo's smoke request asks the served champion, by task: (endpoint, texts).
+SMOKE_REQUESTS = {
+    "text-classification": ("classify", ["a gripping, beautifully acted film", "a dull script"]),
+    "token-classification": ("entities", ["John Smith moved from Berlin to Paris in 2019."]),
+}
 PROCESS_POOL = "ratchet-process"
 
 
@@ -136,11 +145,13 @@ def deploy_command(ctx: typer.Context) -> None:
 
 @command(commands, "demo")
 def demo_command(ctx: typer.Context) -> None:
-    """Retrain on SST-2 with the demo profile, then serve one request from the Bento.
+    """Retrain with the task's demo profile (SST-2 by default; `ratchet --model conll demo`
+    for a token classifier), then serve one request from the Bento.
 
     --config files given too are merged over the demo profile."""
     given = settings(ctx)
-    demo = Settings(given.params, [DEMO_PROFILE, *given.config_files], given.overrides, given.model)
+    profile = DEMO_PROFILES[given.load()[0].data.task]
+    demo = Settings(given.params, [profile, *given.config_files], given.overrides, given.model)
     started = time.perf_counter()
     summary = retrain_with(demo)
     console.print(Panel(summary_table(summary), title="retrain summary"))
@@ -223,9 +234,9 @@ def smoke_test_serving(given: Settings) -> None:
         wait_until_ready(base_url, timeout_seconds=120, headers=headers)
         import httpx
 
-        texts = ["a gripping, beautifully acted film", "a dull and lifeless script"]
+        endpoint, texts = SMOKE_REQUESTS[config.data.task]
         response = httpx.post(
-            f"{base_url}/classify", json={"texts": texts}, headers=headers, timeout=30
+            f"{base_url}/{endpoint}", json={"texts": texts}, headers=headers, timeout=30
         )
         response.raise_for_status()
         console.print("smoke request against the served champion:")
@@ -233,8 +244,9 @@ def smoke_test_serving(given: Settings) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    console.print("\nserve it yourself with:  .venv/bin/ratchet serve")
+    model = "" if given.model in (None, "default") else f" --model {given.model}"
+    console.print(f"\nserve it yourself with:  .venv/bin/ratchet{model} serve")
     console.print(
-        f"then:  curl -s -X POST {base_url}/classify -H 'content-type: application/json' "
-        """-d '{"texts": ["what a lovely film"]}'"""
+        f"then:  curl -s -X POST {base_url}/{endpoint} -H 'content-type: application/json' "
+        f"""-d '{{"texts": ["{texts[0]}"]}}'"""
     )

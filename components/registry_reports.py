@@ -93,6 +93,21 @@ def diff_mappings(left: Mapping[str, Any], right: Mapping[str, Any]) -> list[dic
     ]
 
 
+def refuse_token_versions(model_name: str, versions: tuple[Any, ...]) -> None:
+    """`registry compare` compares text classifiers only.
+
+    Raises:
+        RegistryError: a version is a token classifier (names ``registry show``).
+    """
+    for model_version in versions:
+        if model_version.tags.get(TASK_TAG) == "token-classification":
+            raise RegistryError(
+                f"`ratchet registry compare` compares text classifiers; {model_name} "
+                f"v{model_version.version} is a token classifier: read each version's entity "
+                "scores and gate decision with `ratchet registry show VERSION`"
+            )
+
+
 def compare_versions(
     model_name: str,
     version_a: str | int,
@@ -115,13 +130,7 @@ def compare_versions(
         get_version(client, model_name, version_a),
         get_version(client, model_name, version_b),
     )
-    for model_version in (first, second):
-        if model_version.tags.get(TASK_TAG) == "token-classification":
-            raise RegistryError(
-                f"`ratchet registry compare` compares text classifiers; {model_name} "
-                f"v{model_version.version} is a token classifier: read each version's entity "
-                "scores and gate decision with `ratchet registry show VERSION`"
-            )
+    refuse_token_versions(model_name, (first, second))
     metrics_a = tracking.run_metrics(evaluation_run_id(first))
     metrics_b = tracking.run_metrics(evaluation_run_id(second))
     report_a = load_evaluation(client, model_name, str(first.version))

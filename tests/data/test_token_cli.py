@@ -36,6 +36,7 @@ def test_ingest_validate_prepare_train_evaluate_a_conll_folder(
         "--config", str(project / "configs" / "conll.yaml"),
         "--set", f"data.source={source}",
         "--set", f"model.base={tiny_bert_dir}",
+        "--set", "train.epochs=1",  # conll.yaml trains 3 epochs
     ]  # fmt: skip
     runner = CliRunner()
     for command in ("ingest", "validate", "prepare"):

@@ -47,8 +47,9 @@ def run_finetuning(
 ) -> FinetuneResult:
     """Fine-tune ``init_model`` on ``data.train``, select on ``data.validation``, save.
 
-    With ``train.soup_seeds`` set, fine-tunes once per seed and saves the average of the
-    runs' weights (see :func:`run_soup_finetuning`).
+    ``data.task`` picks a sequence or a token classifier. With ``train.soup_seeds`` set,
+    fine-tunes once per seed and saves the average of the runs' weights (see
+    :func:`run_soup_finetuning`), for either task.
 
     Args:
         config: ``train.*`` and ``model.max_length`` are used.
@@ -74,9 +75,9 @@ def run_finetuning(
             check_finetune_inputs(config, data, init_model)
         claim_checkpoint_dir(checkpoint_dir, finetune_resume_key(config, data, init_model))
     job = FinetuneJob(config, data, init_model, output_dir, checkpoint_dir, on_metrics)
-    if token_task:
-        return finetune_tokens_once(job)
-    return run_soup_finetuning(job) if config.train.soup_seeds else finetune_once(job)
+    if config.train.soup_seeds:
+        return run_soup_finetuning(job)
+    return finetune_tokens_once(job) if token_task else finetune_once(job)
 
 
 def finetune_resume_key(config: RatchetConfig, data: PreparedData, init_model: str) -> str:

@@ -6,7 +6,9 @@ each of them (Wortsman et al., 2022, "Model soups"). Unlike an ensemble, the sou
 the same to serve as one model.
 
 :func:`run_soup_finetuning` fine-tunes the members (resuming unfinished ones after a
-crash) and :func:`average_model_folders` writes their mean.
+crash) and :func:`average_model_folders` writes their mean. The members are sequence or
+token classifiers, as ``data.task`` says: :func:`soup_recipe` names the task's fine-tune,
+its re-score of a saved model and the validation metric it selects on.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import cast
@@ -24,6 +26,7 @@ from typing import cast
 import torch
 from safetensors.torch import load_file, save_file
 
+from components.config import RatchetConfig
 from components.errors import TrainingError
 from components.files import atomic_dir, write_metrics
 from components.finetune_run import (
@@ -32,6 +35,13 @@ from components.finetune_run import (
     check_finetune_inputs,
     finetune_once,
     score_saved_model,
+)
+from components.prepare import PreparedData
+from components.token_finetune import METRIC_NAME as TOKEN_METRIC_NAME
+from components.token_finetune import (
+    check_token_inputs,
+    finetune_tokens_once,
+    score_saved_token_model,
 )
 from components.training.loop import MetricsCallback
 from components.training.resume import RUN_KEY_FILE
@@ -149,6 +159,39 @@ SUMMED_METRICS = (
 )
 
 
+@dataclass(frozen=True)
+class SoupRecipe:
+    """What a task brings to a soup.
+
+    Attributes:
+        check_inputs: fails before any compute on settings or data the task cannot train on.
+        finetune_member: one run (``start_seed`` and ``on_saved`` as in
+            :func:`components.finetune_run.finetune_once`).
+        score_saved: the validation scores of a saved model folder at a precision, on the
+            rows the members scored.
+        metric_name: the validation score the runs select on, reported per member as
+            ``seed_<n>_<metric_name>``.
+    """
+
+    check_inputs: Callable[[RatchetConfig, PreparedData, str], None]
+    finetune_member: Callable[..., FinetuneResult]
+    score_saved: Callable[[RatchetConfig, PreparedData, Path, Precision], dict[str, float]]
+    metric_name: str
+
+
+def soup_recipe(task: str) -> SoupRecipe:
+    """The soup recipe of ``data.task``: token classifiers select on entity F1,
+    sequence classifiers on accuracy."""
+    if task == "token-classification":
+        return SoupRecipe(
+            lambda config, data, init_model: check_token_inputs(config, data),
+            finetune_tokens_once,
+            score_saved_token_model,
+            TOKEN_METRIC_NAME,
+        )
+    return SoupRecipe(check_finetune_inputs, finetune_once, score_saved_model, "val_accuracy")
+
+
 def run_soup_finetuning(job: FinetuneJob) -> FinetuneResult:
     """Fine-tune once per seed (``train.seed``, then ``train.soup_seeds``) from the same
     ``init_model`` and save the uniform average of the runs' weights.
@@ -162,12 +205,14 @@ def run_soup_finetuning(job: FinetuneJob) -> FinetuneResult:
     ``checkpoint_dir`` the members live in a temporary folder and nothing resumes.
 
     Returns:
-        The soup's folder; ``val_accuracy``/``val_loss`` are the soup's own,
-        ``seed_<n>_val_accuracy`` each member's (on the same rows), and the step,
-        sample and time counts are summed over the members.
+        The soup's folder; the validation scores (``val_accuracy``/``val_loss``, and
+        ``val_entity_f1`` for token classifiers) are the soup's own,
+        ``seed_<n>_val_accuracy`` (``seed_<n>_val_entity_f1``) each member's (on the same
+        rows), and the step, sample and time counts are summed over the members.
     """
     config, output_dir, checkpoint_dir = job.config, job.output_dir, job.checkpoint_dir
-    check_finetune_inputs(config, job.data, job.init_model)
+    recipe = soup_recipe(config.data.task)
+    recipe.check_inputs(config, job.data, job.init_model)
     if checkpoint_dir is None:
         with tempfile.TemporaryDirectory(prefix="ratchet-soup-") as scratch:
             return run_soup_finetuning(replace(job, checkpoint_dir=Path(scratch)))
@@ -176,14 +221,14 @@ def run_soup_finetuning(job: FinetuneJob) -> FinetuneResult:
     done = checkpoint_dir / "soup.json"
     finished_soup = load_recorded_result(done, output_dir)
     if finished_soup is None:
-        members = train_soup_members(job, checkpoint_dir)
-        metrics = soup_metrics(seeds, members)
+        members = train_soup_members(job, checkpoint_dir, recipe.finetune_member)
+        metrics = soup_metrics(seeds, members, recipe.metric_name)
         info = {**members[0].info, "soup_seeds": ",".join(str(seed) for seed in seeds)}
         if context.is_main:
             average_model_folders([member.model_dir for member in members], output_dir)
             # Scored at the members' precision, not a fresh timing that could differ.
             precision = cast(Precision, info["precision"])
-            metrics.update(score_saved_model(config, job.data, output_dir, precision))
+            metrics.update(recipe.score_saved(config, job.data, output_dir, precision))
             # From here a rerun reuses the soup, so a kill during the clean-up below
             # never sends members back to training.
             write_metrics(done, metrics, info)
@@ -197,19 +242,23 @@ def run_soup_finetuning(job: FinetuneJob) -> FinetuneResult:
             (checkpoint_dir / f"seed-{seed}.json").unlink(missing_ok=True)
         done.unlink(missing_ok=True)
         (checkpoint_dir / RUN_KEY_FILE).unlink(missing_ok=True)
-    member_scores = [finished_soup.metrics[f"seed_{seed}_val_accuracy"] for seed in seeds]
+    metric = recipe.metric_name
+    member_scores = [finished_soup.metrics[f"seed_{seed}_{metric}"] for seed in seeds]
     logger.info(
-        "model soup of %d fine-tunes: val_accuracy %.4f (members: %s)",
+        "model soup of %d fine-tunes: %s %.4f (members: %s)",
         len(seeds),
-        finished_soup.metrics["val_accuracy"],
+        metric,
+        finished_soup.metrics[metric],
         ", ".join(f"{score:.4f}" for score in member_scores),
     )
     return finished_soup
 
 
-def train_soup_members(job: FinetuneJob, workdir: Path) -> list[FinetuneResult]:
-    """Fine-tune (or reuse, when a record says it finished) one member per seed, each
-    with its checkpoints and finished model in ``workdir``."""
+def train_soup_members(
+    job: FinetuneJob, workdir: Path, finetune_member: Callable[..., FinetuneResult]
+) -> list[FinetuneResult]:
+    """Fine-tune (or reuse, when a record says it finished) one member per seed with
+    ``finetune_member``, each with its checkpoints and finished model in ``workdir``."""
     config = job.config
     context = init_distributed()
     seeds = [config.train.seed, *config.train.soup_seeds]
@@ -236,7 +285,7 @@ def train_soup_members(job: FinetuneJob, workdir: Path) -> list[FinetuneResult]:
             on_metrics=offset_steps(job.on_metrics, sum(m.metrics["steps"] for m in members)),
         )
         members.append(
-            finetune_once(
+            finetune_member(
                 member, start_seed=config.train.seed, on_saved=partial(record_result, record)
             )
         )
@@ -264,8 +313,11 @@ def load_recorded_result(record: Path, model_dir: Path) -> FinetuneResult | None
     return FinetuneResult(model_dir=model_dir, metrics=saved, info=info)
 
 
-def soup_metrics(seeds: Sequence[int], members: Sequence[FinetuneResult]) -> dict[str, float]:
-    """Summed counts and times, the members' mean training loss and each member's score."""
+def soup_metrics(
+    seeds: Sequence[int], members: Sequence[FinetuneResult], metric_name: str = "val_accuracy"
+) -> dict[str, float]:
+    """Summed counts and times, the members' mean training loss and each member's
+    ``metric_name`` as ``seed_<n>_<metric_name>``."""
     metrics = {name: sum(m.metrics.get(name, 0.0) for m in members) for name in SUMMED_METRICS}
     metrics["train_samples_per_second"] = metrics["samples_seen"] / max(
         metrics["train_seconds"], 1e-9
@@ -275,5 +327,5 @@ def soup_metrics(seeds: Sequence[int], members: Sequence[FinetuneResult]) -> dic
     metrics["val_examples"] = members[0].metrics["val_examples"]
     metrics["soup_members"] = float(len(members))
     for seed, member in zip(seeds, members, strict=True):
-        metrics[f"seed_{seed}_val_accuracy"] = member.metrics["val_accuracy"]
+        metrics[f"seed_{seed}_{metric_name}"] = member.metrics[metric_name]
     return metrics

@@ -16,15 +16,16 @@ exact resume.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from components.config import RatchetConfig
-from components.errors import ConfigError, TrainingError
+from components.errors import TrainingError
 from components.finetune_run import (
     FinetuneJob,
     FinetuneResult,
@@ -36,7 +37,7 @@ from components.finetune_run import (
 from components.model_surgery import prepare_for_finetuning
 from components.prepare import PreparedData
 from components.training.batching import length_grouped_batches, pad_batch
-from components.training.runtime import DistributedContext, Precision
+from components.training.runtime import DistributedContext, Precision, choose_device
 from components.training.stage import start_run
 
 logger = logging.getLogger(__name__)
@@ -236,14 +237,8 @@ def check_token_inputs(config: RatchetConfig, data: PreparedData) -> None:
     """Fail before any compute on settings or data a token classifier cannot train on.
 
     Raises:
-        ConfigError: ``train.soup_seeds`` set (not supported for token classification).
         TrainingError: an empty split, or tag ids outside the tag set.
     """
-    if config.train.soup_seeds:
-        raise ConfigError(
-            "train.soup_seeds: model soups are not supported for data.task "
-            "token-classification yet; set train.soup_seeds: []"
-        )
     for name in ("train", "validation"):
         frame = data.split(name)
         if frame.empty:
@@ -253,6 +248,43 @@ def check_token_inputs(config: RatchetConfig, data: PreparedData) -> None:
             raise TrainingError(
                 f"{name} sentences have tag id {top} outside the {len(data.labels)} tags"
             )
+
+
+def token_validation_scorer(
+    config: RatchetConfig,
+    data: PreparedData,
+    tokenizer: Any,
+    precision: Precision,
+    rows_seed: int,
+) -> TokenValidationScorer:
+    """The scorer of the validation sentences a run with ``rows_seed`` selects on (all of
+    them, or ``train.max_eval_samples`` picked with that seed)."""
+    rows = select_rows(data.validation, config.train.max_eval_samples, rows_seed)
+    words = encode_words(
+        tokenizer, rows["tokens"].tolist(), rows["tag_ids"].tolist(), config.model.max_length
+    )
+    return TokenValidationScorer(
+        words,
+        [list(tags) for tags in rows["tags"]],
+        data.labels,
+        config.eval.batch_size,
+        tokenizer.pad_token_id,
+        precision,
+    )
+
+
+def score_saved_token_model(
+    config: RatchetConfig, data: PreparedData, model_dir: Path, precision: Precision
+) -> dict[str, float]:
+    """``val_entity_f1``, ``val_accuracy`` and ``val_loss`` of a saved token classifier on
+    the validation sentences the run with ``train.seed`` scored (a soup's members scored
+    the same ones), at the ``precision`` the run decided on."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    score = token_validation_scorer(config, data, tokenizer, precision, config.train.seed)
+    model = AutoModelForTokenClassification.from_pretrained(model_dir).to(choose_device())
+    return score(model)
 
 
 def build_token_classifier(
@@ -272,8 +304,16 @@ def build_token_classifier(
     return model, prepare_for_finetuning(model, train_cfg)
 
 
-def finetune_tokens_once(job: FinetuneJob) -> FinetuneResult:
+def finetune_tokens_once(
+    job: FinetuneJob,
+    start_seed: int | None = None,
+    on_saved: Callable[[FinetuneResult], None] | None = None,
+) -> FinetuneResult:
     """One token-classifier fine-tuning run with ``train.seed``; see the module header.
+
+    ``start_seed`` (what a soup's members share: the sentences picked and the tagging
+    head's initial weights) and ``on_saved`` (a soup records its finished member there)
+    are those of :func:`components.finetune_run.finetune_once`.
 
     Returns:
         The output folder and metrics (``val_entity_f1``, ``val_accuracy``, ``val_loss``
@@ -286,22 +326,12 @@ def finetune_tokens_once(job: FinetuneJob) -> FinetuneResult:
     train_cfg, max_length = config.train, config.model.max_length
     context, device, precision = start_run(train_cfg.seed, train_cfg, job.checkpoint_dir)
     tokenizer = AutoTokenizer.from_pretrained(init_model)
-    train_rows = select_rows(data.train, train_cfg.max_train_samples, train_cfg.seed)
-    val_rows = select_rows(data.validation, train_cfg.max_eval_samples, train_cfg.seed)
+    start_seed = train_cfg.seed if start_seed is None else start_seed
+    train_rows = select_rows(data.train, train_cfg.max_train_samples, start_seed)
     train_words = encode_words(
         tokenizer, train_rows["tokens"].tolist(), train_rows["tag_ids"].tolist(), max_length
     )
-    val_words = encode_words(
-        tokenizer, val_rows["tokens"].tolist(), val_rows["tag_ids"].tolist(), max_length
-    )
-    score = TokenValidationScorer(
-        val_words,
-        [list(tags) for tags in val_rows["tags"]],
-        data.labels,
-        config.eval.batch_size,
-        tokenizer.pad_token_id,
-        precision,
-    )
+    score = token_validation_scorer(config, data, tokenizer, precision, start_seed)
     source = TokenBatches(
         train_words,
         train_cfg.batch_size,
@@ -311,11 +341,14 @@ def finetune_tokens_once(job: FinetuneJob) -> FinetuneResult:
         context,
         pad_multiple=8 if device.type == "cuda" else 1,
     )
+    if start_seed != train_cfg.seed:
+        torch.manual_seed(start_seed)  # a soup's members start from the same head
     model, lr_scales = build_token_classifier(config, data.labels, init_model)
-    if context.enabled:
-        torch.manual_seed(train_cfg.seed + context.rank)  # same init, own dropout per rank
+    if context.enabled or start_seed != train_cfg.seed:
+        # Same init everywhere, own dropout per rank and per soup member.
+        torch.manual_seed(train_cfg.seed + context.rank)
     plan = FitPlan(model, lr_scales, source, score, METRIC_NAME, len(train_rows))
     run = RunPlace(
         init_model, job.output_dir, job.checkpoint_dir, job.on_metrics, context, precision
     )
-    return fit_and_save(config, plan, tokenizer, run)
+    return fit_and_save(config, plan, tokenizer, run, on_saved)

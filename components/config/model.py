@@ -103,9 +103,10 @@ class TrainConfig(Section):
     soup_seeds: list[int] = Field(
         default_factory=list,
         description="Extra seeds: fine-tune once more per seed from the same start model "
-        "(another head init, data order and dropout) and save the uniform average of all "
-        "the runs' weights, a 'model soup' (Wortsman et al., 2022). Each seed costs one "
-        "more fine-tune; the saved model costs the same to serve. [] trains once.",
+        "and head init (another data order and dropout) and save the uniform average of all "
+        "the runs' weights, a 'model soup' (Wortsman et al., 2022); sequence and token "
+        "classifiers alike. Each seed costs one more fine-tune; the saved model costs the "
+        "same to serve. [] trains once.",
     )
     deterministic: bool = Field(False, description="Bitwise-repeatable CPU runs (slower).")
     precision: Literal["auto", "fp32", "bf16"] = Field(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,8 @@ from components import finetune_run, soup
 from components.config import RatchetConfig
 from components.errors import ConfigError, TrainingError
 from components.finetune import run_finetuning
-from components.finetune_run import FinetuneJob, encode_texts, evaluate_accuracy
+from components.finetune_run import FinetuneJob, FinetuneResult, encode_texts, evaluate_accuracy
+from components.prepare import PreparedData
 from components.soup import average_model_folders
 from tests.model.test_finetune import DETERMINISTIC, tiny_settings
 from tests.model.train_worker import sentiment_data
@@ -26,6 +29,37 @@ def soup_settings(tiny_bert_dir: Path, *overrides: str) -> RatchetConfig:
     return tiny_settings(tiny_bert_dir, *SHORT, *overrides)
 
 
+def single_runs(
+    fine_tune: Callable[..., FinetuneResult],
+    settings: Callable[..., RatchetConfig],
+    data: PreparedData,
+    init_model: Path,
+    folder: Path,
+) -> dict[int, FinetuneResult]:
+    """A soup's members trained alone: runs with seeds 42 and 7 (``settings`` with
+    ``train.seed``), both started like the seed-42 run (head init, rows)."""
+    return {
+        seed: fine_tune(
+            FinetuneJob(
+                settings(f"train.seed={seed}"), data, str(init_model), folder / f"single-{seed}"
+            ),
+            start_seed=42,
+        )
+        for seed in (42, 7)
+    }
+
+
+def assert_mean_weights(soup_dir: Path, singles: dict[int, FinetuneResult]) -> None:
+    """The soup's weights are exactly the fp32 mean of the two runs' (whose heads differ)."""
+    weights = {seed: load_file(r.model_dir / "model.safetensors") for seed, r in singles.items()}
+    averaged = load_file(soup_dir / "model.safetensors")
+    assert set(averaged) == set(weights[42])
+    for name, value in averaged.items():
+        expected = (weights[42][name].float() + weights[7][name].float()) / 2
+        assert torch.equal(value, expected.to(value.dtype)), name
+    assert not torch.equal(weights[42]["classifier.weight"], weights[7]["classifier.weight"])
+
+
 @pytest.mark.slow
 def test_soup_weights_are_the_mean_of_the_runs_with_each_seed(
     tiny_bert_dir: Path, tmp_path: Path
@@ -33,19 +67,8 @@ def test_soup_weights_are_the_mean_of_the_runs_with_each_seed(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     data = sentiment_data(64)
-    # The members: runs with their own seed, started like the seed-42 run (head init, rows).
-    singles = {
-        seed: finetune_run.finetune_once(
-            FinetuneJob(
-                soup_settings(tiny_bert_dir, f"train.seed={seed}"),
-                data,
-                str(tiny_bert_dir),
-                tmp_path / f"single-{seed}",
-            ),
-            start_seed=42,
-        )
-        for seed in (42, 7)
-    }
+    settings = partial(soup_settings, tiny_bert_dir)
+    singles = single_runs(finetune_run.finetune_once, settings, data, tiny_bert_dir, tmp_path)
     checkpoints = tmp_path / "checkpoints"
     soup = run_finetuning(
         soup_settings(tiny_bert_dir, "train.soup_seeds=[7]"),
@@ -54,13 +77,7 @@ def test_soup_weights_are_the_mean_of_the_runs_with_each_seed(
         tmp_path / "soup",
         checkpoints,
     )
-    weights = {seed: load_file(r.model_dir / "model.safetensors") for seed, r in singles.items()}
-    averaged = load_file(soup.model_dir / "model.safetensors")
-    assert set(averaged) == set(weights[42])
-    for name, value in averaged.items():
-        expected = (weights[42][name].float() + weights[7][name].float()) / 2
-        assert torch.allclose(value.float(), expected, atol=1e-6), name
-    assert not torch.equal(weights[42]["classifier.weight"], weights[7]["classifier.weight"])
+    assert_mean_weights(soup.model_dir, singles)
 
     metrics = soup.metrics
     assert metrics["soup_members"] == 2

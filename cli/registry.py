@@ -88,9 +88,6 @@ def evaluate(
     from components.model_stages import evaluate_node
 
     settings, paths = load(ctx)
-    if settings.data.task == "token-classification":
-        evaluate_tokens(settings, paths, model_dir, output_dir, as_json)
-        return
     model, output = evaluation_dirs(paths, model_dir, output_dir)
     report = evaluate_node(
         settings,
@@ -100,13 +97,22 @@ def evaluate(
         paths.project_root,
         None if as_json else lambda notice: console.print(notice, highlight=False),
     )
-    rows = [
-        (name, metric_cell(report.metrics.get(name)))
-        for name in ("accuracy", "f1_macro", "f1_weighted", "roc_auc", "log_loss", "ece")
-    ]
+    if settings.data.task == "token-classification":
+        title = f"Test split ({len(report.gold)} sentences)"
+        rows = [
+            (name, metric_cell(value))
+            for name, value in report.metrics.items()
+            if name.startswith(("entity_", "token_")) and not name.startswith("entity_support")
+        ]
+    else:
+        title = f"Test split ({len(report.y_true)} examples)"
+        rows = [
+            (name, metric_cell(report.metrics.get(name)))
+            for name in ("accuracy", "f1_macro", "f1_weighted", "roc_auc", "log_loss", "ece")
+        ]
     rows += [(f"behaviour {result.name}", f"{result.pass_rate:.0%}") for result in report.behaviour]
-    if show_evaluation(report, as_json, f"Test split ({len(report.y_true)} examples)", rows):
-        console.print(f"files: {report.output_dir}", highlight=False)
+    if show_evaluation(report, as_json, title, rows):
+        console.print(f"files: {output}", highlight=False)
 
 
 def evaluation_dirs(
@@ -131,32 +137,6 @@ def show_evaluation(report: Any, as_json: bool, title: str, rows: list[tuple[str
         table.add_row(name, value)
     console.print(table)
     return True
-
-
-def evaluate_tokens(
-    settings: Any, paths: Any, model_dir: Path | None, output_dir: Path | None, as_json: bool
-) -> None:
-    """`ratchet evaluate` for data.task token-classification: entity scores (seqeval)."""
-    from components.token_evaluate import evaluate_token_model
-    from components.token_prepare import load_prepared_tokens
-
-    data = load_prepared_tokens(paths.prepared_dir)
-    model, output = evaluation_dirs(paths, model_dir, output_dir)
-    report = evaluate_token_model(
-        model,
-        data.test,
-        data.labels,
-        settings.eval,
-        output,
-        settings.model.max_length,
-        settings.serving.precision,
-    )
-    rows = [
-        (name, metric_cell(value))
-        for name, value in report.metrics.items()
-        if name.startswith(("entity_", "token_")) and not name.startswith("entity_support")
-    ]
-    show_evaluation(report, as_json, f"Test split ({len(report.gold)} sentences)", rows)
 
 
 @command(registry_app, "list")

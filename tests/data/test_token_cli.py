@@ -18,6 +18,22 @@ def write_conll(path: Path, rows: list[dict]) -> None:
     path.write_text("-DOCSTART- O\n\n" + "\n\n".join(blocks) + "\n", encoding="utf-8")
 
 
+TOY_SUITE = """\
+task: token-classification
+labels: [LOC, PER]
+checks:
+  - name: mft_toy_person_and_city
+    type: MFT
+    capability: vocabulary
+    description: The toy's pattern must give PER and LOC.
+    cases:
+      - text: Anna Smith flew to Paris on day7 .
+        entities: [[PER, Anna Smith], [LOC, Paris]]
+      - text: Ben Smith flew to Rome on day8 .
+        entities: [[PER, Ben Smith], [LOC, Rome]]
+"""
+
+
 def test_ingest_validate_prepare_train_evaluate_a_conll_folder(
     tmp_path: Path, state_dir: Path, tiny_bert_dir: Path
 ) -> None:
@@ -62,6 +78,14 @@ def test_ingest_validate_prepare_train_evaluate_a_conll_folder(
     summary = json.loads(result.stdout)
     assert summary["test_sentences"] == 10
     assert summary["metrics"]["f1"] == summary["metrics"]["entity_f1"]
+    # A NER suite for the toy's entity types runs in `ratchet evaluate` as in the flow.
+    suite = tmp_path / "toy-ner.yaml"
+    suite.write_text(TOY_SUITE, encoding="utf-8")
+    with_suite = [*settings, "--set", f"eval.behaviour_checks={suite}"]
+    result = runner.invoke(get_app(), [*with_suite, "evaluate", "--json"])
+    assert result.exit_code == 0, result.output
+    (check,) = json.loads(result.stdout)["behaviour"]
+    assert check["name"] == "mft_toy_person_and_city" and check["cases"] == 2
     result = runner.invoke(get_app(), [*settings, "evaluate"])
     assert result.exit_code == 0, result.output
     assert "entity_f1" in result.output and "token_accuracy" in result.output

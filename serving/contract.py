@@ -20,12 +20,13 @@ from typing import Annotated, Any, Generic, NoReturn, TypeVar, cast
 
 import anyio
 import bentoml
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
+from bentoml._internal.marshal.dispatcher import CorkDispatcher, NonBlockSema
 from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel, Field
 
 from components.config import RegistryConfig, ServingConfig
 from components.errors import ServingError
+from serving.fast_path import DirectRouteMiddleware
 from serving.middleware import (
     AUTHENTICATED_SCOPE_KEY,
     ApiKeyMiddleware,
@@ -158,11 +159,18 @@ def reject_overload() -> NoReturn:
 @functools.cache
 def batch_requests_histogram() -> Any:
     """Requests served by each forward pass, in ``/metrics``. Created on first use, in the
-    worker: BentoML points prometheus_client at its multiprocess folder after import."""
-    from prometheus_client import Histogram
+    worker: BentoML points prometheus_client at its multiprocess folder after import.
+    A process that imports this module again (``ratchet build`` drops it from
+    ``sys.modules``) gets the histogram already registered."""
+    from prometheus_client import REGISTRY, Histogram
 
+    name = "ratchet_batch_requests"
+    # prometheus_client has no public lookup; a second registration would raise.
+    registered = getattr(REGISTRY, "_names_to_collectors", {}).get(name)
+    if registered is not None:
+        return registered
     return Histogram(
-        "ratchet_batch_requests",
+        name,
         "Requests whose texts shared one forward pass (1: scored alone).",
         buckets=[2**power for power in range(max(1, args.max_batch_size.bit_length()))],
     )
@@ -181,12 +189,20 @@ class TextBatcher(Generic[Row]):
     its session every 100 calls under the requests in flight (500s under load, BentoML
     #5540): measured in docs/serving.md, kept private until fixed. A request alone is
     scored at once; while others are in flight, requests queue and are scored together, at
-    most ``max_batch_size`` texts, one forward pass at a time in a worker thread; one
-    queued past ``max_latency_ms`` gets 503.
+    most ``max_batch_size`` texts, ``batches_in_flight`` batches at a time, each in a worker
+    thread; one queued past ``max_latency_ms`` gets 503.
     ``ratchet_batch_requests`` in ``/metrics`` counts the requests each pass served.
+
+    ``batches_in_flight``: 1 for a model that scores a batch in one forward pass on every
+    intra-op thread (torch, onnx: a second batch would only fight it for the cores); 2 for
+    onnx-int8, whose texts queue as single-text passes on a shared pool of pass threads:
+    while one batch's passes run, the next is tokenised and queued behind them and the
+    last one answered, so the pass threads do not wait for the event loop between batches.
     """
 
-    def __init__(self, predict: Callable[[list[str]], list[Row]]) -> None:
+    def __init__(
+        self, predict: Callable[[list[str]], list[Row]], batches_in_flight: int = 1
+    ) -> None:
         self.predict = predict
         dispatcher: Any = CorkDispatcher(
             max_latency_in_ms=args.max_latency_ms,
@@ -194,9 +210,10 @@ class TextBatcher(Generic[Row]):
             fallback=reject_overload,
             get_batch_size=len,
             batch_dim=(0, 0),
+            shared_sema=NonBlockSema(batches_in_flight),
         )
         self.batched: Callable[[list[str]], Awaitable[list[Row]]] = dispatcher(self.score_requests)
-        self.model_slot = anyio.CapacityLimiter(1)
+        self.model_slot = anyio.CapacityLimiter(batches_in_flight)
         self.histogram = batch_requests_histogram()
         self.in_flight = 0
 
@@ -212,7 +229,7 @@ class TextBatcher(Generic[Row]):
             self.in_flight -= 1
 
     async def run_model(self, texts: list[str]) -> list[Row]:
-        """Score texts in a worker thread, one batch at a time: torch and onnx run it as
+        """Score texts in a worker thread, ``batches_in_flight`` at a time: torch and onnx run it as
         forward passes on every intra-op thread, onnx-int8 as one pass per text, those of a
         batch side by side on the classifier's threads."""
         return await anyio.to_thread.run_sync(self.predict, texts, limiter=self.model_slot)
@@ -251,8 +268,11 @@ def check_api_key_at_startup() -> None:
 
 
 def add_request_checks(service: Any) -> None:
-    """Authentication, then body checks, in front of a service (outermost first: refuse
-    unauthenticated requests before reading their bodies)."""
+    """Authentication, then body checks, then the direct inference route, in front of a
+    service (outermost first: refuse unauthenticated requests before reading their bodies)."""
     typed = cast("bentoml.Service[Any]", service)
     typed.add_asgi_middleware(ApiKeyMiddleware, auth_required=args.auth_required)
     typed.add_asgi_middleware(RequestBodyMiddleware, max_body_bytes=args.max_body_bytes)
+    # Innermost: valid inference requests skip BentoML's per-request plumbing
+    # (serving/fast_path.py); everything else reaches BentoML as before.
+    typed.add_asgi_middleware(DirectRouteMiddleware)

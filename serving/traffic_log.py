@@ -14,10 +14,11 @@ record flushed as written, so a killed server loses at most the queue), or OTLP.
 from __future__ import annotations
 
 import atexit
+import collections
+import itertools
 import json
 import logging
 import os
-import queue
 import threading
 import time
 import uuid
@@ -41,8 +42,12 @@ TRAFFIC_ENV = "RATCHET_TRAFFIC_LOG"
 # Requests waiting for the writer; beyond this the log drops requests (and says how many)
 # rather than letting memory grow when the writer falls behind.
 MAX_PENDING_REQUESTS = 10_000
-# Requests the writer takes off the queue at once: under load it writes many per flush.
+# Requests written in one block (one tokenizer call, one flush).
 WRITE_BATCH_REQUESTS = 256
+# The writer wakes this often and writes what came meanwhile. Woken per request instead, it
+# cost the event loop a thread hand-over per request and wrote tiny blocks: on the 2-core
+# Xeon 0.55 ms of CPU per text written one at a time, 0.10 ms in blocks of 64.
+WRITE_INTERVAL_S = 0.25
 
 LOG_CONFIG_YAML = """
 version: 1
@@ -173,9 +178,14 @@ class TrafficLog:
         self.model_name = model_name
         self.version = version
         self.model_dir = Path(model_dir)
-        self.pending: queue.Queue[tuple[float, str, list[str], list[dict]] | None] = queue.Queue(
-            maxsize=MAX_PENDING_REQUESTS
+        # deque.append and popleft are atomic: record() takes no lock and wakes nobody.
+        self.pending: collections.deque[tuple[float, str, list[str], list[dict]]] = (
+            collections.deque()
         )
+        self.stopping = threading.Event()
+        # Request ids: a random prefix per server process and a counter (uuid4 per request
+        # read the OS's random source on the event loop).
+        self.request_ids = (f"{uuid.uuid4().hex[:16]}{n:016x}" for n in itertools.count())
         self.dropped = 0
         self.feedback_lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -189,12 +199,12 @@ class TrafficLog:
         """Queue one answered request (its texts and prediction rows) for the log."""
         if self.thread is None:
             return
-        try:
-            self.pending.put_nowait((time.time(), uuid.uuid4().hex, texts, rows))
-        except queue.Full:
+        if len(self.pending) >= MAX_PENDING_REQUESTS:
             self.dropped += 1
             if self.dropped % 1000 == 1:
                 logger.warning("inference log behind: %d requests dropped", self.dropped)
+            return
+        self.pending.append((time.time(), next(self.request_ids), texts, rows))
 
     def feedback(self, text: str, label: str, labels: list[str]) -> dict[str, Any]:
         """Append a corrected label to the feedback store (one JSON line, flushed).
@@ -225,7 +235,7 @@ class TrafficLog:
         """Write what is queued, then stop the writer (at exit, or on shutdown)."""
         if self.thread is None or not self.thread.is_alive():
             return
-        self.pending.put(None)
+        self.stopping.set()
         self.thread.join(timeout_s)
 
     def write_forever(self) -> None:
@@ -234,14 +244,14 @@ class TrafficLog:
         featurizer = load_featurizer(self.model_dir)
         exporter, options = monitor_options(self.settings)
         while True:
-            waiting = drain(self.pending)
-            requests = [item for item in waiting if item is not None]
-            try:
-                if requests:
+            stopping = self.stopping.wait(WRITE_INTERVAL_S)
+            for requests in drain(self.pending):
+                try:
                     self.write(featurizer, exporter, options, requests)
-            except Exception:  # the log must never take the server down; say why
-                logger.exception("inference log: %d requests could not be written", len(requests))
-            if len(requests) < len(waiting):  # close() queued the stop
+                except Exception:  # the log must never take the server down; say why
+                    count = len(requests)
+                    logger.exception("inference log: %d requests could not be written", count)
+            if stopping:  # close(): everything recorded before it is written
                 return
 
     def write(
@@ -279,16 +289,10 @@ class TrafficLog:
             )
 
 
-def drain(pending: queue.Queue, most: int = WRITE_BATCH_REQUESTS) -> list[Any]:
-    """The next queued item (waiting for one), then whatever else is already queued, up to
-    ``most`` items or the stop marker (None), which ends the list."""
-    items = [pending.get()]
-    while items[-1] is not None and len(items) < most:
-        try:
-            items.append(pending.get_nowait())
-        except queue.Empty:
-            break
-    return items
+def drain(pending: collections.deque, most: int = WRITE_BATCH_REQUESTS) -> list[list[Any]]:
+    """What is pending now, taken off the queue in blocks of at most ``most`` items."""
+    items = [pending.popleft() for _ in range(len(pending))]
+    return [items[start : start + most] for start in range(0, len(items), most)]
 
 
 class FeedbackReceipt(BaseModel):

@@ -329,6 +329,8 @@ def serve_arguments(config: RatchetConfig, model_tag: str, task: str = TEXT_TASK
         "runtime": served_runtime(config, task),
         "num_threads": serving.num_threads,
         "workers": serving.workers,
+        "access_log": serving.access_log,
+        "request_metrics": serving.request_metrics,
         "auth_required": api_key_configured(serving),
     }
 

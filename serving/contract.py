@@ -54,6 +54,8 @@ class ServeArgs(BaseModel):
     runtime: Runtime = ServingConfig().runtime
     num_threads: int | None = Field(ServingConfig().num_threads, ge=1)
     workers: int | None = Field(ServingConfig().workers, ge=1)
+    access_log: bool = ServingConfig().access_log
+    request_metrics: bool = ServingConfig().request_metrics
     timeout_s: int = Field(60, ge=1)
     auth_required: bool = Field(
         False, description="Built with an API key configured: refuse to start without one."
@@ -107,6 +109,8 @@ SERVICE_OPTIONS: dict[str, Any] = {
     "resources": {"cpu": str(plan.workers * plan.threads)},
     "workers": plan.workers,
     "threads": 1,
+    "logging": {"access": {"enabled": args.access_log}},
+    "metrics": {"enabled": args.request_metrics},
 }
 
 

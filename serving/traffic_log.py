@@ -183,6 +183,7 @@ class TrafficLog:
             collections.deque()
         )
         self.stopping = threading.Event()
+        self.first_write = True
         # Request ids: a random prefix per server process and a counter (uuid4 per request
         # read the OS's random source on the event loop).
         self.request_ids = (f"{uuid.uuid4().hex[:16]}{n:016x}" for n in itertools.count())
@@ -267,7 +268,18 @@ class TrafficLog:
 
         from components.text_features import NUMERIC_FEATURES, text_features
 
+        if self.first_write:
+            # bentoml.monitor learns its columns from its first block, warning once per
+            # further value of every column in it: the first text goes alone.
+            self.first_write = False
+            when, request_id, first_texts, first_rows = requests[0]
+            self.write(
+                featurizer, exporter, options, [requests[0][:2] + (first_texts[:1], first_rows[:1])]
+            )
+            requests = [(when, request_id, first_texts[1:], first_rows[1:]), *requests[1:]]
         texts = [text for _, _, request_texts, _ in requests for text in request_texts]
+        if not texts:
+            return
         rows = [row for *_, request_rows in requests for row in request_rows]
         per_text = [(when, rid) for when, rid, request_texts, _ in requests for _ in request_texts]
         features = text_features(featurizer, texts)

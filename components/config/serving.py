@@ -64,6 +64,21 @@ class ServingConfig(Section):
         description="Model worker processes (each holds the model and batches its own "
         "requests); null = 1 below 8 cores, else one per 4 cores (serving/resources.py).",
     )
+    access_log: bool = Field(
+        True,
+        description="BentoML's access log: a line per request (path, status, sizes, "
+        "latency) on the server's output. It costs about 0.1 ms of CPU per request (on the "
+        "2-core Xeon, 14% of the server's per-request work besides the model, "
+        "benchmarks/serve_overhead.py); the inference log records every answered request "
+        "either way.",
+    )
+    request_metrics: bool = Field(
+        True,
+        description="BentoML's per-request Prometheus metrics on /metrics (request counts, "
+        "latency histograms, requests in progress). About 0.1 ms of CPU per request on "
+        "the 2-core Xeon (16%, benchmarks/serve_overhead.py). Off removes /metrics, and "
+        "with it ratchet_batch_requests.",
+    )
     log_texts: bool = Field(
         False,
         description="Keep each served text in the inference log (traffic/ in the state "

@@ -39,3 +39,20 @@ def test_the_bento_records_the_worker_settings() -> None:
 
     assert (recorded["workers"], recorded["num_threads"]) == (3, 2)
     assert serve_arguments(RatchetConfig(), "model:v1")["workers"] is None
+
+
+def test_the_bento_records_bentomls_per_request_observability_switches() -> None:
+    """serving.access_log / serving.request_metrics become Bento arguments, which the
+    service turns into BentoML's ``logging.access`` and ``metrics`` service options."""
+    from components.config import RatchetConfig
+    from serving.build import serve_arguments
+    from serving.contract import ServeArgs
+
+    config = RatchetConfig.model_validate(
+        {"serving": {"access_log": False, "request_metrics": False}}
+    )
+    recorded = ServeArgs(**serve_arguments(config, "model:v1"))
+    defaults = ServeArgs(**serve_arguments(RatchetConfig(), "model:v1"))
+
+    assert (recorded.access_log, recorded.request_metrics) == (False, False)
+    assert (defaults.access_log, defaults.request_metrics) == (True, True)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -199,3 +200,26 @@ def test_batches_in_flight_bounds_the_passes_running_at_once(batches_in_flight: 
 
     assert answers == {index: [f"T{index}"] for index in range(12)}
     assert most == batches_in_flight
+
+
+def test_the_inference_log_writes_in_blocks_without_monitor_warnings(
+    tiny_bert_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """record() only queues; the writer writes whatever came meanwhile, everything
+    recorded before close() is in the log, and bentoml.monitor's column warnings (one per
+    value of a first block) do not flood the server log."""
+    from components.traffic import read_traffic
+    from serving.traffic_log import TrafficLog, TrafficSettings
+
+    log = TrafficLog(TrafficSettings(log_dir=str(tmp_path / "traffic")), tiny_bert_dir, "m", "7")
+    row = {"label": "positive", "score": 0.9}
+    with caplog.at_level("WARNING"):
+        for index in range(40):
+            log.record([f"text {index}", f"other {index}"], [row, row])
+        log.close()
+
+    frame = read_traffic(tmp_path / "traffic", since=0)
+    assert len(frame) == 80
+    assert frame["request"].nunique() == 40  # one id per request, shared by its texts
+    assert set(frame["version"]) == {"7"}
+    assert not [r for r in caplog.records if "duplicated" in r.getMessage()]

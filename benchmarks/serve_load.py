@@ -86,6 +86,7 @@ class Candidate:
     runtime: str
     limit: dict[str, float] = field(default_factory=dict)
     results: list[LoadResult] = field(default_factory=list)
+    ceiling: list[LoadResult] = field(default_factory=list)
 
 
 def sst2_sentences(limit: int) -> list[str]:
@@ -322,6 +323,12 @@ def print_summary(bentos: list[Candidate], others: dict[str, list[LoadResult]]) 
                 f"/torch-bento {ratio(result.rps, reference.rps)}  "
                 f"/limit {ratio(result.rps, candidate.limit['sentences_per_s'])}"
             )
+            ceiling = [r for r in candidate.ceiling if r.concurrency == result.concurrency]
+            if ceiling:
+                line += f"  /ceiling {ratio(result.rps, ceiling[0].rps)}"
+                line += (
+                    f" (ceiling/limit {ratio(ceiling[0].rps, candidate.limit['sentences_per_s'])})"
+                )
             for name, results in others.items():
                 other = next(r for r in results if r.concurrency == result.concurrency)
                 line += f"  /{name} {ratio(result.rps, other.rps)}"
@@ -358,6 +365,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-plain-servers", action="store_true", help="skip the FastAPI and http.server ones"
+    )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also serve each Bento's model from the leanest Python server (a bare ASGI app, "
+        "plain_servers.py ceiling): how close any Python HTTP server gets to the limit here",
     )
     parser.add_argument(
         "--threads", type=int, help="build with serving.num_threads=N (default: the rule)"
@@ -428,6 +441,25 @@ def run_plain_servers(
     return found
 
 
+def run_ceiling(candidate: Candidate, env: dict[str, str], plan: argparse.Namespace) -> None:
+    """The leanest Python server around this Bento's model, runtime and threads
+    (``plain_servers.py ceiling``), measured like the Bento."""
+    from serving.predict import container_cores
+    from serving.resources import plan_workers
+
+    info = bento_info(candidate.tag, env)
+    args = info["args"]
+    used = plan_workers(container_cores(), args.get("workers"), args.get("num_threads"))
+    runtime = args.get("runtime", TORCH)
+    port = free_port()
+    command = [sys.executable, str(PLAIN_SERVERS), "ceiling", "--model-dir", info["dir"]]
+    command += ["--port", str(port), "--threads", str(used.workers * used.threads)]
+    command += ["--max-batch", str(args["max_batch_size"]), "--runtime", runtime]
+    command += ["--in-flight", "2" if runtime == "onnx-int8" else "1"]
+    name = f"ceiling-{runtime}"
+    candidate.ceiling = measure_server(name, command, f"http://127.0.0.1:{port}/", env, plan)
+
+
 def main() -> None:
     options = parse_args()
     if options.limit_of:
@@ -463,6 +495,8 @@ def main() -> None:
     for candidate in bentos:
         candidate.limit = measure_limit(candidate.tag, env, options.requests)
         candidate.results = serve_bento(candidate.name, candidate.tag, env, options)
+        if options.ceiling:
+            run_ceiling(candidate, env, options)
     others = {}
     if not options.no_plain_servers:
         torch_bento = next((c for c in bentos if c.runtime == TORCH), bentos[0])

@@ -331,6 +331,7 @@ def serve_arguments(config: RatchetConfig, model_tag: str, task: str = TEXT_TASK
         "workers": serving.workers,
         "access_log": serving.access_log,
         "request_metrics": serving.request_metrics,
+        "trace_requests": serving.trace_requests,
         "auth_required": api_key_configured(serving),
     }
 

@@ -56,6 +56,7 @@ class ServeArgs(BaseModel):
     workers: int | None = Field(ServingConfig().workers, ge=1)
     access_log: bool = ServingConfig().access_log
     request_metrics: bool = ServingConfig().request_metrics
+    trace_requests: bool = ServingConfig().trace_requests
     timeout_s: int = Field(60, ge=1)
     auth_required: bool = Field(
         False, description="Built with an API key configured: refuse to start without one."
@@ -102,6 +103,7 @@ class ModelMetadata(BaseModel):
     runtime: str = Field(description="torch, onnx or onnx-int8 (serving.runtime).")
 
 
+INFERENCE_ROUTES = ("/classify", "/entities")
 # ``@bentoml.service`` options of every Ratchet service (each adds its own ``name``): one
 # model worker per planned worker, each running its requests on one event-loop thread.
 SERVICE_OPTIONS: dict[str, Any] = {
@@ -112,6 +114,8 @@ SERVICE_OPTIONS: dict[str, Any] = {
     "logging": {"access": {"enabled": args.access_log}},
     "metrics": {"enabled": args.request_metrics},
 }
+if not args.trace_requests:  # BentoML records spans even with nothing to export them to
+    SERVICE_OPTIONS["tracing"] = {"excluded_urls": ",".join(INFERENCE_ROUTES)}
 
 
 def metadata_for(metadata: ModelMetadata, scope: Mapping[str, Any]) -> ModelMetadata:

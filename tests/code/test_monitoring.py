@@ -237,14 +237,12 @@ def test_serve_passes_the_log_settings_and_the_server_reads_them(tmp_path: Path)
     )
 
 
-def test_the_log_writer_takes_what_queued_up_and_stops_at_the_marker() -> None:
-    import queue
+def test_the_log_writer_takes_everything_pending_in_blocks() -> None:
+    import collections
 
     from serving.traffic_log import drain
 
-    pending: queue.Queue = queue.Queue()
-    for item in ("a", "b", "c", None, "after"):
-        pending.put(item)
-    assert drain(pending, most=2) == ["a", "b"]
-    assert drain(pending) == ["c", None]  # the stop marker ends the batch
-    assert drain(pending) == ["after"]
+    pending: collections.deque = collections.deque("abcde")
+    assert drain(pending, most=2) == [["a", "b"], ["c", "d"], ["e"]]
+    assert not pending
+    assert drain(pending) == []

@@ -14,6 +14,7 @@ drops it (with the service modules) from ``sys.modules`` before each build.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Generic, NoReturn, TypeVar, cast
@@ -251,6 +252,17 @@ class TextBatcher(Generic[Row]):
             answers.append(rows[start : start + len(texts)])
             start += len(texts)
         return answers
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive once the model is loaded into the collector's permanent
+    generation. A loaded service holds about 310,000 tracked objects (torch, transformers,
+    BentoML, pydantic); a full collection walked them all, 165 ms on the 2-core Xeon and
+    longer under load, and the garbage of a few hundred requests triggers one: the Bento's
+    periodic p95-p99 stalls of 0.2-0.3 s at concurrency 32. Frozen, a full collection
+    only walks what requests allocated since (``gc.freeze``, as forking servers use it)."""
+    gc.collect()
+    gc.freeze()
 
 
 def check_api_key_at_startup() -> None:

@@ -39,6 +39,7 @@ from serving.contract import (
     args,
     check_api_key_at_startup,
     describe_stored_model,
+    freeze_startup_objects,
     metadata_for,
     plan,
 )
@@ -108,6 +109,7 @@ class RatchetClassifier:
         )
         predict_texts(self.classifier, EXAMPLE_INPUT["texts"])  # warm up before /readyz
         register_direct_route(RatchetClassifier, "classify", self.answer)
+        freeze_startup_objects()  # no full-heap collections while serving
 
     def __is_ready__(self) -> bool:
         return self.classifier is not None

@@ -39,6 +39,7 @@ from serving.contract import (
     args,
     check_api_key_at_startup,
     describe_stored_model,
+    freeze_startup_objects,
     metadata_for,
     plan,
 )
@@ -98,6 +99,7 @@ class RatchetTagger:
         self.batcher = TextBatcher(self.tag_texts)
         self.tag_texts(EXAMPLE_INPUT["texts"])  # warm up before /readyz
         register_direct_route(RatchetTagger, "entities", self.answer)
+        freeze_startup_objects()  # no full-heap collections while serving
 
     def __is_ready__(self) -> bool:
         return self.tagger is not None

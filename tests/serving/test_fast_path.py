@@ -223,3 +223,20 @@ def test_the_inference_log_writes_in_blocks_without_monitor_warnings(
     assert frame["request"].nunique() == 40  # one id per request, shared by its texts
     assert set(frame["version"]) == {"7"}
     assert not [r for r in caplog.records if "duplicated" in r.getMessage()]
+
+
+def test_the_loaded_service_is_frozen_out_of_full_collections() -> None:
+    """freeze_startup_objects (called once a service's model is loaded) moves what is
+    alive into the permanent generation, so a full collection no longer walks it."""
+    import gc
+
+    from serving.contract import freeze_startup_objects
+
+    held = [[index] for index in range(10_000)]  # stands for the loaded model's objects
+    try:
+        freeze_startup_objects()
+        assert gc.get_freeze_count() >= len(held)
+        oldest = {id(item) for item in gc.get_objects(2)}  # what a full collection walks
+        assert not any(id(item) in oldest for item in held)
+    finally:
+        gc.unfreeze()

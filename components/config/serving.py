@@ -65,12 +65,13 @@ class ServingConfig(Section):
         "requests); null = 1 below 8 cores, else one per 4 cores (serving/resources.py).",
     )
     access_log: bool = Field(
-        True,
+        False,
         description="BentoML's access log: a line per request (path, status, sizes, "
-        "latency) on the server's output. It costs about 0.1 ms of CPU per request (on the "
-        "2-core Xeon, 14% of the server's per-request work besides the model, "
-        "benchmarks/serve_overhead.py); the inference log records every answered request "
-        "either way.",
+        "latency) on the server's output. Off by default: it cost about 0.1 ms of CPU per "
+        "request, a third of the server's per-request work besides the model on the 2-core "
+        "Xeon (benchmarks/serve_overhead.py; 6-9% more requests/s at concurrency 32 "
+        "without it). The inference log records every answered request, /metrics counts "
+        "requests by status and latency, and errors are logged either way.",
     )
     request_metrics: bool = Field(
         True,

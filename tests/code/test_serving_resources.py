@@ -49,10 +49,10 @@ def test_the_bento_records_bentomls_per_request_observability_switches() -> None
     from serving.contract import ServeArgs
 
     config = RatchetConfig.model_validate(
-        {"serving": {"access_log": False, "request_metrics": False}}
+        {"serving": {"access_log": True, "request_metrics": False}}
     )
     recorded = ServeArgs(**serve_arguments(config, "model:v1"))
     defaults = ServeArgs(**serve_arguments(RatchetConfig(), "model:v1"))
 
-    assert (recorded.access_log, recorded.request_metrics) == (False, False)
-    assert (defaults.access_log, defaults.request_metrics) == (True, True)
+    assert (recorded.access_log, recorded.request_metrics) == (True, False)
+    assert (defaults.access_log, defaults.request_metrics) == (False, True)

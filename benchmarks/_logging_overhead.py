@@ -12,11 +12,14 @@ server wrote (read back with ``components/traffic.py``) against the texts it was
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ALLOWED_DROP = 0.05  # issue 22: the concurrency-32 figure drops by at most 5% with the log on
 OFF, ON = "off", "on"
@@ -110,3 +113,31 @@ def run_rounds(
         )
         found.append(one)
     return found
+
+
+def logging_overhead(
+    name: str,
+    tag: str,
+    env: dict[str, str],
+    options: argparse.Namespace,
+    serve_bento: Callable[[str, str, dict[str, str], argparse.Namespace], list[Any]],
+) -> None:
+    """The inference log's cost on the Bento ``tag``: alternating off/on rounds at the
+    highest level of ``options.levels``; ``serve_bento(name, tag, env, plan)`` is
+    ``serve_load.py``'s (its results' ``rps``)."""
+    plan = argparse.Namespace(**{**vars(options), "levels": [max(options.levels)]})
+    print(
+        f"inference log off/on: {name}={tag}, c={plan.levels[0]}, "
+        f"{options.logging_rounds} round(s), {len(plan.sentences)} requests per server "
+        f"after {plan.warmup} warm-up ones",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="serve-load-log-") as scratch:
+        rounds = run_rounds(
+            options.logging_rounds,
+            Path(scratch),
+            env,
+            lambda server, server_env: serve_bento(server, tag, server_env, plan)[0].rps,
+            min(plan.warmup, len(plan.sentences)) + len(plan.sentences),
+        )
+    print(verdict(median_ratio(rounds)))

@@ -48,7 +48,7 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 from benchmarks._load_client import DRIVERS  # noqa: E402
-from benchmarks._logging_overhead import median_ratio, run_rounds, verdict  # noqa: E402
+from benchmarks._logging_overhead import logging_overhead  # noqa: E402
 from components.waiting import wait_for_http  # noqa: E402
 
 SST2_DEV = PROJECT_ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
@@ -401,63 +401,42 @@ def serve_bento(
     return measure_server(name, command, f"http://127.0.0.1:{port}/readyz", env, plan)
 
 
-def logging_overhead(bento: Candidate, env: dict[str, str], options: argparse.Namespace) -> None:
-    """The inference log's cost on ``bento``: alternating off/on rounds at one level."""
-    plan = argparse.Namespace(**{**vars(options), "levels": [max(options.levels)]})
-    print(
-        f"inference log off/on: {bento.name}={bento.tag}, c={plan.levels[0]}, "
-        f"{options.logging_rounds} round(s), {len(plan.sentences)} requests per server "
-        f"after {plan.warmup} warm-up ones",
-        flush=True,
-    )
-    with tempfile.TemporaryDirectory(prefix="serve-load-log-") as scratch:
-        rounds = run_rounds(
-            options.logging_rounds,
-            Path(scratch),
-            env,
-            lambda name, server_env: serve_bento(name, bento.tag, server_env, plan)[0].rps,
-            min(plan.warmup, len(plan.sentences)) + len(plan.sentences),
-        )
-    print(verdict(median_ratio(rounds)))
+def serve_plain(
+    kind: str,
+    info: dict[str, Any],
+    env: dict[str, str],
+    plan: argparse.Namespace,
+    name: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> list[LoadResult]:
+    """``plain_servers.py KIND`` around a Bento's model folder, with as many threads as all
+    its model workers together and its batch size, measured like the Bentos."""
+    from serving.predict import container_cores
+    from serving.resources import plan_workers
+
+    args = info["args"]
+    used = plan_workers(container_cores(), args.get("workers"), args.get("num_threads"))
+    port = free_port()
+    command = [sys.executable, str(PLAIN_SERVERS), kind, "--model-dir", info["dir"]]
+    command += ["--port", str(port), "--threads", str(used.workers * used.threads)]
+    command += ["--max-batch", str(args["max_batch_size"]), *extra]
+    return measure_server(name or kind, command, f"http://127.0.0.1:{port}/", env, plan)
 
 
 def run_plain_servers(
     info: dict[str, Any], env: dict[str, str], plan: argparse.Namespace
 ) -> dict[str, list[LoadResult]]:
-    """The alternative and the one-at-a-time baseline, with the torch Bento's model and as
-    many torch threads as all its model workers together."""
-    from serving.predict import container_cores
-    from serving.resources import plan_workers
-
-    args = info["args"]
-    used = plan_workers(container_cores(), args.get("workers"), args.get("num_threads"))
-    found = {}
-    for name in ("alternative", "baseline"):
-        port = free_port()
-        command = [sys.executable, str(PLAIN_SERVERS), name, "--model-dir", info["dir"]]
-        command += ["--port", str(port), "--threads", str(used.workers * used.threads)]
-        command += ["--max-batch", str(args["max_batch_size"])]
-        found[name] = measure_server(name, command, f"http://127.0.0.1:{port}/", env, plan)
-    return found
+    """The alternative and the one-at-a-time baseline, with the torch Bento's model."""
+    return {name: serve_plain(name, info, env, plan) for name in ("alternative", "baseline")}
 
 
 def run_ceiling(candidate: Candidate, env: dict[str, str], plan: argparse.Namespace) -> None:
-    """The leanest Python server around this Bento's model, runtime and threads
-    (``plain_servers.py ceiling``), measured like the Bento."""
-    from serving.predict import container_cores
-    from serving.resources import plan_workers
-
+    """The leanest Python server around this Bento's model, runtime, threads and batches in
+    flight (``plain_servers.py ceiling``)."""
     info = bento_info(candidate.tag, env)
-    args = info["args"]
-    used = plan_workers(container_cores(), args.get("workers"), args.get("num_threads"))
-    runtime = args.get("runtime", TORCH)
-    port = free_port()
-    command = [sys.executable, str(PLAIN_SERVERS), "ceiling", "--model-dir", info["dir"]]
-    command += ["--port", str(port), "--threads", str(used.workers * used.threads)]
-    command += ["--max-batch", str(args["max_batch_size"]), "--runtime", runtime]
-    command += ["--in-flight", "2" if runtime == "onnx-int8" else "1"]
-    name = f"ceiling-{runtime}"
-    candidate.ceiling = measure_server(name, command, f"http://127.0.0.1:{port}/", env, plan)
+    runtime = info["args"].get("runtime", TORCH)
+    extra = ("--runtime", runtime, "--in-flight", "2" if runtime == "onnx-int8" else "1")
+    candidate.ceiling = serve_plain("ceiling", info, env, plan, f"ceiling-{runtime}", extra)
 
 
 def main() -> None:
@@ -483,7 +462,8 @@ def main() -> None:
     options.sentences = sst2_sentences(options.requests)
     bentos = candidates(options, env)
     if options.logging_rounds:
-        logging_overhead(bentos[0], env, options)
+        first = bentos[0]
+        logging_overhead(first.name, first.tag, env, options, serve_bento)
         scratch.cleanup()
         return
     print(

@@ -134,6 +134,11 @@ class RatchetClassifier:
         """Record the right label of a text, for the next retrain (`ratchet feedback export`)."""
         return FeedbackReceipt(**self.traffic.feedback(text, label, self.metadata.labels))
 
+    @bentoml.on_shutdown
+    def flush_inference_log(self) -> None:
+        """Write what the inference log still holds (its writer wakes every 0.25 s)."""
+        self.traffic.close()
+
     @bentoml.on_startup
     def check_authentication(self) -> None:
         """Refuse to start a Bento built with an API key unless the server has one

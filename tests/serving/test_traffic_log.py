@@ -155,3 +155,22 @@ def test_feedback_round_trip_posted_exported_versioned_trained_on(
         "feedback_rows": second["rows"],
         "feedback_data_md5": second["md5"],
     }
+
+
+def test_requests_answered_just_before_a_stop_are_logged(
+    built_bento: BuiltBento, tmp_path: Path
+) -> None:
+    """The writer wakes every 0.25 s; stopping the server flushes what it still holds."""
+    state = tmp_path / "state"
+    state.mkdir()
+    bento = dataclasses.replace(built_bento, env={**built_bento.env, "RATCHET_HOME": str(state)})
+    running = start_server(bento)
+    try:
+        for index in range(5):
+            answer = httpx.post(
+                f"{running.url}/classify", json={"texts": [f"fine film {index}"]}, timeout=30
+            )
+            assert answer.status_code == 200, answer.text
+    finally:
+        stop_server(running.process)
+    assert len(read_traffic(state / "traffic", since=0)) == 5
